@@ -1,0 +1,416 @@
+//! The GPT decoder, readable top to bottom: embeddings → blocks (attention, MLP) → head.
+//!
+//! Parameter names follow GPT-2 / Hugging Face: `wte`, `wpe`, `h.N.{ln_1, attn.c_attn,
+//! attn.c_proj, ln_2, mlp.c_fc, mlp.c_gate, mlp.c_proj}`, `ln_f`, `lm_head`; norms hold
+//! `weight`/`bias`. Linear weights are stored `[d_in, d_out]` (burn's layout, the same as GPT-2's
+//! Conv1D), so `y = x · W + b`.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
+use burn::tensor::activation::{gelu_approximate, log_softmax, silu};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+
+use crate::config::{ConfigError, GptConfig, MlpKind, NormKind, Positional};
+use crate::rng::SplitMix64;
+
+// ---------------------------------------------------------------------------------------------
+// Norm
+
+/// LayerNorm or RMSNorm over the last dimension, with HF parameter names `weight` and `bias`.
+#[derive(Module, Debug)]
+pub struct Norm<B: Backend> {
+    /// Scale γ, `[d]`.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Shift β, `[d]` (LayerNorm with `bias = true` only).
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    #[module(skip)]
+    kind: NormKind,
+    #[module(skip)]
+    eps: f64,
+}
+
+impl<B: Backend> Norm<B> {
+    /// γ = 1, β = 0.
+    pub fn init(config: &GptConfig, width: usize, device: &B::Device) -> Self {
+        let has_bias = config.bias && config.norm == NormKind::LayerNorm;
+        Self {
+            weight: Param::from_tensor(Tensor::ones([width], device)),
+            bias: has_bias.then(|| Param::from_tensor(Tensor::zeros([width], device))),
+            kind: config.norm,
+            eps: config.norm_eps,
+        }
+    }
+
+    /// Normalises over the last dimension.
+    ///
+    /// # Shapes
+    /// `[B, T, d]` → `[B, T, d]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        match self.kind {
+            NormKind::LayerNorm => {
+                // burn's layer_norm op: backends may fuse it.
+                let out = B::layer_norm(
+                    x.into_primitive().tensor(),
+                    self.weight.val().into_primitive().tensor(),
+                    self.bias.as_ref().map(|b| b.val().into_primitive().tensor()),
+                    self.eps,
+                );
+                Tensor::from_primitive(TensorPrimitive::Float(out))
+            }
+            NormKind::RmsNorm => {
+                let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt(); // [B, T, 1]
+                x / rms * self.weight.val().unsqueeze::<3>()
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+/// Cosine and sine tables for rotary embeddings, `[T, head_dim]` each (rotate-half layout:
+/// channel i and i + head_dim/2 form a pair and share a frequency).
+#[derive(Debug, Clone)]
+pub struct RopeTables<B: Backend> {
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// Tables for positions `0..seq_len`; frequencies `theta^(-2i/head_dim)`.
+    pub fn new(seq_len: usize, head_dim: usize, theta: f64, device: &B::Device) -> Self {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(seq_len * head_dim);
+        let mut sin = Vec::with_capacity(seq_len * head_dim);
+        for t in 0..seq_len {
+            // Computed in f64 on the host: identical tables on every backend.
+            let angles: Vec<f64> = (0..half)
+                .map(|i| t as f64 * theta.powf(-2.0 * i as f64 / head_dim as f64))
+                .collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos() as f32));
+                sin.extend(angles.iter().map(|a| a.sin() as f32));
+            }
+        }
+        let shape = [seq_len, head_dim];
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+        }
+    }
+
+    /// Rotates `x` by position: `x·cos + rotate_half(x)·sin`, with
+    /// `rotate_half([x1, x2]) = [-x2, x1]`.
+    ///
+    /// # Shapes
+    /// `[B, H, T, hs]` → `[B, H, T, hs]`
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [_, _, _, hs] = x.dims();
+        let half = hs / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        let cos = self.cos.clone().unsqueeze::<4>(); // [1, 1, T, hs]
+        let sin = self.sin.clone().unsqueeze::<4>();
+        x * cos + rotated * sin
+    }
+}
+
+/// Causal self-attention with a fused `[q | k | v]` projection and grouped KV heads.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[d_model, (n_head + 2·n_kv_head)·head_dim]`; output columns are q heads, then k heads,
+    /// then v heads, each head's `head_dim` channels contiguous.
+    pub c_attn: Linear<B>,
+    /// Output projection `[d_model, d_model]`.
+    pub c_proj: Linear<B>,
+    #[module(skip)]
+    n_head: usize,
+    #[module(skip)]
+    n_kv_head: usize,
+    #[module(skip)]
+    head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// # Shapes
+    /// `x: [B, T, d_model]` → `[B, T, d_model]`
+    pub fn forward(&self, x: Tensor<B, 3>, rope: Option<&RopeTables<B>>) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let (nh, nkv, hs) = (self.n_head, self.n_kv_head, self.head_dim);
+        let qkv = self.c_attn.forward(x); // [B, T, (nh + 2·nkv)·hs]
+        let q = qkv.clone().narrow(2, 0, nh * hs).reshape([b, t, nh, hs]); // [B, T, nh, hs]
+        let k = qkv.clone().narrow(2, nh * hs, nkv * hs).reshape([b, t, nkv, hs]); // [B, T, nkv, hs]
+        let v = qkv.narrow(2, (nh + nkv) * hs, nkv * hs).reshape([b, t, nkv, hs]); // [B, T, nkv, hs]
+        let q = q.swap_dims(1, 2); // [B, nh, T, hs]
+        let k = k.swap_dims(1, 2); // [B, nkv, T, hs]
+        let v = v.swap_dims(1, 2); // [B, nkv, T, hs]
+        let (q, k) = match rope {
+            Some(r) => (r.apply(q), r.apply(k)),
+            None => (q, k),
+        };
+        // GQA: query head h reads KV head h / (nh / nkv), so each KV head is repeated for its
+        // group of consecutive query heads.
+        let (k, v) = if nkv == nh {
+            (k, v)
+        } else {
+            let group = nh / nkv;
+            let repeat = |x: Tensor<B, 4>| {
+                x.unsqueeze_dim::<5>(2) // [B, nkv, 1, T, hs]
+                    .expand([b, nkv, group, t, hs]) // [B, nkv, group, T, hs]
+                    .reshape([b, nh, t, hs]) // [B, nh, T, hs]
+            };
+            (repeat(k), repeat(v))
+        };
+        let options = AttentionModuleOptions {
+            scale: None, // 1/sqrt(head_dim)
+            softcap: None,
+            is_causal: true,
+        };
+        let y = attention(q, k, v, None, None, options); // [B, nh, T, hs]
+        let y = y.swap_dims(1, 2).reshape([b, t, nh * hs]); // [B, T, d_model]
+        self.c_proj.forward(y)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MLP
+
+/// The feed-forward block: GELU (`c_fc` → gelu → `c_proj`) or SwiGLU
+/// (`silu(c_gate) * c_fc` → `c_proj`).
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// Up projection `[d_model, d_ff]`.
+    pub c_fc: Linear<B>,
+    /// Gate projection `[d_model, d_ff]` (SwiGLU only).
+    pub c_gate: Option<Linear<B>>,
+    /// Down projection `[d_ff, d_model]`.
+    pub c_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    /// # Shapes
+    /// `[B, T, d_model]` → `[B, T, d_model]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let hidden = match &self.c_gate {
+            None => gelu_approximate(self.c_fc.forward(x)),
+            Some(gate) => silu(gate.forward(x.clone())) * self.c_fc.forward(x),
+        }; // [B, T, d_ff]
+        self.c_proj.forward(hidden)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block and model
+
+/// A pre-norm transformer block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// Norm before attention.
+    pub ln_1: Norm<B>,
+    /// Causal self-attention.
+    pub attn: Attention<B>,
+    /// Norm before the MLP.
+    pub ln_2: Norm<B>,
+    /// Feed-forward block.
+    pub mlp: Mlp<B>,
+    drop: Dropout,
+}
+
+impl<B: Backend> Block<B> {
+    /// # Shapes
+    /// `[B, T, d_model]` → `[B, T, d_model]`
+    pub fn forward(&self, x: Tensor<B, 3>, rope: Option<&RopeTables<B>>) -> Tensor<B, 3> {
+        let x = x.clone() + self.drop.forward(self.attn.forward(self.ln_1.forward(x), rope));
+        x.clone() + self.drop.forward(self.mlp.forward(self.ln_2.forward(x)))
+    }
+}
+
+/// A GPT-style decoder-only language model.
+#[derive(Module, Debug)]
+pub struct Gpt<B: Backend> {
+    /// Token embedding `[vocab_size, d_model]`.
+    pub wte: Embedding<B>,
+    /// Learned position embedding `[context_length, d_model]` (absent with RoPE).
+    pub wpe: Option<Embedding<B>>,
+    /// The transformer blocks.
+    pub h: Vec<Block<B>>,
+    /// Final norm, feeding only the head.
+    pub ln_f: Norm<B>,
+    /// LM head `[d_model, vocab_size]`, no bias (absent when tied to `wte`).
+    pub lm_head: Option<Linear<B>>,
+    drop: Dropout,
+    #[module(skip)]
+    config: GptConfig,
+}
+
+/// Builds a Linear with weights drawn from `rng` (host-side, backend-independent).
+fn linear<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    std: f64,
+    rng: &mut SplitMix64,
+    device: &B::Device,
+) -> Linear<B> {
+    let weight = Tensor::from_data(
+        TensorData::new(rng.normal_vec(d_in * d_out, std), [d_in, d_out]),
+        device,
+    );
+    Linear {
+        weight: Param::from_tensor(weight),
+        bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
+    }
+}
+
+fn embedding<B: Backend>(
+    n: usize,
+    d: usize,
+    std: f64,
+    rng: &mut SplitMix64,
+    device: &B::Device,
+) -> Embedding<B> {
+    let weight = Tensor::from_data(TensorData::new(rng.normal_vec(n * d, std), [n, d]), device);
+    Embedding {
+        weight: Param::from_tensor(weight),
+    }
+}
+
+impl<B: Backend> Gpt<B> {
+    /// A randomly initialised model: every weight N(0, init_std), residual output projections
+    /// (`c_proj`) N(0, init_std/sqrt(2·n_layer)) (GPT-2), biases 0, norms γ=1 β=0. The numbers
+    /// come from a host-side generator seeded with `seed`: identical on every backend.
+    pub fn init(config: &GptConfig, seed: u64, device: &B::Device) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let c = config;
+        let mut rng = SplitMix64::derive(seed, "init");
+        let std = c.init_std;
+        let proj_std = c.init_std / (2.0 * c.n_layer as f64).sqrt();
+        let d = c.d_model;
+        let drop = DropoutConfig::new(c.dropout).init();
+        let wte = embedding(c.vocab_size, d, std, &mut rng, device);
+        let wpe = (c.positional == Positional::Learned)
+            .then(|| embedding(c.context_length, d, std, &mut rng, device));
+        let h = (0..c.n_layer)
+            .map(|_| Block {
+                ln_1: Norm::init(c, d, device),
+                attn: Attention {
+                    c_attn: linear(d, c.qkv_dim(), c.bias, std, &mut rng, device),
+                    c_proj: linear(d, d, c.bias, proj_std, &mut rng, device),
+                    n_head: c.n_head,
+                    n_kv_head: c.kv_heads(),
+                    head_dim: c.head_dim(),
+                },
+                ln_2: Norm::init(c, d, device),
+                mlp: Mlp {
+                    c_fc: linear(d, c.d_ff, c.bias, std, &mut rng, device),
+                    c_gate: (c.mlp == MlpKind::SwiGlu)
+                        .then(|| linear(d, c.d_ff, c.bias, std, &mut rng, device)),
+                    c_proj: linear(c.d_ff, d, c.bias, proj_std, &mut rng, device),
+                },
+                drop: drop.clone(),
+            })
+            .collect();
+        let lm_head =
+            (!c.tie_embeddings).then(|| linear(d, c.vocab_size, false, std, &mut rng, device));
+        Ok(Self {
+            wte,
+            wpe,
+            h,
+            ln_f: Norm::init(c, d, device),
+            lm_head,
+            drop,
+            config: c.clone(),
+        })
+    }
+
+    /// The configuration this model was built from.
+    pub fn config(&self) -> &GptConfig {
+        &self.config
+    }
+
+    /// Next-token logits for every position.
+    ///
+    /// # Shapes
+    /// `tokens: [B, T]` (T ≤ context_length) → `[B, T, vocab_size]`
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let x = self.forward_hidden(tokens);
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            // Tied: logits = x · wteᵀ.
+            None => burn::tensor::module::linear(x, self.wte.weight.val().transpose(), None),
+        }
+    }
+
+    /// The final normed hidden state that feeds the head.
+    ///
+    /// # Shapes
+    /// `tokens: [B, T]` → `[B, T, d_model]`
+    pub fn forward_hidden(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [_, t] = tokens.dims();
+        assert!(
+            t <= self.config.context_length,
+            "sequence of {t} tokens exceeds context_length {}",
+            self.config.context_length
+        );
+        let device = tokens.device();
+        let mut x = self.wte.forward(tokens); // [B, T, d]
+        if let Some(wpe) = &self.wpe {
+            let pos = Tensor::<B, 1, Int>::arange(0..t as i64, &device).unsqueeze::<2>(); // [1, T]
+            x = x + wpe.forward(pos); // [B, T, d] + [1, T, d]
+        }
+        let rope = (self.config.positional == Positional::Rope).then(|| {
+            RopeTables::new(
+                t,
+                self.config.head_dim(),
+                self.config.rope_theta,
+                &device,
+            )
+        });
+        let mut x = self.drop.forward(x);
+        for block in &self.h {
+            x = block.forward(x, rope.as_ref());
+        }
+        self.ln_f.forward(x)
+    }
+
+    /// Mean cross-entropy of `logits` against `targets` over all B·T positions.
+    ///
+    /// # Shapes
+    /// `logits: [B, T, V]`, `targets: [B, T]` → `[1]`
+    pub fn loss(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+        let [b, t, v] = logits.dims();
+        let log_probs = log_softmax(logits.reshape([b * t, v]), 1); // [B·T, V]
+        let picked = log_probs.gather(1, targets.reshape([b * t, 1])); // [B·T, 1]
+        picked.mean().neg()
+    }
+
+    /// Forward pass and loss in one call.
+    pub fn forward_loss(
+        &self,
+        inputs: Tensor<B, 2, Int>,
+        targets: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 1> {
+        Self::loss(self.forward(inputs), targets)
+    }
+
+    /// Number of parameters actually held by this module (tied weights once).
+    pub fn num_params(&self) -> usize {
+        Module::num_params(self)
+    }
+}
+
+/// Makes an `Int` tensor `[B, T]` from row-major token ids.
+pub fn tokens_tensor<B: Backend>(
+    ids: &[u32],
+    batch: usize,
+    seq: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
+    assert_eq!(ids.len(), batch * seq, "token buffer is not [batch, seq]");
+    let data: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    Tensor::from_data(TensorData::new(data, [batch, seq]), device)
+}
