@@ -3,6 +3,7 @@
 //!
 //! The architecture lives in one file, [`gpt`], readable top-down.
 
+pub mod checkpoint;
 pub mod config;
 pub mod generate;
 pub mod gpt;
