@@ -1,2 +1,102 @@
-//! Backend selection by cargo feature. Library crates are generic over burn's `Backend`; only
-//! this file names concrete backends.
+//! Backend selection. Library crates are generic over burn's `Backend`; only this file names
+//! concrete backends. `flex` (CPU) is always compiled in; `cuda` and `wgpu` come with the cargo
+//! features of the same names.
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::AutodiffBackend;
+use hyperclone_training::{BackendKind, Precision};
+
+/// What a job learns about where it runs.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// `flex`, `cuda` or `wgpu`.
+    pub backend_name: &'static str,
+    /// Human device name (`cpu: …`, the GPU's name); selects the MFU peak.
+    pub device_name: String,
+}
+
+/// A piece of work generic over the training backend (`AB::InnerBackend` for inference).
+pub trait Job {
+    /// What the job returns.
+    type Output;
+    /// Runs the job on `device`.
+    fn run<AB: AutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<Self::Output>;
+}
+
+/// The backends compiled into this binary.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut v = vec!["flex"];
+    if cfg!(feature = "cuda") {
+        v.push("cuda");
+    }
+    if cfg!(feature = "wgpu") {
+        v.push("wgpu");
+    }
+    v
+}
+
+/// Runs `job` on the backend and precision asked for.
+pub fn run_job<J: Job>(kind: BackendKind, precision: Precision, job: J) -> Result<J::Output> {
+    let kind = match kind {
+        BackendKind::Auto if cfg!(feature = "cuda") => BackendKind::Cuda,
+        BackendKind::Auto if cfg!(feature = "wgpu") => BackendKind::Wgpu,
+        BackendKind::Auto => BackendKind::Flex,
+        k => k,
+    };
+    match (kind, precision) {
+        (BackendKind::Flex, Precision::F32) => {
+            type AB = burn::backend::Autodiff<burn::backend::Flex>;
+            let env = Env {
+                backend_name: "flex",
+                device_name: hyperclone_training::metrics::cpu_name(),
+            };
+            job.run::<AB>(&Default::default(), env)
+        }
+        (BackendKind::Flex, Precision::Bf16) => bail!(
+            "run.precision = \"bf16\" is for GPU backends; the CPU backend (flex) trains in f32"
+        ),
+        #[cfg(feature = "cuda")]
+        (BackendKind::Cuda, precision) => {
+            let env = Env {
+                backend_name: "cuda",
+                device_name: gpu_name(),
+            };
+            let device = burn::backend::cuda::CudaDevice::default();
+            match precision {
+                Precision::F32 => job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(&device, env),
+                Precision::Bf16 => job.run::<burn::backend::Autodiff<burn::backend::Cuda<burn::tensor::bf16>>>(&device, env),
+            }
+        }
+        #[cfg(feature = "wgpu")]
+        (BackendKind::Wgpu, precision) => {
+            let env = Env {
+                backend_name: "wgpu",
+                device_name: gpu_name(),
+            };
+            let device = burn::backend::wgpu::WgpuDevice::default();
+            match precision {
+                Precision::F32 => job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(&device, env),
+                Precision::Bf16 => bail!("run.precision = \"bf16\" is not supported on wgpu; use f32 or the cuda backend"),
+            }
+        }
+        (other, _) => bail!(
+            "run.backend = {:?} is not compiled into this binary (compiled: {}); rebuild with `cargo build --release --features {}`",
+            format!("{other:?}").to_lowercase(),
+            compiled_backends().join(", "),
+            format!("{other:?}").to_lowercase()
+        ),
+    }
+}
+
+/// The first GPU's name from `nvidia-smi`, or `gpu: unknown`.
+#[allow(dead_code)]
+fn gpu_name() -> String {
+    std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "gpu: unknown".into())
+}

@@ -2,6 +2,8 @@
 //! against a randomly initialised baseline in measured device-hours.
 
 mod backend;
+mod report;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -15,12 +17,22 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train a model from a TOML config (resumes automatically).
+    Train(train::TrainArgs),
+    /// Sample text from a trained model.
+    Generate(train::GenerateArgs),
+    /// Write report.md / report.html with plots for an experiment directory.
+    Report(report::ReportArgs),
 }
 
 fn main() -> Result<()> {
     init_tracing();
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Generate(args) => train::run_generate(args),
+        Command::Report(args) => report::run(args),
+    }
 }
 
 /// Logs go to stderr through `tracing`; `RUST_LOG` overrides the default `info` level.
@@ -30,6 +42,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

@@ -74,7 +74,9 @@ pub enum CheckpointError {
         source: ConfigError,
     },
     /// The weights file does not match the checksum recorded in `model.json`.
-    #[error("{path} is corrupted: sha256 {found} does not match {expected} recorded in {META_FILE}")]
+    #[error(
+        "{path} is corrupted: sha256 {found} does not match {expected} recorded in {META_FILE}"
+    )]
     Checksum {
         /// The weights file.
         path: PathBuf,
@@ -119,7 +121,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename.
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(bytes).map_err(io_err(&tmp))?;
@@ -140,7 +145,10 @@ where
 {
     let parent = dest.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(|e| E::from(io_err(parent)(e)))?;
-    let name = dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| E::from(io_err(&tmp)(e)))?;
@@ -208,11 +216,10 @@ pub fn read_meta(dir: &Path) -> Result<ModelMeta, CheckpointError> {
         });
     }
     let text = fs::read_to_string(&path).map_err(io_err(&path))?;
-    let meta: ModelMeta =
-        serde_json::from_str(&text).map_err(|e| CheckpointError::BadMeta {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+    let meta: ModelMeta = serde_json::from_str(&text).map_err(|e| CheckpointError::BadMeta {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     if meta.magic != MODEL_MAGIC {
         return Err(CheckpointError::BadMeta {
             path,
@@ -248,12 +255,11 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Gpt<B>, 
             found,
         });
     }
-    let mut model = Gpt::<B>::init(&meta.config, 0, device).map_err(|source| {
-        CheckpointError::BadConfig {
+    let mut model =
+        Gpt::<B>::init(&meta.config, 0, device).map_err(|source| CheckpointError::BadConfig {
             path: dir.join(META_FILE),
             source,
-        }
-    })?;
+        })?;
     load_weights_bytes(&mut model, bytes, &weights_path)?;
     Ok(model)
 }

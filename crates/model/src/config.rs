@@ -117,7 +117,9 @@ pub enum ConfigError {
         n_head: usize,
     },
     /// RoPE rotates pairs of channels, so the head dimension must be even.
-    #[error("model.positional = \"rope\" needs an even head_dim, got {head_dim} (d_model / n_head)")]
+    #[error(
+        "model.positional = \"rope\" needs an even head_dim, got {head_dim} (d_model / n_head)"
+    )]
     OddRopeHeadDim {
         /// The head dimension.
         head_dim: usize,
@@ -219,7 +221,11 @@ impl GptConfig {
     pub fn param_count(&self) -> usize {
         let d = self.d_model;
         let b = usize::from(self.bias);
-        let norm = d + if self.norm == NormKind::LayerNorm { b * d } else { 0 };
+        let norm = d + if self.norm == NormKind::LayerNorm {
+            b * d
+        } else {
+            0
+        };
         let attn = d * self.qkv_dim() + b * self.qkv_dim() + d * d + b * d;
         let n_up = if self.mlp == MlpKind::SwiGlu { 2 } else { 1 };
         let mlp = n_up * (d * self.d_ff + b * self.d_ff) + self.d_ff * d + b * d;
@@ -338,8 +344,13 @@ impl GptConfig {
     }
 
     /// Names accepted by [`GptConfig::preset`].
-    pub const PRESETS: [&'static str; 5] =
-        ["cpu-tiny", "cpu-small", "gpt2-124m", "gpt2-350m", "llama-small"];
+    pub const PRESETS: [&'static str; 5] = [
+        "cpu-tiny",
+        "cpu-small",
+        "gpt2-124m",
+        "gpt2-350m",
+        "llama-small",
+    ];
 }
 
 #[cfg(test)]
@@ -358,10 +369,7 @@ mod tests {
     fn gpt2_124m_param_count_matches_published_figure() {
         // GPT-2 small has 124,439,808 parameters with vocab 50257; with 50304 the embedding
         // grows by 47 * 768.
-        assert_eq!(
-            GptConfig::gpt2_124m().param_count(),
-            124_439_808 + 47 * 768
-        );
+        assert_eq!(GptConfig::gpt2_124m().param_count(), 124_439_808 + 47 * 768);
     }
 
     #[test]
@@ -369,7 +377,10 @@ mod tests {
         let mut c = GptConfig::cpu_tiny();
         c.d_model = 130;
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("d_model = 130") && e.contains("n_head = 4"), "{e}");
+        assert!(
+            e.contains("d_model = 130") && e.contains("n_head = 4"),
+            "{e}"
+        );
 
         let mut c = GptConfig::cpu_tiny();
         c.n_kv_head = Some(3);

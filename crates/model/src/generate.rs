@@ -50,10 +50,7 @@ pub fn sample_token(logits: &[f32], options: &SampleOptions, rng: &mut SplitMix6
     }
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    let keep = options
-        .top_k
-        .unwrap_or(logits.len())
-        .clamp(1, logits.len());
+    let keep = options.top_k.unwrap_or(logits.len()).clamp(1, logits.len());
     let kept = &order[..keep];
     let max = f64::from(logits[kept[0]]);
     let weights: Vec<f64> = kept

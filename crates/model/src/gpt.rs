@@ -55,7 +55,9 @@ impl<B: Backend> Norm<B> {
                 let out = B::layer_norm(
                     x.into_primitive().tensor(),
                     self.weight.val().into_primitive().tensor(),
-                    self.bias.as_ref().map(|b| b.val().into_primitive().tensor()),
+                    self.bias
+                        .as_ref()
+                        .map(|b| b.val().into_primitive().tensor()),
                     self.eps,
                 );
                 Tensor::from_primitive(TensorPrimitive::Float(out))
@@ -143,8 +145,13 @@ impl<B: Backend> Attention<B> {
         let (nh, nkv, hs) = (self.n_head, self.n_kv_head, self.head_dim);
         let qkv = self.c_attn.forward(x); // [B, T, (nh + 2·nkv)·hs]
         let q = qkv.clone().narrow(2, 0, nh * hs).reshape([b, t, nh, hs]); // [B, T, nh, hs]
-        let k = qkv.clone().narrow(2, nh * hs, nkv * hs).reshape([b, t, nkv, hs]); // [B, T, nkv, hs]
-        let v = qkv.narrow(2, (nh + nkv) * hs, nkv * hs).reshape([b, t, nkv, hs]); // [B, T, nkv, hs]
+        let k = qkv
+            .clone()
+            .narrow(2, nh * hs, nkv * hs)
+            .reshape([b, t, nkv, hs]); // [B, T, nkv, hs]
+        let v = qkv
+            .narrow(2, (nh + nkv) * hs, nkv * hs)
+            .reshape([b, t, nkv, hs]); // [B, T, nkv, hs]
         let q = q.swap_dims(1, 2); // [B, nh, T, hs]
         let k = k.swap_dims(1, 2); // [B, nkv, T, hs]
         let v = v.swap_dims(1, 2); // [B, nkv, T, hs]
@@ -224,7 +231,10 @@ impl<B: Backend> Block<B> {
     /// # Shapes
     /// `[B, T, d_model]` → `[B, T, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>, rope: Option<&RopeTables<B>>) -> Tensor<B, 3> {
-        let x = x.clone() + self.drop.forward(self.attn.forward(self.ln_1.forward(x), rope));
+        let x = x.clone()
+            + self
+                .drop
+                .forward(self.attn.forward(self.ln_1.forward(x), rope));
         x.clone() + self.drop.forward(self.mlp.forward(self.ln_2.forward(x)))
     }
 }
@@ -327,6 +337,18 @@ impl<B: Backend> Gpt<B> {
         })
     }
 
+    /// The same weights with another dropout probability (a training choice, not part of the
+    /// checkpoint).
+    pub fn with_dropout(mut self, prob: f64) -> Self {
+        let drop = DropoutConfig::new(prob).init();
+        for block in &mut self.h {
+            block.drop = drop.clone();
+        }
+        self.drop = drop;
+        self.config.dropout = prob;
+        self
+    }
+
     /// The configuration this model was built from.
     pub fn config(&self) -> &GptConfig {
         &self.config
@@ -362,14 +384,8 @@ impl<B: Backend> Gpt<B> {
             let pos = Tensor::<B, 1, Int>::arange(0..t as i64, &device).unsqueeze::<2>(); // [1, T]
             x = x + wpe.forward(pos); // [B, T, d] + [1, T, d]
         }
-        let rope = (self.config.positional == Positional::Rope).then(|| {
-            RopeTables::new(
-                t,
-                self.config.head_dim(),
-                self.config.rope_theta,
-                &device,
-            )
-        });
+        let rope = (self.config.positional == Positional::Rope)
+            .then(|| RopeTables::new(t, self.config.head_dim(), self.config.rope_theta, &device));
         let mut x = self.drop.forward(x);
         for block in &self.h {
             x = block.forward(x, rope.as_ref());

@@ -61,7 +61,9 @@ fn to_vec(t: Tensor<B, 3>) -> Vec<f32> {
 
 fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = hyperclone_model::SplitMix64::new(seed);
-    (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
+    (0..n)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect()
 }
 
 #[test]
@@ -174,9 +176,7 @@ fn same_seed_same_weights_different_seed_different_weights() {
     let device = Default::default();
     let c = GptConfig::cpu_tiny();
     let w = |seed| {
-        Gpt::<B>::init(&c, seed, &device)
-            .unwrap()
-            .h[1]
+        Gpt::<B>::init(&c, seed, &device).unwrap().h[1]
             .mlp
             .c_fc
             .weight

@@ -1,1 +1,13 @@
+//! The training engine of hyperclone: typed TOML configuration with command-line overrides,
+//! AdamW with decay groups and global-norm clipping, learning-rate schedules, a resumable
+//! token-budgeted loop, checkpoints, and `metrics.jsonl` with device-hours and MFU.
 
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{BackendKind, ConfigFileError, Precision, TrainConfig};
+pub use trainer::{evaluate, train, TrainError, TrainOptions, TrainSummary};

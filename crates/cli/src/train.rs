@@ -1,0 +1,231 @@
+//! `hyperclone train` and `hyperclone generate`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use hyperclone_model::checkpoint::load_model;
+use hyperclone_model::{generate, SampleOptions};
+use hyperclone_training::checkpoint::complete_checkpoints;
+use hyperclone_training::{train, BackendKind, Precision, TrainConfig, TrainOptions, TrainSummary};
+
+use crate::backend::{run_job, Env, Job};
+
+/// Resume policy of `train`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeMode {
+    /// Continue the newest complete checkpoint in the run directory, else start fresh.
+    Auto,
+    /// Refuse to run if the run directory already holds a checkpoint.
+    Never,
+}
+
+/// Train a model from a TOML config.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Experiment config (TOML with [model], [data], [optimizer], [schedule], [run]).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Override a config value, type-checked: `--set optimizer.lr=3e-4` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Run directory (default: runs/<config file name>).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Start from these weights (a model folder, e.g. the output of `hyperclone expand`) when
+    /// the run directory has no checkpoint yet.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// `auto`: resume the newest complete checkpoint when there is one.
+    #[arg(long, value_enum, default_value_t = ResumeMode::Auto)]
+    pub resume: ResumeMode,
+    /// Stop after this step as if interrupted (for splitting runs and testing resume).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+}
+
+struct TrainJob {
+    config: TrainConfig,
+    options: TrainOptions,
+}
+
+impl Job for TrainJob {
+    type Output = TrainSummary;
+    fn run<AB: AutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<TrainSummary> {
+        let mut options = self.options;
+        options.backend_name = env.backend_name.to_string();
+        options.device_name = env.device_name;
+        tracing::info!(
+            "training on {} ({}) into {}",
+            options.backend_name,
+            options.device_name,
+            options.run_dir.display()
+        );
+        Ok(train::<AB>(&self.config, &options, device)?)
+    }
+}
+
+/// Runs a training job described by a config and options (used by `train` and `run`).
+pub fn run_training(config: TrainConfig, options: TrainOptions) -> Result<TrainSummary> {
+    let (backend, precision) = (config.run.backend, config.run.precision);
+    run_job(backend, precision, TrainJob { config, options })
+}
+
+/// `hyperclone train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let config = TrainConfig::load(&args.config, &args.overrides)?;
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
+        let stem = args
+            .config
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "run".into());
+        PathBuf::from("runs").join(stem)
+    });
+    let options = TrainOptions {
+        run_dir,
+        init_from: args.init_from,
+        resume: args.resume == ResumeMode::Auto,
+        stop_after: args.stop_after,
+        backend_name: String::new(),
+        device_name: String::new(),
+    };
+    let summary = run_training(config, options.clone())?;
+    println!(
+        "step {} | tokens {} | final val loss {} | wall {:.1} s | {:.5} device-hours | run dir {}",
+        summary.step,
+        summary.tokens,
+        summary
+            .final_val_loss
+            .map_or("-".to_string(), |v| format!("{v:.4}")),
+        summary.wall_s,
+        summary.device_hours,
+        options.run_dir.display()
+    );
+    Ok(())
+}
+
+/// Sample text from a trained model.
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// A run directory (uses `final/`, else the newest complete checkpoint) or a model folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Text to continue.
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// Tokens to sample.
+    #[arg(long, default_value_t = 200)]
+    pub max_new_tokens: usize,
+    /// Softmax temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Sample among the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 50)]
+    pub top_k: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// tokenizer.json to use (default: the one of the run's prepared data).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: CliBackend,
+}
+
+/// Backend choice on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum CliBackend {
+    /// cuda, then wgpu, then flex: the best compiled in.
+    Auto,
+    /// CPU.
+    Flex,
+    /// NVIDIA GPU.
+    Cuda,
+    /// wgpu.
+    Wgpu,
+}
+
+impl From<CliBackend> for BackendKind {
+    fn from(b: CliBackend) -> Self {
+        match b {
+            CliBackend::Auto => BackendKind::Auto,
+            CliBackend::Flex => BackendKind::Flex,
+            CliBackend::Cuda => BackendKind::Cuda,
+            CliBackend::Wgpu => BackendKind::Wgpu,
+        }
+    }
+}
+
+/// The model folder inside a run directory: `final/`, else the newest complete checkpoint,
+/// else the folder itself.
+pub fn model_dir_of(run: &Path) -> PathBuf {
+    if run.join("final").join("model.json").exists() {
+        return run.join("final");
+    }
+    if let Some((_, dir)) = complete_checkpoints(run).into_iter().next() {
+        return dir;
+    }
+    run.to_path_buf()
+}
+
+/// The tokenizer of a run: `<data.out>/tokenizer.json` of its `config.toml`.
+fn tokenizer_of(run: &Path) -> Result<PathBuf> {
+    let config_path = run.join("config.toml");
+    let config = TrainConfig::load(&config_path, &[]).with_context(|| {
+        format!(
+            "finding the tokenizer of {} (or pass --tokenizer)",
+            run.display()
+        )
+    })?;
+    Ok(config.data.out.join("tokenizer.json"))
+}
+
+struct GenerateJob {
+    model_dir: PathBuf,
+    prompt_ids: Vec<u32>,
+    options: SampleOptions,
+}
+
+impl Job for GenerateJob {
+    type Output = Vec<u32>;
+    fn run<AB: AutodiffBackend>(self, device: &AB::Device, _env: Env) -> Result<Vec<u32>> {
+        let model = load_model::<AB::InnerBackend>(&self.model_dir, device)?;
+        Ok(generate(&model, &self.prompt_ids, &self.options))
+    }
+}
+
+/// `hyperclone generate`.
+pub fn run_generate(args: GenerateArgs) -> Result<()> {
+    let model_dir = model_dir_of(&args.run);
+    let tokenizer_path = match &args.tokenizer {
+        Some(t) => t.clone(),
+        None => tokenizer_of(&args.run)?,
+    };
+    let tokenizer = hyperclone_data::Tokenizer::from_file(&tokenizer_path)?;
+    let prompt_ids = tokenizer.encode(&args.prompt)?;
+    if prompt_ids.is_empty() && !args.prompt.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    let options = SampleOptions {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: (args.top_k > 0).then_some(args.top_k),
+        seed: args.seed,
+    };
+    let prompt_len = prompt_ids.len();
+    let ids = run_job(
+        args.backend.into(),
+        Precision::F32,
+        GenerateJob {
+            model_dir,
+            prompt_ids,
+            options,
+        },
+    )?;
+    let start = if prompt_len == 0 { 1 } else { prompt_len };
+    let text = tokenizer.decode(&ids[start.min(ids.len())..])?;
+    println!("{}{}", args.prompt, text);
+    Ok(())
+}

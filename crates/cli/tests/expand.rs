@@ -1,0 +1,211 @@
+//! End-to-end tests of `hyperclone expand` (the module is compiled in here by path, since the
+//! CLI is a binary crate): a folder in, an expanded folder with `expand.json` out, and nothing
+//! written when verification fails.
+
+#[path = "../src/expand.rs"]
+#[allow(dead_code)]
+mod expand;
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use expand::{run_on, ExpandArgs};
+use hyperclone_cloning::{read_expand_record, Variant};
+use hyperclone_model::checkpoint::{load_model, save_model};
+use hyperclone_model::{tokens_tensor, Gpt, GptConfig};
+
+type B = Flex;
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let p =
+            std::env::temp_dir().join(format!("hyperclone-expand-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn small() -> GptConfig {
+    GptConfig {
+        vocab_size: 96,
+        context_length: 16,
+        n_layer: 2,
+        d_model: 32,
+        n_head: 4,
+        n_kv_head: Some(2),
+        d_ff: 48,
+        ..GptConfig::llama_small()
+    }
+}
+
+fn args(from: &Path, out: &Path) -> ExpandArgs {
+    ExpandArgs {
+        from: from.to_path_buf(),
+        out: out.to_path_buf(),
+        width: 2,
+        ffn: None,
+        variant: Variant::Symmetric,
+        snr_db: 10.0,
+        seed: 0,
+        probe_tokens: 64,
+        probe_data: None,
+        tolerance: 1e-5,
+        skip_verify: false,
+        force: false,
+    }
+}
+
+fn logits(model: &Gpt<B>) -> Vec<f32> {
+    let ids: Vec<u32> = (0..32).map(|i| (i * 13 % 96) as u32).collect();
+    model
+        .forward(tokens_tensor(&ids, 2, 16, &Default::default()))
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn expand_writes_a_loadable_function_preserving_folder_with_its_record() {
+    let tmp = TempDir::new("ok");
+    let device = Default::default();
+    let src = tmp.0.join("small");
+    std::fs::create_dir_all(&src).unwrap();
+    let source = Gpt::<B>::init(&small(), 1, &device).unwrap();
+    save_model(&source, &src).unwrap();
+    let out = tmp.0.join("large");
+    let a = ExpandArgs {
+        variant: Variant::NoisySymmetric,
+        ffn: Some(3),
+        ..args(&src, &out)
+    };
+    run_on::<B>(a, &device).unwrap();
+
+    let target = load_model::<B>(&out, &device).unwrap();
+    assert_eq!(target.config().d_model, 64);
+    assert_eq!(target.config().d_ff, 144);
+    let (s, t) = (logits(&source), logits(&target));
+    let max_src = s.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_diff = s
+        .iter()
+        .zip(&t)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(max_diff <= 1e-5 * max_src, "{max_diff} vs {max_src}");
+
+    let rec = read_expand_record(&out).unwrap().expect("expand.json");
+    assert_eq!((rec.width_factor, rec.ffn_factor), (2, 3));
+    assert_eq!(rec.variant, Variant::NoisySymmetric);
+    assert_eq!(rec.snr_db, Some(10.0));
+    assert_eq!(rec.source_params, small().param_count() as u64);
+    assert_eq!(rec.target_params, target.num_params() as u64);
+    assert!(rec.rel_err.unwrap() <= 1e-5 && rec.kl.is_some());
+    assert!(rec.wall_s > 0.0 && (rec.device_hours - rec.wall_s / 3600.0).abs() < 1e-15);
+    // The report crate's contract: these keys, with these JSON types.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("expand.json")).unwrap()).unwrap();
+    for key in [
+        "wall_s",
+        "device_hours",
+        "max_abs_logit_diff",
+        "rel_err",
+        "kl",
+        "snr_db",
+    ] {
+        assert!(json[key].is_f64(), "{key}: {json}");
+    }
+    for key in [
+        "source_params",
+        "target_params",
+        "width_factor",
+        "ffn_factor",
+        "seed",
+    ] {
+        assert!(json[key].is_u64(), "{key}: {json}");
+    }
+    assert_eq!(json["variant"], "noisy-symmetric");
+    assert!(json["device"].is_string());
+
+    // An existing output folder is kept unless --force.
+    let e = run_on::<B>(args(&src, &out), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--force"), "{e}");
+    let forced = ExpandArgs {
+        force: true,
+        skip_verify: true,
+        ..args(&src, &out)
+    };
+    run_on::<B>(forced, &device).unwrap();
+    let rec = read_expand_record(&out).unwrap().unwrap();
+    assert_eq!((rec.ffn_factor, rec.rel_err, rec.snr_db), (2, None, None));
+}
+
+#[test]
+fn failed_verification_and_impossible_requests_write_nothing() {
+    let tmp = TempDir::new("fail");
+    let device = Default::default();
+    let src = tmp.0.join("small");
+    std::fs::create_dir_all(&src).unwrap();
+    save_model(&Gpt::<B>::init(&small(), 2, &device).unwrap(), &src).unwrap();
+    let out = tmp.0.join("large");
+
+    // A zero tolerance cannot be met in f32 with n = 3 (W/3 is rounded).
+    let strict = ExpandArgs {
+        width: 3,
+        tolerance: 0.0,
+        ..args(&src, &out)
+    };
+    let e = run_on::<B>(strict, &device).unwrap_err().to_string();
+    assert!(e.contains("not function-preserving"), "{e}");
+    let e = run_on::<B>(
+        ExpandArgs {
+            width: 0,
+            ..args(&src, &out)
+        },
+        &device,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("width_factor"), "{e}");
+    let e = run_on::<B>(args(&tmp.0.join("nope"), &out), &device).unwrap_err();
+    assert!(format!("{e:#}").contains("nope"), "{e:#}");
+    // Nothing but the source folder: no output, no temp folder left behind.
+    let names: Vec<_> = std::fs::read_dir(&tmp.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("small")]);
+}
+
+#[test]
+fn probe_tokens_can_come_from_a_token_shard() {
+    let tmp = TempDir::new("shard");
+    let device = Default::default();
+    let src = tmp.0.join("small");
+    std::fs::create_dir_all(&src).unwrap();
+    save_model(&Gpt::<B>::init(&small(), 3, &device).unwrap(), &src).unwrap();
+    let shard = tmp.0.join("val.bin");
+    let tokens: Vec<u32> = (0..100).map(|i| (i * 7 % 96) as u32).collect();
+    hyperclone_data::shard::write_shard(&shard, &tokens, 96, &[0; 32]).unwrap();
+    let out = tmp.0.join("large");
+    let with_data = ExpandArgs {
+        probe_data: Some(shard.clone()),
+        ..args(&src, &out)
+    };
+    run_on::<B>(with_data, &device).unwrap();
+    assert!(read_expand_record(&out).unwrap().unwrap().rel_err.is_some());
+    let too_many = ExpandArgs {
+        probe_data: Some(shard),
+        probe_tokens: 500,
+        force: true,
+        ..args(&src, &out)
+    };
+    let e = run_on::<B>(too_many, &device).unwrap_err().to_string();
+    assert!(e.contains("fewer than"), "{e}");
+}

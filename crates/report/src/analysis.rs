@@ -1,0 +1,674 @@
+//! The numbers of the report: per-stage statistics, the cost for the cloned run to reach the
+//! baseline's val-loss targets (linear interpolation between eval points), speedups, and the
+//! aggregation over seeds.
+
+use serde::Serialize;
+
+use crate::inputs::{SeedRun, Stage};
+use crate::metrics::Metrics;
+
+/// The budget fractions at which the baseline's val loss becomes an intermediate target, in
+/// addition to its final val loss (fraction 1).
+pub const TARGET_FRACTIONS: [f64; 4] = [0.25, 0.5, 0.75, 1.0];
+
+/// The x axis a curve or a cost is measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Axis {
+    /// Optimiser steps.
+    Step,
+    /// Tokens consumed.
+    Tokens,
+    /// Device-hours.
+    DeviceHours,
+    /// Training FLOPs.
+    Flops,
+}
+
+/// One eval line reduced to what the curves need.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalPoint {
+    /// Optimiser step.
+    pub step: u64,
+    /// Cumulative tokens.
+    pub tokens: Option<f64>,
+    /// Cumulative device-hours.
+    pub device_hours: Option<f64>,
+    /// Cumulative FLOPs.
+    pub flops: Option<f64>,
+    /// Validation loss.
+    pub loss: f64,
+}
+
+impl EvalPoint {
+    /// The point's coordinate on `axis`.
+    pub fn x(&self, axis: Axis) -> Option<f64> {
+        match axis {
+            Axis::Step => Some(self.step as f64),
+            Axis::Tokens => self.tokens,
+            Axis::DeviceHours => self.device_hours,
+            Axis::Flops => self.flops,
+        }
+    }
+}
+
+/// The eval lines of a run that carry a finite val loss, ascending by step.
+pub fn eval_points(metrics: &Metrics) -> Vec<EvalPoint> {
+    metrics
+        .eval
+        .iter()
+        .filter_map(|e| {
+            let loss = e.val_loss.filter(|l| l.is_finite())?;
+            Some(EvalPoint {
+                step: e.step,
+                tokens: e.tokens.map(|t| t as f64),
+                device_hours: e.device_hours,
+                flops: e.flops,
+                loss,
+            })
+        })
+        .collect()
+}
+
+/// `(x, val_loss)` pairs on `axis`, skipping points that lack that coordinate.
+pub fn curve(points: &[EvalPoint], axis: Axis) -> Vec<(f64, f64)> {
+    points
+        .iter()
+        .filter_map(|p| Some((p.x(axis)?, p.loss)))
+        .collect()
+}
+
+/// The smallest x at which a curve (ascending in x) first reaches `loss <= target`, linearly
+/// interpolated between the last point above the target and the first point at or below it.
+/// `None` when the curve never reaches the target.
+pub fn crossing(curve: &[(f64, f64)], target: f64) -> Option<f64> {
+    let mut previous: Option<(f64, f64)> = None;
+    for &(x, y) in curve {
+        if y <= target {
+            return Some(match previous {
+                // Only reached when the previous point was above the target, so y0 > y.
+                Some((x0, y0)) => x0 + (x - x0) * (y0 - target) / (y0 - y),
+                None => x,
+            });
+        }
+        previous = Some((x, y));
+    }
+    None
+}
+
+/// The curve's y at `x` by linear interpolation; `None` outside the curve's x range.
+pub fn value_at(curve: &[(f64, f64)], x: f64) -> Option<f64> {
+    let (first, last) = (curve.first()?, curve.last()?);
+    if x < first.0 || x > last.0 {
+        return None;
+    }
+    for pair in curve.windows(2) {
+        let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+        if x >= x0 && x <= x1 {
+            if x1 == x0 {
+                return Some(y1);
+            }
+            return Some(y0 + (y1 - y0) * (x - x0) / (x1 - x0));
+        }
+    }
+    Some(last.1)
+}
+
+/// The median of the finite values; `None` when there are none.
+pub fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Mean and spread of one number over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Spread {
+    /// Number of finite values (the mean, std, min and max are over these).
+    pub n: usize,
+    /// Arithmetic mean of the finite values (+∞ when there are none, only infinite ones).
+    pub mean: f64,
+    /// Sample standard deviation (n − 1 in the denominator); `None` for fewer than 2 values.
+    pub std: Option<f64>,
+    /// Smallest finite value.
+    pub min: f64,
+    /// Largest finite value.
+    pub max: f64,
+    /// Number of +∞ values left out of the statistics (a speedup whose target was met at
+    /// initialisation).
+    pub infinite: usize,
+}
+
+/// Mean ± sample standard deviation of the finite values, counting +∞ values apart; `None`
+/// when there is neither. NaN and −∞ are ignored.
+pub fn spread(values: &[f64]) -> Option<Spread> {
+    let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    let infinite = values.iter().filter(|x| **x == f64::INFINITY).count();
+    if v.is_empty() {
+        return (infinite > 0).then_some(Spread {
+            n: 0,
+            mean: f64::INFINITY,
+            std: None,
+            min: f64::INFINITY,
+            max: f64::INFINITY,
+            infinite,
+        });
+    }
+    let n = v.len();
+    let mean = v.iter().sum::<f64>() / n as f64;
+    let std = (n > 1).then(|| {
+        let ss: f64 = v.iter().map(|x| (x - mean) * (x - mean)).sum();
+        (ss / (n - 1) as f64).sqrt()
+    });
+    Some(Spread {
+        n,
+        mean,
+        std,
+        min: v.iter().copied().fold(f64::INFINITY, f64::min),
+        max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        infinite,
+    })
+}
+
+/// Summary statistics of one training stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StageStats {
+    /// Last optimiser step logged.
+    pub steps: Option<u64>,
+    /// Total tokens.
+    pub tokens: Option<u64>,
+    /// Total device-hours.
+    pub device_hours: Option<f64>,
+    /// Total FLOPs.
+    pub flops: Option<f64>,
+    /// Total wall-clock seconds.
+    pub wall_s: Option<f64>,
+    /// Training loss of the last step.
+    pub final_train_loss: Option<f64>,
+    /// Val loss of the last eval.
+    pub final_val_loss: Option<f64>,
+    /// Lowest val loss of any eval.
+    pub best_val_loss: Option<f64>,
+    /// Val loss of the first eval (step 0 when logged).
+    pub first_val_loss: Option<f64>,
+    /// Median tokens/s of the train lines.
+    pub median_tokens_per_s: Option<f64>,
+    /// Median TFLOP/s of the train lines.
+    pub median_tflops_per_s: Option<f64>,
+    /// Median MFU of the train lines that have one.
+    pub median_mfu: Option<f64>,
+    /// Whether any MFU value used an estimated device peak.
+    pub mfu_estimated: bool,
+    /// Largest peak memory reported.
+    pub peak_memory_bytes: Option<u64>,
+    /// Share of step time spent waiting for data.
+    pub data_share: Option<f64>,
+    /// Lines dropped as re-logged after a resume.
+    pub relogged: usize,
+}
+
+/// Computes [`StageStats`] from a stage's metrics.
+pub fn stage_stats(metrics: &Metrics) -> StageStats {
+    let points = eval_points(metrics);
+    let train = &metrics.train;
+    let step_time: f64 = train.iter().filter_map(|r| r.step_time_s).sum();
+    let data_time: f64 = train.iter().filter_map(|r| r.data_time_s).sum();
+    let has_data_time = train.iter().any(|r| r.data_time_s.is_some());
+    StageStats {
+        steps: train.last().map(|r| r.step),
+        tokens: metrics.total_tokens(),
+        device_hours: metrics.total_device_hours(),
+        flops: metrics.total_flops(),
+        wall_s: metrics.total_wall_s(),
+        final_train_loss: train.iter().rev().find_map(|r| r.loss),
+        final_val_loss: points.last().map(|p| p.loss),
+        best_val_loss: points.iter().map(|p| p.loss).reduce(f64::min),
+        first_val_loss: points.first().map(|p| p.loss),
+        median_tokens_per_s: median(train.iter().filter_map(|r| r.tokens_per_s)),
+        median_tflops_per_s: median(train.iter().filter_map(|r| r.tflops_per_s)),
+        median_mfu: median(train.iter().filter_map(|r| r.mfu)),
+        mfu_estimated: train.iter().any(|r| r.mfu_estimated == Some(true)),
+        peak_memory_bytes: train.iter().filter_map(|r| r.peak_memory_bytes).max(),
+        data_share: (has_data_time && step_time > 0.0).then(|| data_time / step_time),
+        relogged: metrics.relogged,
+    }
+}
+
+/// What it cost the baseline and the cloned run to reach one target, on one cost axis.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CostComparison {
+    /// Baseline cost to first reach the target (`None` when the axis is not logged).
+    pub baseline: Option<f64>,
+    /// Cloned run's large-stage cost to first reach it; `None` when not reached (see
+    /// [`TargetResult::cloned_reached`]) or the axis is not logged.
+    pub cloned_large_only: Option<f64>,
+    /// Cost paid before the large stage: the small run plus the expansion.
+    pub prefix: Option<f64>,
+}
+
+impl CostComparison {
+    /// Small + expansion + large cost of the cloned run.
+    pub fn cloned_total(&self) -> Option<f64> {
+        Some(self.cloned_large_only? + self.prefix?)
+    }
+
+    /// Baseline cost ÷ cloned large-only cost. Infinite when the expanded checkpoint already
+    /// met the target before any training.
+    pub fn speedup_large_only(&self) -> Option<f64> {
+        ratio(self.baseline?, self.cloned_large_only?)
+    }
+
+    /// Baseline cost ÷ (small + expansion + cloned large) cost.
+    pub fn speedup_total(&self) -> Option<f64> {
+        ratio(self.baseline?, self.cloned_total()?)
+    }
+}
+
+fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
+    if denominator > 0.0 {
+        Some(numerator / denominator)
+    } else if numerator > 0.0 {
+        Some(f64::INFINITY)
+    } else {
+        None
+    }
+}
+
+/// One val-loss target taken from the baseline's curve and how both runs fared against it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetResult {
+    /// Human-readable description of the target.
+    pub label: String,
+    /// Fraction of the baseline's budget the target was taken at (1 = its final val loss).
+    pub fraction: f64,
+    /// The val loss to reach.
+    pub target_loss: f64,
+    /// Whether the cloned run's val loss ever got to the target or below.
+    pub cloned_reached: bool,
+    /// The cloned run's (interpolated) step at the crossing.
+    pub cloned_step: Option<f64>,
+    /// The baseline's (interpolated) step at the crossing.
+    pub baseline_step: Option<f64>,
+    /// Costs in device-hours.
+    pub hours: CostComparison,
+    /// Costs in FLOPs (the expansion's own FLOPs are not counted: it is a copy of weights).
+    pub flops: CostComparison,
+    /// Costs in tokens (large-only; tokens of the small model are not comparable).
+    pub tokens: CostComparison,
+}
+
+/// One seed's symmetry measurement.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SymmetryPoint {
+    /// Optimiser step of the eval.
+    pub step: u64,
+    /// Cumulative tokens at that eval.
+    pub tokens: Option<f64>,
+    /// Mean over layers.
+    pub mean: f64,
+    /// Per-layer values.
+    pub per_layer: Vec<f64>,
+}
+
+/// Everything computed for one seed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeedAnalysis {
+    /// "seed N" or "single seed".
+    pub label: String,
+    /// The seed number, when known.
+    pub seed: Option<u64>,
+    /// Statistics of the small run.
+    pub small: Option<StageStats>,
+    /// Statistics of the cloned large run.
+    pub large: Option<StageStats>,
+    /// Statistics of the baseline run.
+    pub baseline: Option<StageStats>,
+    /// Device-hours of the expansion (`None` when `expand.json` gives none).
+    pub expand_hours: Option<f64>,
+    /// Device-hours paid before the cloned large run: small + expansion.
+    pub prefix_hours: Option<f64>,
+    /// FLOPs paid before the cloned large run: the small run's.
+    pub prefix_flops: Option<f64>,
+    /// The targets, in [`TARGET_FRACTIONS`] order (those that could be formed).
+    pub targets: Vec<TargetResult>,
+    /// The cloned run's symmetry metric over training.
+    pub symmetry: Vec<SymmetryPoint>,
+}
+
+impl SeedAnalysis {
+    /// The target at the baseline's final val loss, if it could be formed.
+    pub fn final_target(&self) -> Option<&TargetResult> {
+        self.targets.iter().find(|t| t.fraction == 1.0)
+    }
+}
+
+fn stage_metrics(stage: &Option<Stage>) -> Option<&Metrics> {
+    stage.as_ref()?.metrics.as_ref()
+}
+
+/// Analyses one seed's stages.
+pub fn analyse_seed(run: &SeedRun) -> SeedAnalysis {
+    let small_m = stage_metrics(&run.small);
+    let large_m = stage_metrics(&run.large);
+    let baseline_m = stage_metrics(&run.baseline);
+    let small = small_m.map(stage_stats);
+    let expand_hours = run.expand.as_ref().and_then(|e| e.cost_hours());
+    let prefix_hours = small
+        .as_ref()
+        .and_then(|s| s.device_hours)
+        .map(|h| h + expand_hours.unwrap_or(0.0));
+    let prefix_flops = small.as_ref().and_then(|s| s.flops);
+
+    let targets = match (large_m, baseline_m) {
+        (Some(l), Some(b)) => {
+            compute_targets(&eval_points(l), &eval_points(b), prefix_hours, prefix_flops)
+        }
+        _ => Vec::new(),
+    };
+    let symmetry = large_m
+        .map(|m| {
+            m.eval
+                .iter()
+                .filter_map(|e| {
+                    let s = e.symmetry.as_ref()?;
+                    s.mean.is_finite().then(|| SymmetryPoint {
+                        step: e.step,
+                        tokens: e.tokens.map(|t| t as f64),
+                        mean: s.mean,
+                        per_layer: s.per_layer.clone(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    SeedAnalysis {
+        label: run.label.clone(),
+        seed: run.seed,
+        small,
+        large: large_m.map(stage_stats),
+        baseline: baseline_m.map(stage_stats),
+        expand_hours,
+        prefix_hours,
+        prefix_flops,
+        targets,
+        symmetry,
+    }
+}
+
+/// Forms the targets from the baseline's curve and measures both runs against them.
+pub fn compute_targets(
+    cloned: &[EvalPoint],
+    baseline: &[EvalPoint],
+    prefix_hours: Option<f64>,
+    prefix_flops: Option<f64>,
+) -> Vec<TargetResult> {
+    let Some(last) = baseline.last() else {
+        return Vec::new();
+    };
+    // The budget axis: tokens when every baseline eval has them, else steps.
+    let budget_axis = if baseline.iter().all(|p| p.tokens.is_some()) {
+        Axis::Tokens
+    } else {
+        Axis::Step
+    };
+    let budget_curve = curve(baseline, budget_axis);
+    let budget = last.x(budget_axis).unwrap_or(0.0);
+    let axis_name = if budget_axis == Axis::Tokens {
+        "tokens"
+    } else {
+        "steps"
+    };
+    let mut out = Vec::new();
+    for &fraction in &TARGET_FRACTIONS {
+        let (label, target) = if fraction == 1.0 {
+            ("baseline's final val loss".to_string(), Some(last.loss))
+        } else {
+            (
+                format!(
+                    "baseline's val loss at {:.0} % of its {axis_name}",
+                    fraction * 100.0
+                ),
+                value_at(&budget_curve, fraction * budget),
+            )
+        };
+        let Some(target_loss) = target else {
+            continue;
+        };
+        let compare = |axis: Axis, prefix: Option<f64>| CostComparison {
+            baseline: crossing(&curve(baseline, axis), target_loss),
+            cloned_large_only: crossing(&curve(cloned, axis), target_loss),
+            prefix,
+        };
+        let cloned_step = crossing(&curve(cloned, Axis::Step), target_loss);
+        out.push(TargetResult {
+            label,
+            fraction,
+            target_loss,
+            cloned_reached: cloned_step.is_some(),
+            cloned_step,
+            baseline_step: crossing(&curve(baseline, Axis::Step), target_loss),
+            hours: compare(Axis::DeviceHours, prefix_hours),
+            flops: compare(Axis::Flops, prefix_flops),
+            tokens: compare(Axis::Tokens, None),
+        });
+    }
+    out
+}
+
+/// One target's speedups aggregated over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetAggregate {
+    /// The target's fraction of the baseline budget.
+    pub fraction: f64,
+    /// The target's description.
+    pub label: String,
+    /// Seeds where the target could be formed.
+    pub seeds: usize,
+    /// Seeds where the cloned run reached it.
+    pub reached: usize,
+    /// Target val loss over seeds.
+    pub target_loss: Option<Spread>,
+    /// Device-hours speedup large-only, over the seeds that reached it.
+    pub hours_large_only: Option<Spread>,
+    /// Device-hours speedup total, over the seeds that reached it.
+    pub hours_total: Option<Spread>,
+    /// FLOPs speedup large-only, over the seeds that reached it.
+    pub flops_large_only: Option<Spread>,
+    /// FLOPs speedup total, over the seeds that reached it.
+    pub flops_total: Option<Spread>,
+}
+
+/// Aggregates every target over the seeds (matched by fraction).
+pub fn aggregate_targets(seeds: &[SeedAnalysis]) -> Vec<TargetAggregate> {
+    let mut out = Vec::new();
+    for &fraction in &TARGET_FRACTIONS {
+        let results: Vec<&TargetResult> = seeds
+            .iter()
+            .filter_map(|s| s.targets.iter().find(|t| t.fraction == fraction))
+            .collect();
+        let Some(first) = results.first() else {
+            continue;
+        };
+        let collect = |f: &dyn Fn(&TargetResult) -> Option<f64>| -> Option<Spread> {
+            let v: Vec<f64> = results.iter().filter_map(|t| f(t)).collect();
+            spread(&v)
+        };
+        out.push(TargetAggregate {
+            fraction,
+            label: first.label.clone(),
+            seeds: results.len(),
+            reached: results.iter().filter(|t| t.cloned_reached).count(),
+            target_loss: collect(&|t| Some(t.target_loss)),
+            hours_large_only: collect(&|t| t.hours.speedup_large_only()),
+            hours_total: collect(&|t| t.hours.speedup_total()),
+            flops_large_only: collect(&|t| t.flops.speedup_large_only()),
+            flops_total: collect(&|t| t.flops.speedup_total()),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pt(step: u64, hours: f64, loss: f64) -> EvalPoint {
+        EvalPoint {
+            step,
+            tokens: Some(step as f64 * 100.0),
+            device_hours: Some(hours),
+            flops: Some(hours * 1e12),
+            loss,
+        }
+    }
+
+    #[test]
+    fn crossing_interpolates_linearly_between_eval_points() {
+        let c = [(0.0, 5.0), (10.0, 4.0), (20.0, 3.0), (30.0, 2.5)];
+        // 3.5 lies halfway between 4.0 (x=10) and 3.0 (x=20).
+        assert!((crossing(&c, 3.5).unwrap() - 15.0).abs() < 1e-12);
+        // 2.75 lies halfway between 3.0 (x=20) and 2.5 (x=30).
+        assert!((crossing(&c, 2.75).unwrap() - 25.0).abs() < 1e-12);
+        // Exactly on a point.
+        assert_eq!(crossing(&c, 4.0), Some(10.0));
+        // Already met at the first point.
+        assert_eq!(crossing(&c, 6.0), Some(0.0));
+    }
+
+    #[test]
+    fn crossing_takes_the_first_time_on_a_noisy_curve() {
+        let c = [(0.0, 5.0), (10.0, 3.0), (20.0, 3.4), (30.0, 2.0)];
+        // 3.2 is first reached between x=0 and x=10: 5 → 3 drops 2 per 10, 1.8 below 5 → 9.
+        assert!((crossing(&c, 3.2).unwrap() - 9.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn not_reached_gives_none_and_no_speedup() {
+        let c = [(0.0, 5.0), (10.0, 4.0), (20.0, 3.0)];
+        assert_eq!(crossing(&c, 2.9), None);
+        assert_eq!(crossing(&[], 1.0), None);
+
+        let baseline = [pt(0, 0.0, 10.0), pt(10, 1.0, 4.0), pt(20, 2.0, 3.0)];
+        let cloned = [pt(0, 0.0, 5.0), pt(10, 1.0, 3.5), pt(20, 2.0, 3.2)];
+        let targets = compute_targets(&cloned, &baseline, Some(0.5), Some(1e11));
+        let fin = targets.iter().find(|t| t.fraction == 1.0).unwrap();
+        assert_eq!(fin.target_loss, 3.0);
+        assert!(!fin.cloned_reached);
+        assert_eq!(fin.hours.cloned_large_only, None);
+        assert_eq!(fin.hours.speedup_large_only(), None);
+        assert_eq!(fin.hours.speedup_total(), None);
+        assert_eq!(fin.flops.speedup_total(), None);
+        assert_eq!(fin.hours.baseline, Some(2.0));
+    }
+
+    #[test]
+    fn speedups_from_targets() {
+        // Baseline: 10 → 4 → 3 at hours 0, 1, 2. Cloned: 4.5 → 3.5 → 2.5.
+        let baseline = [pt(0, 0.0, 10.0), pt(10, 1.0, 4.0), pt(20, 2.0, 3.0)];
+        let cloned = [pt(0, 0.0, 4.5), pt(10, 1.0, 3.5), pt(20, 2.0, 2.5)];
+        let targets = compute_targets(&cloned, &baseline, Some(0.5), Some(0.5e12));
+        let fractions: Vec<f64> = targets.iter().map(|t| t.fraction).collect();
+        assert_eq!(fractions, vec![0.25, 0.5, 0.75, 1.0]);
+
+        let fin = targets.last().unwrap();
+        // Cloned reaches 3.0 halfway between 3.5 (h=1) and 2.5 (h=2): 1.5 h.
+        assert!((fin.hours.cloned_large_only.unwrap() - 1.5).abs() < 1e-12);
+        assert!((fin.hours.speedup_large_only().unwrap() - 2.0 / 1.5).abs() < 1e-12);
+        assert!((fin.hours.speedup_total().unwrap() - 2.0 / 2.0).abs() < 1e-12);
+        assert!((fin.flops.speedup_total().unwrap() - 2.0 / 2.0).abs() < 1e-12);
+        assert!((fin.cloned_step.unwrap() - 15.0).abs() < 1e-12);
+
+        // 50 % of the baseline's tokens is step 10, where its loss is 4.0; the cloned run
+        // starts at 4.5 and crosses 4.0 halfway between h=0 and h=1, at 0.5 h.
+        let half = &targets[1];
+        assert_eq!(half.target_loss, 4.0);
+        assert!((half.hours.cloned_large_only.unwrap() - 0.5).abs() < 1e-12);
+        assert!((half.hours.speedup_large_only().unwrap() - 2.0).abs() < 1e-12);
+        assert!((half.hours.speedup_total().unwrap() - 1.0).abs() < 1e-12);
+
+        // 25 %: baseline loss at step 5 = 7.0, which the expanded checkpoint already beats at
+        // step 0: large-only speedup is infinite, total is finite.
+        let quarter = &targets[0];
+        assert_eq!(quarter.target_loss, 7.0);
+        assert_eq!(quarter.hours.cloned_large_only, Some(0.0));
+        assert_eq!(quarter.hours.speedup_large_only(), Some(f64::INFINITY));
+        // Baseline reaches 7.0 at 0.5 h; total cloned cost is the prefix 0.5 h.
+        assert!((quarter.hours.speedup_total().unwrap() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn value_at_interpolates_and_refuses_outside_range() {
+        let c = [(10.0, 4.0), (20.0, 2.0)];
+        assert_eq!(value_at(&c, 15.0), Some(3.0));
+        assert_eq!(value_at(&c, 10.0), Some(4.0));
+        assert_eq!(value_at(&c, 20.0), Some(2.0));
+        assert_eq!(value_at(&c, 5.0), None);
+        assert_eq!(value_at(&c, 25.0), None);
+    }
+
+    #[test]
+    fn median_and_spread() {
+        assert_eq!(median([3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median([4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median([f64::NAN]), None);
+        let s = spread(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(s.n, 4);
+        assert!((s.mean - 2.5).abs() < 1e-12);
+        // Sample variance: ((1.5² + 0.5²) · 2) / 3 = 5/3.
+        assert!((s.std.unwrap() - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!((s.min, s.max), (1.0, 4.0));
+        assert_eq!(spread(&[2.0]).unwrap().std, None);
+        assert!(spread(&[]).is_none());
+        let s = spread(&[2.0, f64::INFINITY, 4.0]).unwrap();
+        assert_eq!((s.n, s.mean, s.infinite), (2, 3.0, 1));
+        let s = spread(&[f64::INFINITY]).unwrap();
+        assert_eq!((s.n, s.mean, s.infinite), (0, f64::INFINITY, 1));
+    }
+
+    fn seed_with(label: &str, speed: f64, reach: bool) -> SeedAnalysis {
+        // Baseline reaches 3.0 at 2 h. The cloned run reaches it at 2/speed h, or bottoms out
+        // at 3.1 when `reach` is false.
+        let baseline = [pt(0, 0.0, 10.0), pt(10, 1.0, 4.0), pt(20, 2.0, 3.0)];
+        let t = 2.0 / speed;
+        let end = if reach { 3.0 } else { 3.1 };
+        let cloned = [pt(0, 0.0, 4.0), pt(10, t, end), pt(20, 2.0 * t, end)];
+        SeedAnalysis {
+            label: label.to_string(),
+            seed: None,
+            small: None,
+            large: None,
+            baseline: None,
+            expand_hours: None,
+            prefix_hours: Some(0.0),
+            prefix_flops: Some(0.0),
+            targets: compute_targets(&cloned, &baseline, Some(0.0), Some(0.0)),
+            symmetry: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn multi_seed_aggregation_counts_reached_and_averages_speedups() {
+        let seeds = [
+            seed_with("a", 2.0, true),
+            seed_with("b", 4.0, true),
+            seed_with("c", 3.0, false),
+        ];
+        let agg = aggregate_targets(&seeds);
+        let fin = agg.iter().find(|a| a.fraction == 1.0).unwrap();
+        assert_eq!(fin.seeds, 3);
+        assert_eq!(fin.reached, 2);
+        let s = fin.hours_large_only.as_ref().unwrap();
+        assert_eq!(s.n, 2);
+        assert!((s.mean - 3.0).abs() < 1e-9, "{s:?}");
+        assert!((s.std.unwrap() - 2f64.sqrt()).abs() < 1e-9);
+        let all = aggregate_targets(&seeds[..2]);
+        assert_eq!(all.last().unwrap().reached, 2);
+    }
+}

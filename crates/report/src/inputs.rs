@@ -1,0 +1,354 @@
+//! Loading an experiment directory: stage run directories, `run_info.json`, `expand.json`
+//! and the configs, for one seed (`<exp>/small`, ...) or several (`<exp>/seed-<N>/small`, ...).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ReportError;
+use crate::metrics::{read_metrics, Metrics};
+
+/// `run_info.json` of a training run. Every field may be missing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// burn backend name ("flex", "cuda", ...).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// Device kind ("cpu", "cuda", ...).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Human-readable device name.
+    #[serde(default)]
+    pub device_name: Option<String>,
+    /// Number of devices used.
+    #[serde(default)]
+    pub devices: Option<u64>,
+    /// Model parameter count.
+    #[serde(default)]
+    pub param_count: Option<u64>,
+    /// Training FLOPs per token used for the FLOP counters.
+    #[serde(default)]
+    pub flops_per_token: Option<f64>,
+    /// Seed of the run.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Compute precision ("f32", "bf16", ...).
+    #[serde(default)]
+    pub precision: Option<String>,
+    /// How the weights were initialised ("random", "expanded", "resume").
+    #[serde(default)]
+    pub init: Option<String>,
+}
+
+/// `expand/expand.json`: the summary of the expansion stage. Every field may be missing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExpandInfo {
+    /// Wall-clock seconds the expansion took.
+    #[serde(default)]
+    pub wall_s: Option<f64>,
+    /// Device-hours the expansion took.
+    #[serde(default)]
+    pub device_hours: Option<f64>,
+    /// Parameter count of the small (source) model.
+    #[serde(default)]
+    pub source_params: Option<u64>,
+    /// Parameter count of the expanded (target) model.
+    #[serde(default)]
+    pub target_params: Option<u64>,
+    /// Width expansion factor.
+    #[serde(default)]
+    pub width_factor: Option<u32>,
+    /// FFN expansion factor.
+    #[serde(default)]
+    pub ffn_factor: Option<u32>,
+    /// Cloning variant ("symmetric", ...).
+    #[serde(default)]
+    pub variant: Option<String>,
+    /// Largest absolute difference between the small and the expanded model's logits.
+    #[serde(default)]
+    pub max_abs_logit_diff: Option<f64>,
+    /// Relative error of the expanded model's logits.
+    #[serde(default)]
+    pub rel_err: Option<f64>,
+    /// KL divergence between the two models' next-token distributions.
+    #[serde(default)]
+    pub kl: Option<f64>,
+    /// Every key of the file, including those not listed above (e.g. an SNR setting).
+    #[serde(skip)]
+    pub raw: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ExpandInfo {
+    /// Device-hours of the expansion: `device_hours`, else `wall_s / 3600`, else `None`.
+    pub fn cost_hours(&self) -> Option<f64> {
+        self.device_hours.or(self.wall_s.map(|s| s / 3600.0))
+    }
+}
+
+/// Which stage of the experiment a run directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StageKind {
+    /// The small model's training.
+    Small,
+    /// The large model initialised from the expanded checkpoint (the cloned run).
+    Large,
+    /// The large model from random initialisation.
+    Baseline,
+}
+
+impl StageKind {
+    /// The directory name of the stage.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            StageKind::Small => "small",
+            StageKind::Large => "large",
+            StageKind::Baseline => "baseline",
+        }
+    }
+
+    /// How the stage is called in the report.
+    pub fn title(self) -> &'static str {
+        match self {
+            StageKind::Small => "small",
+            StageKind::Large => "cloned (large)",
+            StageKind::Baseline => "baseline",
+        }
+    }
+}
+
+/// One training stage's run directory as found on disk.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// Which stage.
+    pub kind: StageKind,
+    /// Its run directory.
+    pub dir: PathBuf,
+    /// Deduplicated metrics, `None` when `metrics.jsonl` does not exist yet.
+    pub metrics: Option<Metrics>,
+    /// `run_info.json`, `None` when absent.
+    pub run_info: Option<RunInfo>,
+    /// The text of the resolved `config.toml`, `None` when absent.
+    pub config_text: Option<String>,
+}
+
+/// The stages of one seed.
+#[derive(Debug, Clone)]
+pub struct SeedRun {
+    /// "seed 3", or "single seed" for the single-seed layout.
+    pub label: String,
+    /// The seed number from the `seed-<N>` directory name (or the runs' `run_info.json`).
+    pub seed: Option<u64>,
+    /// The directory holding the stage directories.
+    pub dir: PathBuf,
+    /// The small model's training run.
+    pub small: Option<Stage>,
+    /// The expansion summary.
+    pub expand: Option<ExpandInfo>,
+    /// The cloned large run.
+    pub large: Option<Stage>,
+    /// The random-init baseline run.
+    pub baseline: Option<Stage>,
+}
+
+impl SeedRun {
+    /// The stage of the given kind, if its directory exists.
+    pub fn stage(&self, kind: StageKind) -> Option<&Stage> {
+        match kind {
+            StageKind::Small => self.small.as_ref(),
+            StageKind::Large => self.large.as_ref(),
+            StageKind::Baseline => self.baseline.as_ref(),
+        }
+    }
+}
+
+/// An experiment directory as found on disk.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    /// The experiment directory.
+    pub dir: PathBuf,
+    /// Its name (the directory's file name).
+    pub name: String,
+    /// The text of `experiment.toml`, `None` when absent.
+    pub experiment_toml: Option<String>,
+    /// Whether the `seed-<N>/` layout is used.
+    pub multi_seed: bool,
+    /// One entry per seed, ascending by seed.
+    pub seeds: Vec<SeedRun>,
+}
+
+const STAGE_DIRS: [&str; 4] = ["small", "expand", "large", "baseline"];
+
+/// Loads every stage of an experiment directory.
+pub fn load_experiment(dir: &Path) -> Result<Experiment, ReportError> {
+    let meta = std::fs::metadata(dir).map_err(|e| ReportError::io("reading", dir, e))?;
+    if !meta.is_dir() {
+        return Err(ReportError::NotAnExperiment {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| dir.display().to_string());
+    let experiment_toml = read_optional_text(&dir.join("experiment.toml"))?;
+
+    let single = STAGE_DIRS.iter().any(|s| dir.join(s).is_dir());
+    let (multi_seed, seeds) = if single {
+        (
+            false,
+            vec![load_seed(dir, "single seed".to_string(), None)?],
+        )
+    } else {
+        let mut found: Vec<(u64, PathBuf)> = Vec::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| ReportError::io("listing", dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| ReportError::io("listing", dir, e))?;
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str() else {
+                continue;
+            };
+            let Some(number) = name.strip_prefix("seed-") else {
+                continue;
+            };
+            let Ok(seed) = number.parse::<u64>() else {
+                continue;
+            };
+            if entry.path().is_dir() {
+                found.push((seed, entry.path()));
+            }
+        }
+        found.sort();
+        let mut seeds = Vec::with_capacity(found.len());
+        for (seed, path) in found {
+            seeds.push(load_seed(&path, format!("seed {seed}"), Some(seed))?);
+        }
+        (true, seeds)
+    };
+    if seeds.is_empty() {
+        return Err(ReportError::NotAnExperiment {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(Experiment {
+        dir: dir.to_path_buf(),
+        name,
+        experiment_toml,
+        multi_seed,
+        seeds,
+    })
+}
+
+fn load_seed(dir: &Path, label: String, seed: Option<u64>) -> Result<SeedRun, ReportError> {
+    let small = load_stage(dir, StageKind::Small)?;
+    let large = load_stage(dir, StageKind::Large)?;
+    let baseline = load_stage(dir, StageKind::Baseline)?;
+    let expand_path = dir.join("expand").join("expand.json");
+    let expand = match read_optional_text(&expand_path)? {
+        Some(text) => Some(parse_expand(&text, &expand_path)?),
+        None => None,
+    };
+    let seed = seed.or_else(|| {
+        [&small, &large, &baseline]
+            .iter()
+            .filter_map(|s| s.as_ref()?.run_info.as_ref()?.seed)
+            .next()
+    });
+    Ok(SeedRun {
+        label,
+        seed,
+        dir: dir.to_path_buf(),
+        small,
+        expand,
+        large,
+        baseline,
+    })
+}
+
+fn load_stage(seed_dir: &Path, kind: StageKind) -> Result<Option<Stage>, ReportError> {
+    let dir = seed_dir.join(kind.dir_name());
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let metrics_path = dir.join("metrics.jsonl");
+    let metrics = if metrics_path.is_file() {
+        Some(read_metrics(&metrics_path)?)
+    } else {
+        None
+    };
+    let info_path = dir.join("run_info.json");
+    let run_info =
+        match read_optional_text(&info_path)? {
+            Some(text) => Some(serde_json::from_str::<RunInfo>(&text).map_err(|source| {
+                ReportError::Json {
+                    path: info_path.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+    let config_text = read_optional_text(&dir.join("config.toml"))?;
+    Ok(Some(Stage {
+        kind,
+        dir,
+        metrics,
+        run_info,
+        config_text,
+    }))
+}
+
+fn parse_expand(text: &str, path: &Path) -> Result<ExpandInfo, ReportError> {
+    let json_err = |source| ReportError::Json {
+        path: path.to_path_buf(),
+        source,
+    };
+    let raw: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(json_err)?;
+    let mut info: ExpandInfo =
+        serde_json::from_value(serde_json::Value::Object(raw.clone())).map_err(json_err)?;
+    info.raw = raw;
+    Ok(info)
+}
+
+/// Reads a text file; `Ok(None)` when it does not exist.
+fn read_optional_text(path: &Path) -> Result<Option<String>, ReportError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ReportError::io("reading", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expand_json_keeps_unknown_keys_and_tolerates_missing_ones() {
+        let info = parse_expand(
+            r#"{"width_factor":2,"variant":"symmetric","snr_db":20.0}"#,
+            Path::new("expand.json"),
+        )
+        .unwrap();
+        assert_eq!(info.width_factor, Some(2));
+        assert_eq!(info.kl, None);
+        assert!(info.raw.contains_key("snr_db"));
+        assert_eq!(info.cost_hours(), None);
+        let info = parse_expand(r#"{"wall_s":36.0}"#, Path::new("expand.json")).unwrap();
+        assert!((info.cost_hours().unwrap() - 0.01).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bad_expand_json_names_the_file() {
+        let err =
+            parse_expand(r#"{"width_factor":"two"}"#, Path::new("x/expand.json")).unwrap_err();
+        assert!(err.to_string().contains("x/expand.json"), "{err}");
+    }
+
+    #[test]
+    fn empty_directory_is_not_an_experiment() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_experiment(dir.path()).unwrap_err();
+        assert!(matches!(err, ReportError::NotAnExperiment { .. }));
+    }
+}

@@ -1,0 +1,190 @@
+//! The report of a HyperCloning experiment.
+//!
+//! [`write_report`] reads an experiment directory — `small/`, `expand/expand.json`, `large/`
+//! and `baseline/` (or the same under `seed-<N>/` for several seeds) — and writes
+//! `report.md`, a self-contained `report.html` and `plots/*.png` + `*.svg`: validation loss
+//! against tokens, device-hours and FLOPs, the cost for the cloned run to reach the
+//! baseline's val loss with the speedups large-only and total, throughput and hardware, the
+//! symmetry metric, the expansion check and the configs.
+//!
+//! The plots use a font embedded in this crate, so no system font is needed.
+
+pub mod analysis;
+mod doc;
+pub mod error;
+mod format;
+mod fsutil;
+pub mod inputs;
+pub mod metrics;
+mod plot;
+mod render;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use analysis::{SeedAnalysis, TargetAggregate, TargetResult};
+pub use error::ReportError;
+pub use metrics::{read_metrics, EvalRecord, Metrics, Symmetry, TrainRecord};
+pub use render::SECTIONS;
+
+/// The numbers of a written report, for the CLI to print.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportSummary {
+    /// The experiment directory.
+    pub exp_dir: PathBuf,
+    /// The Markdown report written.
+    pub report_md: PathBuf,
+    /// The HTML report written.
+    pub report_html: PathBuf,
+    /// Every plot file written (PNG and SVG).
+    pub plots: Vec<PathBuf>,
+    /// Final val loss of the small run (mean over seeds).
+    pub final_val_loss_small: Option<f64>,
+    /// Final val loss of the cloned large run (mean over seeds).
+    pub final_val_loss_large: Option<f64>,
+    /// Final val loss of the baseline (mean over seeds).
+    pub final_val_loss_baseline: Option<f64>,
+    /// Seeds in which the cloned run reached the baseline's final val loss.
+    pub final_target_reached: usize,
+    /// Seeds in which that target could be formed (cloned and baseline both have evals).
+    pub final_target_seeds: usize,
+    /// Device-hours speedup to the baseline's final val loss, large-only (mean over seeds);
+    /// `None` unless the cloned run reached it in every seed; +∞ when a seed's expanded
+    /// checkpoint already met it before training.
+    pub speedup_large_only: Option<f64>,
+    /// Device-hours speedup to the baseline's final val loss counting the small run and the
+    /// expansion (mean over seeds); `None` unless reached in every seed.
+    pub speedup_total: Option<f64>,
+    /// FLOPs speedup large-only, as `speedup_large_only`.
+    pub flops_speedup_large_only: Option<f64>,
+    /// FLOPs speedup total, as `speedup_total`.
+    pub flops_speedup_total: Option<f64>,
+    /// The generated verdict paragraph.
+    pub verdict: String,
+    /// Per-seed details.
+    pub seeds: Vec<SeedAnalysis>,
+    /// Every target aggregated over seeds.
+    pub targets: Vec<TargetAggregate>,
+}
+
+impl ReportSummary {
+    /// A short plain-text table of the headline numbers.
+    pub fn table(&self) -> String {
+        let loss = |v: Option<f64>| v.map(format::loss).unwrap_or_else(|| "n/a".into());
+        let mut out = String::new();
+        out.push_str(&format!(
+            "{:<34} {}\n",
+            "final val loss small",
+            loss(self.final_val_loss_small)
+        ));
+        out.push_str(&format!(
+            "{:<34} {}\n",
+            "final val loss cloned (large)",
+            loss(self.final_val_loss_large)
+        ));
+        out.push_str(&format!(
+            "{:<34} {}\n",
+            "final val loss baseline",
+            loss(self.final_val_loss_baseline)
+        ));
+        for t in &self.targets {
+            let sp = |s: &Option<analysis::Spread>| {
+                s.as_ref()
+                    .map(format::speedup_spread)
+                    .unwrap_or_else(|| "not reached".into())
+            };
+            let reached = if t.reached == t.seeds {
+                String::new()
+            } else {
+                format!(" [reached in {} of {} seeds]", t.reached, t.seeds)
+            };
+            out.push_str(&format!(
+                "{:<34} device-hours {} large-only, {} total; FLOPs {} / {}{reached}\n",
+                format!("speedup to {:.0} % target", t.fraction * 100.0),
+                sp(&t.hours_large_only),
+                sp(&t.hours_total),
+                sp(&t.flops_large_only),
+                sp(&t.flops_total),
+            ));
+        }
+        out.push_str(&format!("{:<34} {}\n", "report", self.report_md.display()));
+        out.push_str(&format!("{:<34} {}\n", "html", self.report_html.display()));
+        out
+    }
+}
+
+fn mean_of(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let v: Vec<f64> = values.collect();
+    analysis::spread(&v).map(|s| s.mean)
+}
+
+/// Reads `exp_dir` and writes `report.md`, `report.html` and `plots/` into it (each file
+/// atomically; re-running overwrites). Stages that have not run yet are reported as missing.
+pub fn write_report(exp_dir: &Path) -> Result<ReportSummary, ReportError> {
+    let exp = inputs::load_experiment(exp_dir)?;
+    tracing::info!(dir = %exp_dir.display(), seeds = exp.seeds.len(), "writing report");
+    let analyses: Vec<SeedAnalysis> = exp.seeds.iter().map(analysis::analyse_seed).collect();
+    let aggs = analysis::aggregate_targets(&analyses);
+
+    let plots_dir = exp_dir.join("plots");
+    std::fs::create_dir_all(&plots_dir).map_err(|e| ReportError::io("creating", &plots_dir, e))?;
+    let (plots, window) = render::build_plots(&exp, &analyses, &plots_dir)?;
+    let verdict = render::verdict(&exp, &analyses, &aggs);
+    let blocks = render::document(&exp, &analyses, &aggs, &plots, window, &verdict);
+
+    let report_md = exp_dir.join("report.md");
+    let report_html = exp_dir.join("report.html");
+    fsutil::write_atomic(&report_md, doc::to_markdown(&blocks).as_bytes())?;
+    let title = format!("HyperCloning report: {}", exp.name);
+    fsutil::write_atomic(&report_html, doc::to_html(&title, &blocks).as_bytes())?;
+
+    let fin = aggs.iter().find(|a| a.fraction == 1.0);
+    let all_reached = fin.is_some_and(|f| f.seeds > 0 && f.reached == f.seeds);
+    let headline = |pick: fn(&TargetAggregate) -> &Option<analysis::Spread>| {
+        fin.filter(|_| all_reached)
+            .and_then(|f| pick(f).as_ref())
+            .map(|s| {
+                if s.infinite > 0 {
+                    f64::INFINITY
+                } else {
+                    s.mean
+                }
+            })
+    };
+    let summary = ReportSummary {
+        exp_dir: exp_dir.to_path_buf(),
+        report_md,
+        report_html,
+        plots: plots
+            .iter()
+            .flat_map(|p| [p.files.png.clone(), p.files.svg.clone()])
+            .collect(),
+        final_val_loss_small: mean_of(
+            analyses
+                .iter()
+                .filter_map(|a| a.small.as_ref()?.final_val_loss),
+        ),
+        final_val_loss_large: mean_of(
+            analyses
+                .iter()
+                .filter_map(|a| a.large.as_ref()?.final_val_loss),
+        ),
+        final_val_loss_baseline: mean_of(
+            analyses
+                .iter()
+                .filter_map(|a| a.baseline.as_ref()?.final_val_loss),
+        ),
+        final_target_reached: fin.map_or(0, |f| f.reached),
+        final_target_seeds: fin.map_or(0, |f| f.seeds),
+        speedup_large_only: headline(|f| &f.hours_large_only),
+        speedup_total: headline(|f| &f.hours_total),
+        flops_speedup_large_only: headline(|f| &f.flops_large_only),
+        flops_speedup_total: headline(|f| &f.flops_total),
+        verdict,
+        seeds: analyses,
+        targets: aggs,
+    };
+    tracing::info!(report = %summary.report_md.display(), "report written");
+    Ok(summary)
+}

@@ -1,0 +1,452 @@
+//! Reading `metrics.jsonl`: one JSON object per line, `kind` = `"train"` or `"eval"`.
+//!
+//! A resumed run re-logs the steps between its last checkpoint and the interruption, so the
+//! reader deduplicates by `(kind, step)` and keeps the LAST occurrence. Unknown fields and
+//! unknown kinds are ignored; every field except `kind` and `step` may be missing or null.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ReportError;
+
+/// One `"kind":"train"` line: statistics of one optimiser step.
+///
+/// `tokens`, `wall_s`, `device_hours` and `flops` are cumulative for the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainRecord {
+    /// Optimiser step, counted from 1.
+    pub step: u64,
+    /// Tokens consumed so far (cumulative).
+    #[serde(default)]
+    pub tokens: Option<u64>,
+    /// Training loss of this step.
+    #[serde(default)]
+    pub loss: Option<f64>,
+    /// Learning rate used for this step.
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// Global gradient norm before clipping.
+    #[serde(default)]
+    pub grad_norm: Option<f64>,
+    /// Seconds spent in this step.
+    #[serde(default)]
+    pub step_time_s: Option<f64>,
+    /// Throughput of this step.
+    #[serde(default)]
+    pub tokens_per_s: Option<f64>,
+    /// Wall-clock seconds since the run started (cumulative).
+    #[serde(default)]
+    pub wall_s: Option<f64>,
+    /// Device-hours used so far (cumulative; wall hours × devices).
+    #[serde(default)]
+    pub device_hours: Option<f64>,
+    /// Training FLOPs so far (cumulative).
+    #[serde(default)]
+    pub flops: Option<f64>,
+    /// Achieved TFLOP/s in this step.
+    #[serde(default)]
+    pub tflops_per_s: Option<f64>,
+    /// Model FLOPs utilisation in this step (fraction of peak), when the peak is known.
+    #[serde(default)]
+    pub mfu: Option<f64>,
+    /// Whether `mfu` used an estimated (not a table) device peak.
+    #[serde(default)]
+    pub mfu_estimated: Option<bool>,
+    /// Peak device memory so far, in bytes.
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
+    /// Seconds of this step spent waiting for data.
+    #[serde(default)]
+    pub data_time_s: Option<f64>,
+}
+
+/// The symmetry metric of a cloned model: mean cosine similarity between cloned sub-blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Symmetry {
+    /// Mean over layers (1.0 right after symmetric cloning).
+    pub mean: f64,
+    /// One value per layer.
+    #[serde(default)]
+    pub per_layer: Vec<f64>,
+}
+
+/// One `"kind":"eval"` line: a validation measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Optimiser step at which it was taken (0 = before training).
+    pub step: u64,
+    /// Tokens consumed so far (cumulative).
+    #[serde(default)]
+    pub tokens: Option<u64>,
+    /// Validation loss (mean cross-entropy, nats).
+    #[serde(default)]
+    pub val_loss: Option<f64>,
+    /// Validation perplexity.
+    #[serde(default)]
+    pub val_ppl: Option<f64>,
+    /// Wall-clock seconds since the run started (cumulative).
+    #[serde(default)]
+    pub wall_s: Option<f64>,
+    /// Device-hours used so far (cumulative).
+    #[serde(default)]
+    pub device_hours: Option<f64>,
+    /// Training FLOPs so far (cumulative).
+    #[serde(default)]
+    pub flops: Option<f64>,
+    /// Symmetry metric, only for runs initialised from an expanded checkpoint.
+    #[serde(default)]
+    pub symmetry: Option<Symmetry>,
+}
+
+/// The deduplicated content of one `metrics.jsonl`, each list sorted by step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Metrics {
+    /// Train lines, one per step, ascending.
+    pub train: Vec<TrainRecord>,
+    /// Eval lines, one per step, ascending.
+    pub eval: Vec<EvalRecord>,
+    /// How many lines were dropped because a later line re-logged the same (kind, step).
+    pub relogged: usize,
+    /// Whether an unterminated, unparsable last line (a write cut short) was skipped.
+    pub truncated_last_line: bool,
+}
+
+impl Metrics {
+    /// The run's final cumulative device-hours (largest value seen on any line).
+    pub fn total_device_hours(&self) -> Option<f64> {
+        max_opt(
+            self.train
+                .iter()
+                .filter_map(|r| r.device_hours)
+                .chain(self.eval.iter().filter_map(|r| r.device_hours)),
+        )
+    }
+
+    /// The run's final cumulative FLOPs (largest value seen on any line).
+    pub fn total_flops(&self) -> Option<f64> {
+        max_opt(
+            self.train
+                .iter()
+                .filter_map(|r| r.flops)
+                .chain(self.eval.iter().filter_map(|r| r.flops)),
+        )
+    }
+
+    /// The run's final cumulative token count (largest value seen on any line).
+    pub fn total_tokens(&self) -> Option<u64> {
+        self.train
+            .iter()
+            .filter_map(|r| r.tokens)
+            .chain(self.eval.iter().filter_map(|r| r.tokens))
+            .max()
+    }
+
+    /// The run's final cumulative wall-clock seconds (largest value seen on any line).
+    pub fn total_wall_s(&self) -> Option<f64> {
+        max_opt(
+            self.train
+                .iter()
+                .filter_map(|r| r.wall_s)
+                .chain(self.eval.iter().filter_map(|r| r.wall_s)),
+        )
+    }
+}
+
+fn max_opt(values: impl Iterator<Item = f64>) -> Option<f64> {
+    values
+        .filter(|v| v.is_finite())
+        .fold(None, |acc: Option<f64>, v| {
+            Some(acc.map_or(v, |a| a.max(v)))
+        })
+}
+
+/// Reads and deduplicates a `metrics.jsonl` file.
+///
+/// Blank lines are skipped, unknown `kind`s ignored. A line that is not a JSON object, or
+/// whose fields have the wrong type, is an error naming the file and the 1-based line number;
+/// the one exception is an unterminated last line that does not parse (a write interrupted by
+/// a kill), which is skipped with a warning.
+pub fn read_metrics(path: impl AsRef<Path>) -> Result<Metrics, ReportError> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| ReportError::io("reading", path, e))?;
+    parse_metrics(&text, path)
+}
+
+/// Parses the text of a `metrics.jsonl` file; `path` is used in error messages only.
+pub(crate) fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, ReportError> {
+    let mut train: BTreeMap<u64, TrainRecord> = BTreeMap::new();
+    let mut eval: BTreeMap<u64, EvalRecord> = BTreeMap::new();
+    let mut relogged = 0usize;
+    let mut truncated_last_line = false;
+    let terminated = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let last_index = lines.len().saturating_sub(1);
+
+    for (index, raw) in lines.iter().enumerate() {
+        let line_no = index + 1;
+        let line = raw.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(source) => {
+                if index == last_index && !terminated {
+                    tracing::warn!(
+                        path = %path.display(),
+                        line = line_no,
+                        "skipping an unterminated, unparsable last line (interrupted write)"
+                    );
+                    truncated_last_line = true;
+                    continue;
+                }
+                return Err(ReportError::MetricsLine {
+                    path: path.to_path_buf(),
+                    line: line_no,
+                    source,
+                });
+            }
+        };
+        let kind = match &value {
+            serde_json::Value::Object(map) => match map.get("kind") {
+                Some(serde_json::Value::String(kind)) => kind.clone(),
+                Some(other) => {
+                    return Err(ReportError::MetricsValue {
+                        path: path.to_path_buf(),
+                        line: line_no,
+                        key: "kind",
+                        value: other.to_string(),
+                    })
+                }
+                None => {
+                    return Err(ReportError::MetricsValue {
+                        path: path.to_path_buf(),
+                        line: line_no,
+                        key: "kind",
+                        value: "(missing)".to_string(),
+                    })
+                }
+            },
+            other => {
+                return Err(ReportError::MetricsValue {
+                    path: path.to_path_buf(),
+                    line: line_no,
+                    key: "(line)",
+                    value: format!("{} (expected a JSON object)", short(&other.to_string())),
+                })
+            }
+        };
+        let line_err = |source| ReportError::MetricsLine {
+            path: path.to_path_buf(),
+            line: line_no,
+            source,
+        };
+        match kind.as_str() {
+            "train" => {
+                let record: TrainRecord = serde_json::from_value(value).map_err(line_err)?;
+                check_counters(
+                    path,
+                    line_no,
+                    &[
+                        ("wall_s", record.wall_s),
+                        ("device_hours", record.device_hours),
+                        ("flops", record.flops),
+                    ],
+                )?;
+                if train.insert(record.step, record).is_some() {
+                    relogged += 1;
+                }
+            }
+            "eval" => {
+                let record: EvalRecord = serde_json::from_value(value).map_err(line_err)?;
+                check_counters(
+                    path,
+                    line_no,
+                    &[
+                        ("wall_s", record.wall_s),
+                        ("device_hours", record.device_hours),
+                        ("flops", record.flops),
+                    ],
+                )?;
+                if eval.insert(record.step, record).is_some() {
+                    relogged += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    if relogged > 0 {
+        tracing::debug!(path = %path.display(), relogged, "deduplicated re-logged metrics lines");
+    }
+    Ok(Metrics {
+        train: train.into_values().collect(),
+        eval: eval.into_values().collect(),
+        relogged,
+        truncated_last_line,
+    })
+}
+
+/// Cumulative counters must be finite and non-negative.
+fn check_counters(
+    path: &Path,
+    line: usize,
+    counters: &[(&'static str, Option<f64>)],
+) -> Result<(), ReportError> {
+    for &(key, value) in counters {
+        if let Some(v) = value {
+            if !v.is_finite() || v < 0.0 {
+                return Err(ReportError::MetricsValue {
+                    path: path.to_path_buf(),
+                    line,
+                    key,
+                    value: v.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn short(text: &str) -> String {
+    if text.chars().count() > 60 {
+        let head: String = text.chars().take(60).collect();
+        format!("{head}…")
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("run/metrics.jsonl")
+    }
+
+    #[test]
+    fn dedupes_relogged_steps_last_wins() {
+        // A run logs steps 1..=4, is killed, resumes from its step-2 checkpoint and re-logs
+        // steps 3 and 4 with different values, then continues to 5.
+        let text = [
+            r#"{"kind":"eval","step":0,"tokens":0,"val_loss":9.0,"device_hours":0.0}"#,
+            r#"{"kind":"train","step":1,"tokens":10,"loss":5.0}"#,
+            r#"{"kind":"train","step":2,"tokens":20,"loss":4.0}"#,
+            r#"{"kind":"eval","step":2,"tokens":20,"val_loss":4.5}"#,
+            r#"{"kind":"train","step":3,"tokens":30,"loss":3.9}"#,
+            r#"{"kind":"train","step":4,"tokens":40,"loss":3.8}"#,
+            r#"{"kind":"train","step":3,"tokens":30,"loss":3.5}"#,
+            r#"{"kind":"train","step":4,"tokens":40,"loss":3.4}"#,
+            r#"{"kind":"eval","step":4,"tokens":40,"val_loss":3.6}"#,
+            r#"{"kind":"train","step":5,"tokens":50,"loss":3.3}"#,
+        ]
+        .join("\n")
+            + "\n";
+        let m = parse_metrics(&text, p()).unwrap();
+        let steps: Vec<u64> = m.train.iter().map(|r| r.step).collect();
+        assert_eq!(steps, vec![1, 2, 3, 4, 5]);
+        assert_eq!(m.train[2].loss, Some(3.5));
+        assert_eq!(m.train[3].loss, Some(3.4));
+        assert_eq!(m.eval.len(), 3);
+        assert_eq!(m.eval[0].step, 0);
+        assert_eq!(m.relogged, 2);
+        assert!(!m.truncated_last_line);
+        assert_eq!(m.total_tokens(), Some(50));
+    }
+
+    #[test]
+    fn ignores_unknown_fields_and_kinds_and_tolerates_nulls() {
+        let text = concat!(
+            r#"{"kind":"train","step":1,"loss":2.0,"mfu":null,"new_field":[1,2],"peak_memory_bytes":null}"#,
+            "\n",
+            r#"{"kind":"checkpoint","step":1,"path":"x"}"#,
+            "\n\n",
+            r#"{"kind":"eval","step":1,"val_loss":2.5,"symmetry":{"mean":0.99,"per_layer":[0.98,1.0]}}"#,
+            "\n"
+        );
+        let m = parse_metrics(text, p()).unwrap();
+        assert_eq!(m.train.len(), 1);
+        assert_eq!(m.train[0].mfu, None);
+        assert_eq!(
+            m.eval[0].symmetry.as_ref().unwrap().per_layer,
+            vec![0.98, 1.0]
+        );
+    }
+
+    #[test]
+    fn corrupt_line_names_file_and_line() {
+        let text = concat!(
+            r#"{"kind":"train","step":1,"loss":2.0}"#,
+            "\n",
+            r#"{"kind":"train","step":2,"loss":"#,
+            "\n",
+            r#"{"kind":"train","step":3,"loss":2.0}"#,
+            "\n"
+        );
+        let err = parse_metrics(text, p()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, ReportError::MetricsLine { line: 2, .. }),
+            "{msg}"
+        );
+        assert!(msg.contains("run/metrics.jsonl line 2"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_counter_are_errors() {
+        let err = parse_metrics("{\"kind\":\"train\",\"step\":\"one\"}\n", p()).unwrap_err();
+        assert!(matches!(err, ReportError::MetricsLine { line: 1, .. }));
+        let err = parse_metrics(
+            "{\"kind\":\"eval\",\"step\":1}\n{\"kind\":\"eval\",\"step\":2,\"flops\":-1.0}\n",
+            p(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReportError::MetricsValue {
+                    line: 2,
+                    key: "flops",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = parse_metrics("[1,2]\n", p()).unwrap_err();
+        assert!(matches!(err, ReportError::MetricsValue { line: 1, .. }));
+    }
+
+    #[test]
+    fn unterminated_truncated_last_line_is_skipped() {
+        let text = concat!(
+            r#"{"kind":"train","step":1,"loss":2.0}"#,
+            "\n",
+            r#"{"kind":"train","step":2,"lo"#
+        );
+        let m = parse_metrics(text, p()).unwrap();
+        assert_eq!(m.train.len(), 1);
+        assert!(m.truncated_last_line);
+        // The same bytes with a newline after them are a real corruption.
+        let err = parse_metrics(&format!("{text}\n"), p()).unwrap_err();
+        assert!(matches!(err, ReportError::MetricsLine { line: 2, .. }));
+    }
+
+    #[test]
+    fn totals_take_the_largest_cumulative_value() {
+        let text = concat!(
+            r#"{"kind":"train","step":1,"device_hours":0.1,"flops":1e9,"wall_s":3.0}"#,
+            "\n",
+            r#"{"kind":"eval","step":1,"device_hours":0.12,"flops":1e9}"#,
+            "\n",
+            r#"{"kind":"train","step":2,"device_hours":0.2,"flops":2e9,"wall_s":7.0}"#,
+            "\n"
+        );
+        let m = parse_metrics(text, p()).unwrap();
+        assert_eq!(m.total_device_hours(), Some(0.2));
+        assert_eq!(m.total_flops(), Some(2e9));
+        assert_eq!(m.total_wall_s(), Some(7.0));
+        assert_eq!(Metrics::default().total_device_hours(), None);
+    }
+}

@@ -1,0 +1,515 @@
+//! End-to-end: synthetic experiment directories whose val-loss curves follow a formula, so the
+//! speedups the report computes can be checked against their analytic values.
+//!
+//! Model of the curves (n = tokens seen by the run):
+//!   baseline  L_b(n) = A + B / sqrt(n + N0)
+//!   cloned    L_c(n) = A + B / sqrt(n + N0 + S)   (as if it had already seen S tokens)
+//! Both large runs cost `R_LARGE` device-hours per token and `6·P_LARGE` FLOPs per token.
+//! The baseline's final val loss (n = N) is reached by the cloned run at n = N − S, so
+//!   speedup large-only = N / (N − S)
+//!   speedup total      = N·R_LARGE / ((N − S)·R_LARGE + small_hours + expand_hours)
+//! and the baseline's val loss at a fraction q of its tokens is reached at n = qN − S.
+
+use std::path::Path;
+
+use serde_json::json;
+
+const A: f64 = 2.0;
+const B: f64 = 400.0;
+const N0: f64 = 1_000.0;
+const TOKENS_PER_STEP: u64 = 1_000;
+const LARGE_STEPS: u64 = 400;
+const EVAL_EVERY: u64 = 10;
+const SMALL_STEPS: u64 = 200;
+const R_LARGE: f64 = 1e-6; // device-hours per token
+const R_SMALL: f64 = 0.25e-6;
+const P_LARGE: f64 = 4.0e6;
+const P_SMALL: f64 = 1.0e6;
+const EXPAND_HOURS: f64 = 0.002;
+
+fn n_total() -> f64 {
+    (LARGE_STEPS * TOKENS_PER_STEP) as f64
+}
+
+fn loss_at(n: f64, shift: f64) -> f64 {
+    A + B / (n + N0 + shift).sqrt()
+}
+
+fn write_lines(path: &Path, lines: &[serde_json::Value]) {
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(&l.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// One training run's metrics. `loss(n)` gives the val loss; `interrupt` re-logs a stretch of
+/// steps as a resumed run would, with wrong values first (a dedupe bug would keep those).
+fn run_lines(
+    steps: u64,
+    hours_per_token: f64,
+    params: f64,
+    loss: &dyn Fn(f64) -> f64,
+    symmetry: bool,
+    interrupt: Option<(u64, u64)>,
+) -> Vec<serde_json::Value> {
+    let train = |step: u64, bad: bool| {
+        let n = (step * TOKENS_PER_STEP) as f64;
+        json!({
+            "kind": "train", "step": step, "tokens": step * TOKENS_PER_STEP,
+            "loss": loss(n) + 0.05 + if bad { 5.0 } else { 0.0 },
+            "lr": 1e-3, "grad_norm": 1.0, "step_time_s": 0.5,
+            "tokens_per_s": if bad { 1.0 } else { 2000.0 },
+            "wall_s": n * hours_per_token * 3600.0,
+            "device_hours": n * hours_per_token, "flops": 6.0 * params * n,
+            "tflops_per_s": 0.1, "mfu": 0.3, "mfu_estimated": false,
+            "peak_memory_bytes": 1u64 << 30, "data_time_s": 0.01,
+            "an_unknown_field": "ignored"
+        })
+    };
+    let eval = |step: u64, bad: bool| {
+        let n = (step * TOKENS_PER_STEP) as f64;
+        let frac = n / n_total();
+        let sym = symmetry.then(|| {
+            let mean = 1.0 - 0.3 * frac;
+            json!({"mean": mean, "per_layer": [mean + 0.01, mean - 0.01]})
+        });
+        json!({
+            "kind": "eval", "step": step, "tokens": step * TOKENS_PER_STEP,
+            "val_loss": loss(n) + if bad { 3.0 } else { 0.0 },
+            "val_ppl": loss(n).exp(), "wall_s": n * hours_per_token * 3600.0,
+            "device_hours": n * hours_per_token, "flops": 6.0 * params * n,
+            "symmetry": sym
+        })
+    };
+    let mut lines = vec![eval(0, false)];
+    let emit = |lines: &mut Vec<serde_json::Value>, from: u64, to: u64, bad: bool| {
+        for step in from..=to {
+            lines.push(train(step, bad));
+            if step % EVAL_EVERY == 0 {
+                lines.push(eval(step, bad));
+            }
+        }
+    };
+    match interrupt {
+        Some((from, to)) => {
+            emit(&mut lines, 1, from - 1, false);
+            // The killed process had logged from..=to with values the resumed run replaces.
+            emit(&mut lines, from, to, true);
+            emit(&mut lines, from, steps, false);
+        }
+        None => emit(&mut lines, 1, steps, false),
+    }
+    lines
+}
+
+fn write_stage(
+    dir: &Path,
+    name: &str,
+    lines: &[serde_json::Value],
+    params: f64,
+    init: &str,
+    seed: u64,
+) {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    write_lines(&d.join("metrics.jsonl"), lines);
+    std::fs::write(
+        d.join("run_info.json"),
+        json!({"backend": "flex", "device": "cpu", "device_name": "Test CPU | 2 cores",
+               "devices": 1, "param_count": params as u64, "flops_per_token": 6.0 * params,
+               "seed": seed, "precision": "f32", "init": init})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("config.toml"),
+        format!("[run]\nname = \"{name}\"\nseed = {seed}\n"),
+    )
+    .unwrap();
+}
+
+/// Writes the four stages of one seed into `dir`; `shift` is S (tokens), `plateau` makes the
+/// cloned run stop improving at that loss.
+fn write_seed(dir: &Path, shift: f64, plateau: Option<f64>, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let start = loss_at(0.0, shift);
+    // The small model ends where the expanded model starts (function preservation).
+    let small_end = (SMALL_STEPS * TOKENS_PER_STEP) as f64;
+    let small_a = start - 300.0 / (small_end + N0).sqrt();
+    let small = run_lines(
+        SMALL_STEPS,
+        R_SMALL,
+        P_SMALL,
+        &|n| small_a + 300.0 / (n + N0).sqrt(),
+        false,
+        None,
+    );
+    write_stage(dir, "small", &small, P_SMALL, "random", seed);
+    std::fs::create_dir_all(dir.join("expand")).unwrap();
+    std::fs::write(
+        dir.join("expand/expand.json"),
+        json!({"wall_s": EXPAND_HOURS * 3600.0, "device_hours": EXPAND_HOURS,
+               "source_params": P_SMALL as u64, "target_params": P_LARGE as u64,
+               "width_factor": 2, "ffn_factor": 2, "variant": "symmetric",
+               "max_abs_logit_diff": 1.5e-5, "rel_err": 2e-7, "kl": 1e-10, "snr_db": 30.0})
+        .to_string(),
+    )
+    .unwrap();
+    let cloned_loss = move |n: f64| {
+        let l = loss_at(n, shift);
+        plateau.map_or(l, |p| l.max(p))
+    };
+    let large = run_lines(
+        LARGE_STEPS,
+        R_LARGE,
+        P_LARGE,
+        &cloned_loss,
+        true,
+        Some((151, 187)),
+    );
+    write_stage(dir, "large", &large, P_LARGE, "expanded", seed);
+    let baseline = run_lines(
+        LARGE_STEPS,
+        R_LARGE,
+        P_LARGE,
+        &|n| loss_at(n, 0.0),
+        false,
+        None,
+    );
+    write_stage(dir, "baseline", &baseline, P_LARGE, "random", seed);
+}
+
+const EXPERIMENT_TOML: &str =
+    "[experiment]\nname = \"synthetic\"\n# a `tick` and <angle> brackets\n";
+
+fn small_hours() -> f64 {
+    (SMALL_STEPS * TOKENS_PER_STEP) as f64 * R_SMALL
+}
+
+/// Analytic large-only and total device-hours speedups to the target at fraction `q`.
+fn analytic(q: f64, shift: f64) -> (f64, f64) {
+    let base = q * n_total();
+    let cloned = base - shift;
+    (
+        base / cloned,
+        base * R_LARGE / (cloned * R_LARGE + small_hours() + EXPAND_HOURS),
+    )
+}
+
+/// Largest error, in tokens, of a crossing found by linear interpolation between eval points
+/// spaced `delta` apart on the convex curve f(x) = B/sqrt(x) (x = n + N0 + S): the chord lies
+/// above the curve by at most delta²/8·f''(x* − delta), and it falls with a slope at least
+/// |f'(x* + delta)|, so the interpolated crossing is late by at most the ratio of the two.
+fn interpolation_bound(true_crossing_n: f64, shift: f64) -> f64 {
+    let delta = (EVAL_EVERY * TOKENS_PER_STEP) as f64;
+    let x = true_crossing_n + N0 + shift;
+    let f2 = |x: f64| 0.75 * B * x.powf(-2.5);
+    let f1 = |x: f64| 0.5 * B * x.powf(-1.5);
+    delta * delta / 8.0 * f2(x - delta) / f1(x + delta)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[test]
+fn single_seed_report_has_every_section_and_the_analytic_speedups() {
+    let tmp = tempfile::tempdir().unwrap();
+    // REPORT_E2E_OUT=<dir> keeps the experiments of this file's tests there, to look at.
+    let exp = match std::env::var_os("REPORT_E2E_OUT") {
+        Some(dir) => Path::new(&dir).join("exp"),
+        None => tmp.path().join("exp"),
+    };
+    // S = 10 % of the budget keeps the 25 % target's crossing (at 15 % of the tokens) six
+    // eval intervals from the start, where the interpolation bound is still under 1 %.
+    let shift = 0.1 * n_total();
+    write_seed(&exp, shift, None, 7);
+    std::fs::write(exp.join("experiment.toml"), EXPERIMENT_TOML).unwrap();
+
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    let md = read(&exp.join("report.md"));
+    let html = read(&exp.join("report.html"));
+
+    // Every section heading.
+    assert!(
+        md.starts_with("# HyperCloning report: exp\n"),
+        "{}",
+        &md[..80]
+    );
+    for heading in [
+        "## Verdict",
+        "## Validation loss",
+        "## Training loss",
+        "## Cost to reach the baseline's val loss",
+        "### Device-hours",
+        "### FLOPs",
+        "## Final losses",
+        "## Throughput and hardware",
+        "## Symmetry of the cloned run",
+        "## Expansion check",
+        "## Seeds",
+        "## Configs",
+    ] {
+        assert!(md.contains(&format!("\n{heading}\n")), "missing {heading}");
+        let h = heading.trim_start_matches('#').trim();
+        assert!(
+            html.contains(&format!(">{}<", h.replace('\'', "&#39;"))),
+            "html missing {h}"
+        );
+    }
+    // The configs are embedded verbatim (Markdown) and escaped (HTML).
+    assert!(md.contains(EXPERIMENT_TOML));
+    assert!(html.contains("&lt;angle&gt;"));
+    assert!(md.contains("[run]\nname = \"large\"\nseed = 7\n"));
+    // The expansion check and an unknown expand.json key, hardware with a `|` in its name.
+    assert!(md.contains("symmetric") && md.contains("snr_db"));
+    assert!(md.contains("Test CPU \\| 2 cores"));
+
+    // Plots: every PNG starts with the PNG magic, every SVG is an SVG document, and each is
+    // linked from report.md.
+    let pngs: Vec<_> = summary
+        .plots
+        .iter()
+        .filter(|p| p.extension().unwrap() == "png")
+        .collect();
+    let svgs: Vec<_> = summary
+        .plots
+        .iter()
+        .filter(|p| p.extension().unwrap() == "svg")
+        .collect();
+    assert_eq!(pngs.len(), 5, "{:?}", summary.plots);
+    assert_eq!(svgs.len(), 5);
+    for p in &pngs {
+        let bytes = std::fs::read(p).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", p.display());
+        let rel = format!("plots/{}", p.file_name().unwrap().to_string_lossy());
+        assert!(md.contains(&format!("]({rel})")), "md does not link {rel}");
+    }
+    for p in &svgs {
+        let text = read(p);
+        let t = text.trim_start();
+        assert!(
+            t.starts_with("<svg") || t.starts_with("<?xml"),
+            "{}",
+            p.display()
+        );
+        assert!(text.trim_end().ends_with("</svg>"));
+        assert!(
+            text.contains("<text"),
+            "SVG without any text: {}",
+            p.display()
+        );
+    }
+
+    // The HTML is self-contained: every src is a data URI, no links, scripts or style sheets
+    // from elsewhere, one embedded image per plot.
+    assert!(!html.contains("src=\"http"));
+    assert!(!html.contains("href="));
+    assert!(!html.contains("<link") && !html.contains("<script") && !html.contains("url("));
+    assert!(!html.contains("@import") && !html.contains("plots/"));
+    let srcs: Vec<&str> = html.split("src=\"").skip(1).collect();
+    assert_eq!(srcs.len(), 5);
+    assert!(srcs.iter().all(|s| s.starts_with("data:image/png;base64,")));
+
+    // Speedups against the formula. The interpolated crossing can only be late (the chord of
+    // a convex curve lies above it), by at most `interpolation_bound` tokens, so the measured
+    // speedup lies in [analytic at (cloned tokens + bound), analytic].
+    let check = |q: f64, large_only: f64, total: f64| {
+        let (lo, tot) = analytic(q, shift);
+        let n_star = q * n_total() - shift;
+        let late = interpolation_bound(n_star, shift);
+        let lo_min = q * n_total() / (n_star + late);
+        let tot_min =
+            q * n_total() * R_LARGE / ((n_star + late) * R_LARGE + small_hours() + EXPAND_HOURS);
+        let eps = 1e-9;
+        assert!(
+            large_only <= lo + eps && large_only >= lo_min - eps,
+            "q={q}: large-only {large_only} not in [{lo_min}, {lo}]"
+        );
+        assert!(
+            total <= tot + eps && total >= tot_min - eps,
+            "q={q}: total {total} not in [{tot_min}, {tot}]"
+        );
+        // The bound itself is small: under 1 % of the speedup here.
+        assert!(
+            (lo - lo_min) / lo < 0.01,
+            "q={q}: bound too loose to be a test"
+        );
+    };
+    assert_eq!(summary.final_target_reached, 1);
+    check(
+        1.0,
+        summary.speedup_large_only.unwrap(),
+        summary.speedup_total.unwrap(),
+    );
+    let seed = &summary.seeds[0];
+    for t in &seed.targets {
+        check(
+            t.fraction,
+            t.hours.speedup_large_only().unwrap(),
+            t.hours.speedup_total().unwrap(),
+        );
+        // FLOPs are proportional to tokens in both large runs: same large-only speedup.
+        let f = t.flops.speedup_large_only().unwrap();
+        assert!((f - t.hours.speedup_large_only().unwrap()).abs() < 1e-9);
+    }
+    assert_eq!(seed.targets.len(), 4);
+    // The re-logged stretch (steps 151..=187 logged twice, wrong values first) was deduped.
+    assert_eq!(seed.large.as_ref().unwrap().relogged, 37 + 3);
+    assert_eq!(
+        seed.large.as_ref().unwrap().median_tokens_per_s,
+        Some(2000.0)
+    );
+
+    // Final losses match the formula; the verdict states the measured speedups.
+    let fin_base = loss_at(n_total(), 0.0);
+    assert!((summary.final_val_loss_baseline.unwrap() - fin_base).abs() < 1e-12);
+    assert!((summary.final_val_loss_large.unwrap() - loss_at(n_total(), shift)).abs() < 1e-12);
+    let lo_text = format!("{:.2}×", summary.speedup_large_only.unwrap());
+    assert!(summary.verdict.contains(&lo_text), "{}", summary.verdict);
+    assert!(md.contains(&summary.verdict.replace('*', "\\*")));
+    assert!(!md.contains("| not reached") && !md.contains("| none: not reached"));
+    // The symmetry table shows first and last values.
+    assert!(
+        md.contains("1.0000 (0)") && md.contains("0.7000 (400)"),
+        "symmetry table"
+    );
+
+    // Re-running overwrites in place and leaves no temporary file behind.
+    let again = hyperclone_report::write_report(&exp).unwrap();
+    assert_eq!(again.speedup_total, summary.speedup_total);
+    assert_eq!(read(&exp.join("report.md")), md);
+    for dir in [exp.clone(), exp.join("plots")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(!name.contains(".tmp"), "temporary file left: {name}");
+        }
+    }
+    assert!(!summary.table().is_empty());
+}
+
+#[test]
+fn a_cloned_run_that_never_reaches_the_target_gets_no_speedup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = match std::env::var_os("REPORT_E2E_OUT") {
+        Some(dir) => Path::new(&dir).join("plateau"),
+        None => tmp.path().join("plateau"),
+    };
+    let shift = 0.2 * n_total();
+    // The cloned run stops improving above the baseline's final loss but below its 50 % loss.
+    let fin = loss_at(n_total(), 0.0);
+    let half = loss_at(0.5 * n_total(), 0.0);
+    write_seed(&exp, shift, Some((fin + half) / 2.0), 1);
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    assert_eq!(summary.final_target_reached, 0);
+    assert_eq!(summary.speedup_large_only, None);
+    assert_eq!(summary.speedup_total, None);
+    assert!(
+        summary.verdict.contains("never reached"),
+        "{}",
+        summary.verdict
+    );
+    let md = read(&exp.join("report.md"));
+    assert!(md.contains("| baseline's final val loss |"));
+    assert!(md.contains("not reached"));
+    // The 50 % target is still reached, at the analytic cost.
+    let t = &summary.seeds[0].targets[1];
+    assert_eq!(t.fraction, 0.5);
+    assert!(t.cloned_reached);
+    assert!(!summary.seeds[0].targets[3].cloned_reached);
+    let (lo, _) = analytic(0.5, shift);
+    assert!(t.hours.speedup_large_only().unwrap() <= lo + 1e-9);
+}
+
+#[test]
+fn several_seeds_are_aggregated_with_a_spread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = match std::env::var_os("REPORT_E2E_OUT") {
+        Some(dir) => Path::new(&dir).join("multi"),
+        None => tmp.path().join("multi"),
+    };
+    let shifts = [0.1 * n_total(), 0.3 * n_total()];
+    write_seed(&exp.join("seed-1"), shifts[0], None, 1);
+    write_seed(&exp.join("seed-2"), shifts[1], None, 2);
+    std::fs::write(exp.join("experiment.toml"), EXPERIMENT_TOML).unwrap();
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    assert_eq!(summary.seeds.len(), 2);
+    assert_eq!(summary.seeds[0].seed, Some(1));
+    assert_eq!(summary.final_target_seeds, 2);
+    // The headline is the mean of the per-seed speedups, each within its interpolation bound
+    // of the analytic value (< 0.1 % here, see the single-seed test).
+    let expected = (analytic(1.0, shifts[0]).0 + analytic(1.0, shifts[1]).0) / 2.0;
+    let got = summary.speedup_large_only.unwrap();
+    assert!(
+        (got - expected).abs() / expected < 1e-3,
+        "{got} vs {expected}"
+    );
+    let fin = summary.targets.iter().find(|t| t.fraction == 1.0).unwrap();
+    let s = fin.hours_large_only.as_ref().unwrap();
+    assert_eq!(s.n, 2);
+    let per_seed: Vec<f64> = summary
+        .seeds
+        .iter()
+        .map(|a| {
+            a.final_target()
+                .unwrap()
+                .hours
+                .speedup_large_only()
+                .unwrap()
+        })
+        .collect();
+    let sd = (per_seed[0] - per_seed[1]).abs() / 2f64.sqrt();
+    assert!((s.std.unwrap() - sd).abs() < 1e-9);
+    let md = read(&exp.join("report.md"));
+    assert!(md.contains("### Over seeds"));
+    assert!(md.contains("2 of 2 seeds"));
+    assert!(md.contains(" ± "));
+    assert!(md.contains("seed-2/large/config.toml"));
+    assert!(
+        summary.verdict.contains("over 2 seeds"),
+        "{}",
+        summary.verdict
+    );
+}
+
+#[test]
+fn partial_experiment_reports_what_exists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = tmp.path().join("partial");
+    let small = run_lines(
+        SMALL_STEPS,
+        R_SMALL,
+        P_SMALL,
+        &|n| loss_at(n, 0.0) + 1.0,
+        false,
+        None,
+    );
+    std::fs::create_dir_all(&exp).unwrap();
+    write_stage(&exp, "small", &small, P_SMALL, "random", 3);
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    assert_eq!(summary.speedup_large_only, None);
+    assert!(summary.final_val_loss_small.is_some());
+    assert!(
+        summary.verdict.starts_with("No verdict yet"),
+        "{}",
+        summary.verdict
+    );
+    let md = read(&exp.join("report.md"));
+    assert!(md.contains("## Cost to reach the baseline's val loss\n\nNot available"));
+}
+
+#[test]
+fn corrupt_metrics_line_is_reported_with_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = tmp.path().join("bad");
+    write_seed(&exp, 0.2 * n_total(), None, 1);
+    let path = exp.join("baseline/metrics.jsonl");
+    let mut text = read(&path);
+    text.insert_str(0, "{\"kind\":\"train\",\"step\":\n");
+    std::fs::write(&path, text).unwrap();
+    let err = hyperclone_report::write_report(&exp).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("baseline/metrics.jsonl line 1"), "{msg}");
+}

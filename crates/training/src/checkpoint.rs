@@ -1,0 +1,254 @@
+//! Training checkpoints in a run directory, litgpt/llm.c style:
+//!
+//! ```text
+//! runs/NAME/
+//!   config.toml  run_info.json  metrics.jsonl
+//!   step-00000500/  model.safetensors  model.json  optimizer.safetensors  state.json  DONE
+//!   step-00001000/  …
+//!   final/          model.safetensors  model.json   (weights only, for --init-from / generate)
+//! ```
+//!
+//! A step folder is written under a temporary name and renamed when complete; `DONE` is its
+//! last file, and only folders with `DONE` count. Loading verifies every checksum; a corrupted
+//! newest checkpoint is skipped for the previous complete one, with a loud warning.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::AutodiffBackend;
+use hyperclone_model::checkpoint::{
+    load_model, save_model, write_dir_atomically, write_file_atomically, CheckpointError,
+};
+use hyperclone_model::Gpt;
+use serde::{Deserialize, Serialize};
+
+use crate::config::OptimizerConfig;
+use crate::optim::{AdamW, OptimError};
+
+/// Completeness marker, written last inside a step folder.
+pub const DONE_FILE: &str = "DONE";
+/// Training state file inside a step folder.
+pub const STATE_FILE: &str = "state.json";
+/// Optimizer state file inside a step folder.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// Everything besides weights and optimizer moments that a resumed run needs to continue
+/// exactly: batches and dropout masks are pure functions of (seed, step), so the step is the
+/// data position and the RNG state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    /// Optimiser steps completed.
+    pub step: u64,
+    /// Training tokens consumed.
+    pub tokens: u64,
+    /// Cumulative wall seconds at the checkpoint.
+    pub wall_s: f64,
+    /// Cumulative device-hours at the checkpoint.
+    pub device_hours: f64,
+    /// Cumulative training FLOPs.
+    pub flops: f64,
+    /// Run seed (batches and dropout derive from it and the step).
+    pub seed: u64,
+    /// SHA-256 of the tokenizer the data was made with.
+    pub tokenizer_hash: String,
+    /// Hash of the resolved training config (a changed config refuses to resume).
+    pub config_hash: String,
+    /// Best validation loss so far and its step.
+    pub best_val: Option<(u64, f64)>,
+    /// Width and FFN factors of the expansion this run started from (for the symmetry
+    /// metric).
+    pub expanded: Option<(usize, usize)>,
+}
+
+/// Why a checkpoint could not be written or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    /// Model weights or metadata.
+    #[error(transparent)]
+    Model(#[from] CheckpointError),
+    /// Optimizer state.
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    /// `state.json` is unreadable.
+    #[error("{path}: {reason}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The folder holds step folders but none is complete and valid.
+    #[error("{dir}: no valid checkpoint: {details}")]
+    NoValidCheckpoint {
+        /// The run directory.
+        dir: PathBuf,
+        /// Why each candidate was refused.
+        details: String,
+    },
+}
+
+/// Name of the folder for `step`.
+pub fn step_dir_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+/// Complete step folders of a run directory, newest first.
+pub fn complete_checkpoints(run_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = fs::read_dir(run_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step: u64 = name.strip_prefix("step-")?.parse().ok()?;
+            let path = e.path();
+            path.join(DONE_FILE).exists().then_some((step, path))
+        })
+        .collect();
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found
+}
+
+/// Writes a complete step folder atomically (temp folder, `DONE` last, rename). When the
+/// environment variable `HYPERCLONE_TEST_CHECKPOINT_PAUSE_MS` is set, the writer sleeps that
+/// long before `DONE`, so that tests can kill the process in the middle of a write.
+pub fn save_checkpoint<AB: AutodiffBackend>(
+    run_dir: &Path,
+    model: &Gpt<AB>,
+    optimizer: &AdamW<AB>,
+    state: &TrainState,
+) -> Result<PathBuf, RunDirError> {
+    let dest = run_dir.join(step_dir_name(state.step));
+    let inner = model.clone().valid();
+    write_dir_atomically::<RunDirError>(&dest, |tmp| {
+        save_model(&inner, tmp)?;
+        optimizer.save(&tmp.join(OPTIMIZER_FILE))?;
+        let json = serde_json::to_vec_pretty(state).expect("state serialises");
+        write_file_atomically(&tmp.join(STATE_FILE), &json)?;
+        if let Some(ms) = std::env::var("HYPERCLONE_TEST_CHECKPOINT_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        write_file_atomically(&tmp.join(DONE_FILE), state.step.to_string().as_bytes())?;
+        Ok(())
+    })?;
+    Ok(dest)
+}
+
+/// Reads `state.json` of a step folder.
+pub fn read_state(dir: &Path) -> Result<TrainState, RunDirError> {
+    let path = dir.join(STATE_FILE);
+    let text = fs::read_to_string(&path).map_err(|e| RunDirError::State {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| RunDirError::State {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+/// A checkpoint loaded for resuming.
+pub struct Resumed<AB: AutodiffBackend> {
+    /// The model, on the autodiff backend.
+    pub model: Gpt<AB>,
+    /// The optimizer state.
+    pub optimizer: AdamW<AB>,
+    /// Step, tokens, time and hashes.
+    pub state: TrainState,
+    /// The folder it came from.
+    pub dir: PathBuf,
+}
+
+struct RequireGrad;
+
+impl<AB: AutodiffBackend> burn::module::ModuleMapper<AB> for RequireGrad {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::tensor::Tensor<AB, D>>,
+    ) -> burn::module::Param<burn::tensor::Tensor<AB, D>> {
+        let (id, tensor, mapper) = param.consume();
+        burn::module::Param::from_mapped_value(id, tensor.require_grad(), mapper)
+    }
+}
+
+/// Marks every parameter as trainable. Weights loaded from disk onto the inner backend and
+/// lifted with `from_inner` do not track gradients until this is applied.
+pub fn trainable<AB: AutodiffBackend>(model: Gpt<AB>) -> Gpt<AB> {
+    model.map(&mut RequireGrad)
+}
+
+/// Loads one step folder, verifying checksums.
+pub fn load_checkpoint<AB: AutodiffBackend>(
+    dir: &Path,
+    optimizer: OptimizerConfig,
+    device: &burn::tensor::Device<AB::InnerBackend>,
+) -> Result<Resumed<AB>, RunDirError> {
+    let state = read_state(dir)?;
+    let model = load_model::<AB::InnerBackend>(dir, device)?;
+    let optimizer = AdamW::<AB>::load(optimizer, &dir.join(OPTIMIZER_FILE), device)?;
+    Ok(Resumed {
+        model: trainable(Gpt::<AB>::from_inner(model)),
+        optimizer,
+        state,
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Loads the newest complete checkpoint that passes verification, warning about each newer
+/// one that does not. `Ok(None)` when the run directory has no complete checkpoint.
+pub fn load_latest<AB: AutodiffBackend>(
+    run_dir: &Path,
+    optimizer: &OptimizerConfig,
+    device: &burn::tensor::Device<AB::InnerBackend>,
+) -> Result<Option<Resumed<AB>>, RunDirError> {
+    let candidates = complete_checkpoints(run_dir);
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let mut refused = Vec::new();
+    for (_, dir) in candidates {
+        match load_checkpoint::<AB>(&dir, optimizer.clone(), device) {
+            Ok(r) => {
+                if !refused.is_empty() {
+                    tracing::warn!(
+                        "resuming from {} because newer checkpoints are damaged: {}",
+                        dir.display(),
+                        refused.join("; ")
+                    );
+                }
+                return Ok(Some(r));
+            }
+            Err(e) => {
+                tracing::warn!("SKIPPING damaged checkpoint {}: {e}", dir.display());
+                refused.push(format!("{}: {e}", dir.display()));
+            }
+        }
+    }
+    Err(RunDirError::NoValidCheckpoint {
+        dir: run_dir.to_path_buf(),
+        details: refused.join("; "),
+    })
+}
+
+/// Deletes all but the `keep_last` newest complete checkpoints, sparing `best_step`. Leftover
+/// temporary folders of interrupted writes are removed too.
+pub fn prune(run_dir: &Path, keep_last: usize, best_step: Option<u64>) {
+    for (i, (step, dir)) in complete_checkpoints(run_dir).into_iter().enumerate() {
+        if i >= keep_last.max(1) && Some(step) != best_step {
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                tracing::warn!("could not remove old checkpoint {}: {e}", dir.display());
+            }
+        }
+    }
+    for entry in fs::read_dir(run_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(".step-") && name.contains(".tmp-") {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! The training configuration: one TOML file with `[model]`, `[data]`, `[optimizer]`,
+//! `[schedule]` and `[run]` sections, unknown keys refused, any value overridable from the
+//! command line with `--set section.key=value` (type-checked like the file).
+
+use std::path::{Path, PathBuf};
+
+use hyperclone_data::PrepareOptions;
+use hyperclone_model::GptConfig;
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A key is unknown, missing or has the wrong type.
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        /// The file (or `--set` for overrides).
+        path: PathBuf,
+        /// Dotted key at fault.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A `--set` override is not of the form `section.key=value`.
+    #[error("--set {0:?}: expected section.key=value")]
+    BadOverride(String),
+    /// The model section names an unknown preset.
+    #[error("{path}: key `model.preset`: unknown preset {name:?} (known: {known})")]
+    UnknownPreset {
+        /// The file.
+        path: PathBuf,
+        /// The preset asked for.
+        name: String,
+        /// The known names.
+        known: String,
+    },
+}
+
+fn d_beta1() -> f64 {
+    0.9
+}
+fn d_beta2() -> f64 {
+    0.95
+}
+fn d_eps() -> f64 {
+    1e-8
+}
+fn d_wd() -> f64 {
+    0.1
+}
+fn d_lr() -> f64 {
+    6e-4
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_min_lr_ratio() -> f64 {
+    0.1
+}
+fn d_one() -> usize {
+    1
+}
+fn d_eval_every() -> u64 {
+    100
+}
+fn d_eval_batches() -> usize {
+    8
+}
+fn d_keep_last() -> usize {
+    2
+}
+fn d_log_every() -> u64 {
+    10
+}
+
+/// AdamW hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Peak learning rate.
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// First-moment decay β1.
+    #[serde(default = "d_beta1")]
+    pub beta1: f64,
+    /// Second-moment decay β2.
+    #[serde(default = "d_beta2")]
+    pub beta2: f64,
+    /// Denominator epsilon.
+    #[serde(default = "d_eps")]
+    pub eps: f64,
+    /// Decoupled weight decay (applied to matrices; see `decay_all`).
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    /// Also decay norms, biases and embeddings (off by default, as in GPT-2/nanoGPT).
+    #[serde(default)]
+    pub decay_all: bool,
+    /// Global gradient-norm clip; 0 disables clipping.
+    #[serde(default = "d_clip")]
+    pub grad_clip: f64,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            lr: d_lr(),
+            beta1: d_beta1(),
+            beta2: d_beta2(),
+            eps: d_eps(),
+            weight_decay: d_wd(),
+            decay_all: false,
+            grad_clip: d_clip(),
+        }
+    }
+}
+
+/// Shape of the learning-rate decay after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decay {
+    /// Cosine from the peak to `min_lr_ratio · lr` at `decay_steps`, then constant.
+    Cosine,
+    /// Straight line from the peak to `min_lr_ratio · lr` at `decay_steps`, then constant
+    /// (the paper's schedule with `min_lr_ratio = 0.1`).
+    Linear,
+    /// No decay: the peak after warm-up.
+    Constant,
+}
+
+/// Learning-rate schedule: linear warm-up, then decay to a floor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Steps of linear warm-up from `lr / warmup_steps` to `lr`.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Decay shape after warm-up.
+    #[serde(default = "default_decay")]
+    pub decay: Decay,
+    /// Floor as a fraction of the peak learning rate.
+    #[serde(default = "d_min_lr_ratio")]
+    pub min_lr_ratio: f64,
+    /// Step at which the floor is reached (default: the last step of the run).
+    #[serde(default)]
+    pub decay_steps: Option<u64>,
+}
+
+fn default_decay() -> Decay {
+    Decay::Cosine
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            warmup_steps: 0,
+            decay: Decay::Cosine,
+            min_lr_ratio: d_min_lr_ratio(),
+            decay_steps: None,
+        }
+    }
+}
+
+/// Numeric precision of the model's weights and compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 everywhere (TF32 tensor cores on CUDA matmuls).
+    F32,
+    /// bf16 weights and compute (CUDA/wgpu only); see the README on what stays f32.
+    Bf16,
+}
+
+/// Which burn backend runs the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The best backend compiled in: cuda, then wgpu, then flex.
+    Auto,
+    /// burn's pure-Rust CPU backend.
+    Flex,
+    /// NVIDIA GPUs (build with `--features cuda`).
+    Cuda,
+    /// Vulkan/Metal/WebGPU through wgpu (build with `--features wgpu`).
+    Wgpu,
+}
+
+/// Batch, budget, evaluation, checkpointing and hardware of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Seed of weights, batches and dropout.
+    #[serde(default)]
+    pub seed: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Tokens per sequence (≤ the model's context_length).
+    pub seq_len: usize,
+    /// Micro-batches per optimiser step.
+    #[serde(default = "d_one")]
+    pub grad_accum: usize,
+    /// Budget in optimiser steps.
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    /// Budget in training tokens (rounded up to whole steps).
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Budget in wall-clock seconds (the run checkpoints and stops when it is spent).
+    #[serde(default)]
+    pub max_wall_seconds: Option<f64>,
+    /// Evaluate on the validation windows every this many steps (and at the end).
+    #[serde(default = "d_eval_every")]
+    pub eval_every: u64,
+    /// Number of validation batches per evaluation.
+    #[serde(default = "d_eval_batches")]
+    pub eval_batches: usize,
+    /// Checkpoint every this many steps (and at the end); 0 means only at the end.
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// Keep this many most recent checkpoints (the best one is kept too).
+    #[serde(default = "d_keep_last")]
+    pub keep_last: usize,
+    /// Print a progress line every this many steps when not on a terminal.
+    #[serde(default = "d_log_every")]
+    pub log_every: u64,
+    /// Backend to run on.
+    #[serde(default = "default_backend")]
+    pub backend: BackendKind,
+    /// Weight and compute precision.
+    #[serde(default = "default_precision")]
+    pub precision: Precision,
+}
+
+fn default_backend() -> BackendKind {
+    BackendKind::Auto
+}
+fn default_precision() -> Precision {
+    Precision::F32
+}
+
+/// A whole training job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The architecture (a preset name plus overrides, or every field). May be omitted when
+    /// the run starts from `--init-from`, whose checkpoint fixes the architecture.
+    #[serde(default)]
+    pub model: Option<GptConfig>,
+    /// Where the tokens come from (prepared once, then reused).
+    pub data: PrepareOptions,
+    /// AdamW settings.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Batch, budget, evaluation and checkpoints.
+    pub run: RunConfig,
+}
+
+/// Why a configuration cannot run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key} = {value}: {message}")]
+pub struct InvalidValue {
+    /// Dotted key.
+    pub key: &'static str,
+    /// The value given.
+    pub value: String,
+    /// What is allowed.
+    pub message: &'static str,
+}
+
+impl TrainConfig {
+    /// Tokens consumed by one optimiser step.
+    pub fn tokens_per_step(&self) -> u64 {
+        (self.run.batch_size * self.run.seq_len * self.run.grad_accum) as u64
+    }
+
+    /// Number of optimiser steps the budget allows (`max_steps`, else `max_tokens` rounded
+    /// up); `None` when only a wall-time budget is given.
+    pub fn total_steps(&self) -> Option<u64> {
+        match (self.run.max_steps, self.run.max_tokens) {
+            (Some(s), Some(t)) => Some(s.min(t.div_ceil(self.tokens_per_step()))),
+            (Some(s), None) => Some(s),
+            (None, Some(t)) => Some(t.div_ceil(self.tokens_per_step())),
+            (None, None) => None,
+        }
+    }
+
+    /// Checks the values that serde's types cannot.
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        let bad = |key, value: String, message| {
+            Err(InvalidValue {
+                key,
+                value,
+                message,
+            })
+        };
+        let r = &self.run;
+        if r.batch_size == 0 {
+            return bad("run.batch_size", "0".into(), "must be at least 1");
+        }
+        if r.seq_len == 0 {
+            return bad("run.seq_len", "0".into(), "must be at least 1");
+        }
+        if r.grad_accum == 0 {
+            return bad("run.grad_accum", "0".into(), "must be at least 1");
+        }
+        if r.eval_every == 0 {
+            return bad("run.eval_every", "0".into(), "must be at least 1");
+        }
+        if r.max_steps.is_none() && r.max_tokens.is_none() && r.max_wall_seconds.is_none() {
+            return bad(
+                "run.max_steps",
+                "(none)".into(),
+                "give a budget: run.max_steps, run.max_tokens or run.max_wall_seconds",
+            );
+        }
+        if let Some(model) = &self.model {
+            if r.seq_len > model.context_length {
+                return bad(
+                    "run.seq_len",
+                    r.seq_len.to_string(),
+                    "must not exceed model.context_length",
+                );
+            }
+        }
+        let o = &self.optimizer;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return bad(
+                "optimizer.lr",
+                o.lr.to_string(),
+                "must be a positive number",
+            );
+        }
+        if !(0.0..1.0).contains(&o.beta1) {
+            return bad("optimizer.beta1", o.beta1.to_string(), "must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&o.beta2) {
+            return bad("optimizer.beta2", o.beta2.to_string(), "must be in [0, 1)");
+        }
+        if !(o.eps > 0.0) {
+            return bad("optimizer.eps", o.eps.to_string(), "must be positive");
+        }
+        if !(o.weight_decay >= 0.0) {
+            return bad(
+                "optimizer.weight_decay",
+                o.weight_decay.to_string(),
+                "must be >= 0",
+            );
+        }
+        if !(o.grad_clip >= 0.0) {
+            return bad(
+                "optimizer.grad_clip",
+                o.grad_clip.to_string(),
+                "must be >= 0",
+            );
+        }
+        let s = &self.schedule;
+        if !(0.0..=1.0).contains(&s.min_lr_ratio) {
+            return bad(
+                "schedule.min_lr_ratio",
+                s.min_lr_ratio.to_string(),
+                "must be in [0, 1]",
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads a TOML file, applies `--set` overrides, resolves the model preset and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, path, overrides)
+    }
+
+    /// Like [`TrainConfig::load`] from a string; `origin` names it in errors.
+    pub fn from_toml_str(
+        text: &str,
+        origin: &Path,
+        overrides: &[String],
+    ) -> Result<Self, ConfigFileError> {
+        let table = parse_with_overrides(text, origin, overrides)?;
+        let config: TrainConfig = typed_from_table(table, origin)?;
+        config.validate().map_err(|e| ConfigFileError::Invalid {
+            path: origin.to_path_buf(),
+            key: e.key.to_string(),
+            message: format!("{} ({})", e.message, e.value),
+        })?;
+        if let Some(model) = &config.model {
+            model.validate().map_err(|e| ConfigFileError::Invalid {
+                path: origin.to_path_buf(),
+                key: "model".into(),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(config)
+    }
+
+    /// The resolved configuration as TOML (what the run directory keeps).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("TrainConfig serialises to TOML")
+    }
+}
+
+/// Parses TOML text, applies `--set` overrides and expands `[model] preset = "…"` (and any
+/// nested `model` tables found under the top-level keys listed in `model_paths`).
+pub fn parse_with_overrides(
+    text: &str,
+    origin: &Path,
+    overrides: &[String],
+) -> Result<toml::Table, ConfigFileError> {
+    let mut table: toml::Table =
+        text.parse()
+            .map_err(|e: toml::de::Error| ConfigFileError::Syntax {
+                path: origin.to_path_buf(),
+                message: e.to_string(),
+            })?;
+    for o in overrides {
+        apply_override(&mut table, o)?;
+    }
+    Ok(table)
+}
+
+/// Deserialises a table into `T` with the dotted key of any error, after expanding model
+/// presets found at any `model` key.
+pub fn typed_from_table<T: serde::de::DeserializeOwned>(
+    mut table: toml::Table,
+    origin: &Path,
+) -> Result<T, ConfigFileError> {
+    expand_presets(&mut table, origin)?;
+    let value = toml::Value::Table(table);
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigFileError::Invalid {
+            path: origin.to_path_buf(),
+            key,
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// Replaces every table under a key named `model` that has `preset = "name"` with the preset's
+/// fields overlaid by the table's other keys.
+fn expand_presets(table: &mut toml::Table, origin: &Path) -> Result<(), ConfigFileError> {
+    for (key, value) in table.iter_mut() {
+        if let toml::Value::Table(inner) = value {
+            if key == "model" || key.ends_with("_model") {
+                if let Some(preset) = inner.remove("preset") {
+                    let name = preset.as_str().unwrap_or_default().to_string();
+                    let base =
+                        GptConfig::preset(&name).ok_or_else(|| ConfigFileError::UnknownPreset {
+                            path: origin.to_path_buf(),
+                            name: name.clone(),
+                            known: GptConfig::PRESETS.join(", "),
+                        })?;
+                    let mut merged = toml::Table::try_from(&base).expect("GptConfig → TOML");
+                    for (k, v) in std::mem::take(inner) {
+                        merged.insert(k, v);
+                    }
+                    *inner = merged;
+                }
+            } else {
+                expand_presets(inner, origin)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies one `section.key=value` override. The value is read as a TOML literal
+/// (`3e-4`, `true`, `"text"`, `[1, 2]`); anything that is not one is taken as a string.
+pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<(), ConfigFileError> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| ConfigFileError::BadOverride(spec.to_string()))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(ConfigFileError::BadOverride(spec.to_string()));
+    }
+    let value = format!("v = {}", raw.trim())
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cursor = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = cursor
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(ConfigFileError::BadOverride(spec.to_string())),
+        };
+    }
+    cursor.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        [model]
+        preset = "cpu-tiny"
+        dropout = 0.1
+
+        [data]
+        train = ["datasets/gutenberg/train"]
+        val = ["datasets/gutenberg/val"]
+        tokenizer = { file = "datasets/gutenberg/tokenizer-4096.json" }
+        out = "runs/data"
+
+        [run]
+        batch_size = 4
+        seq_len = 32
+        max_steps = 10
+    "#;
+
+    fn load(text: &str, overrides: &[&str]) -> Result<TrainConfig, ConfigFileError> {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        TrainConfig::from_toml_str(text, Path::new("exp.toml"), &o)
+    }
+
+    #[test]
+    fn preset_with_overrides_and_defaults() {
+        let c = load(BASE, &[]).unwrap();
+        let m = c.model.unwrap();
+        assert_eq!(m.d_model, 128);
+        assert_eq!(m.dropout, 0.1);
+        assert_eq!(c.optimizer, OptimizerConfig::default());
+        assert_eq!(c.run.grad_accum, 1);
+    }
+
+    #[test]
+    fn set_overrides_are_type_checked() {
+        let c = load(BASE, &["optimizer.lr=3e-4", "model.n_layer=3"]).unwrap();
+        assert_eq!(c.optimizer.lr, 3e-4);
+        assert_eq!(c.model.unwrap().n_layer, 3);
+        let e = load(BASE, &["optimizer.lr=fast"]).unwrap_err().to_string();
+        assert!(e.contains("optimizer.lr") && e.contains("exp.toml"), "{e}");
+        let e = load(BASE, &["nonsense"]).unwrap_err().to_string();
+        assert!(e.contains("section.key=value"), "{e}");
+    }
+
+    #[test]
+    fn typos_and_bad_values_name_the_key() {
+        let e = load(&BASE.replace("batch_size", "batchsize"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("batchsize"), "{e}");
+        let e = load(&BASE.replace("dropout = 0.1", "dropuot = 0.1"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dropuot"), "{e}");
+        let e = load(&BASE.replace("cpu-tiny", "cpu-huge"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cpu-huge") && e.contains("cpu-tiny"), "{e}");
+        let e = load(BASE, &["run.seq_len=1000"]).unwrap_err().to_string();
+        assert!(
+            e.contains("run.seq_len") && e.contains("context_length"),
+            "{e}"
+        );
+        let e = load(BASE, &["model.n_head=5"]).unwrap_err().to_string();
+        assert!(e.contains("n_head = 5"), "{e}");
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let c = load(BASE, &[]).unwrap();
+        let again = load(&c.to_toml(), &[]).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn budget_in_tokens_rounds_up_to_steps() {
+        let c = load(BASE, &["run.max_tokens=1000"]).unwrap();
+        // 4 · 32 = 128 tokens per step → 8 steps (1000/128 = 7.8); max_steps 10 is larger.
+        assert_eq!(c.total_steps(), Some(8));
+    }
+}

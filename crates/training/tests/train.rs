@@ -1,0 +1,293 @@
+//! End-to-end training tests on the CPU backend with the tiny model and the shipped corpus.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use burn::backend::{Autodiff, Flex};
+use hyperclone_training::checkpoint::{complete_checkpoints, DONE_FILE};
+use hyperclone_training::metrics::read_metrics;
+use hyperclone_training::{train, TrainConfig, TrainError, TrainOptions};
+
+type AB = Autodiff<Flex>;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Prepared data shared by every test of this binary (two shipped books, 5 % held out),
+/// built once in a folder that lives as long as the process.
+fn data_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+fn config(extra: &[&str]) -> TrainConfig {
+    let root = repo_root();
+    let text = format!(
+        r#"
+        [model]
+        preset = "cpu-tiny"
+        vocab_size = 4096
+        d_model = 32
+        n_head = 2
+        d_ff = 64
+        context_length = 32
+
+        [data]
+        train = ["{root}/datasets/gutenberg/val"]
+        val_fraction = 0.05
+        tokenizer = {{ file = "{root}/datasets/gutenberg/tokenizer-4096.json" }}
+        out = "{data}/prepared"
+
+        [optimizer]
+        lr = 3e-3
+
+        [schedule]
+        warmup_steps = 10
+
+        [run]
+        seed = 7
+        batch_size = 8
+        seq_len = 32
+        max_steps = 30
+        eval_every = 10
+        eval_batches = 2
+        checkpoint_every = 10
+        keep_last = 5
+        "#,
+        root = root.display(),
+        data = data_dir().display()
+    );
+    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    TrainConfig::from_toml_str(&text, Path::new("test.toml"), &overrides).unwrap()
+}
+
+fn options(run_dir: &Path) -> TrainOptions {
+    TrainOptions {
+        run_dir: run_dir.to_path_buf(),
+        init_from: None,
+        resume: true,
+        stop_after: None,
+        backend_name: "flex".into(),
+        device_name: hyperclone_training::metrics::cpu_name(),
+    }
+}
+
+/// Prepares the shared data once and serialises the tests of this binary: dropout masks come
+/// from the backend's process-wide generator, which every training step reseeds, so two
+/// trainings running at once in one process would draw from each other's stream.
+fn prepare_once() -> std::sync::MutexGuard<'static, ()> {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ONCE.get_or_init(|| {
+        hyperclone_data::ensure_prepared(&config(&[]).data).unwrap();
+    });
+    guard
+}
+
+#[test]
+fn training_lowers_val_loss_well_below_its_start() {
+    let _serial = prepare_once();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(&[
+        "run.max_steps=300",
+        "run.eval_every=100",
+        "run.checkpoint_every=0",
+    ]);
+    let summary = train::<AB>(&cfg, &options(tmp.path()), &Default::default()).unwrap();
+    let (train_lines, evals) = read_metrics(&tmp.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(train_lines.len(), 300);
+    let initial = evals.first().unwrap();
+    assert_eq!(initial.step, 0);
+    let last = summary.final_val_loss.unwrap();
+    // ln(4096) = 8.32 at the start; 1.5 nats lower is a 4.5× smaller perplexity.
+    assert!(initial.val_loss > 8.0, "initial {}", initial.val_loss);
+    assert!(
+        last < initial.val_loss - 1.5,
+        "val loss {} → {last}",
+        initial.val_loss
+    );
+    // Every field is present and cumulative counters grow.
+    for w in train_lines.windows(2) {
+        assert!(w[1].wall_s > w[0].wall_s);
+        assert!(w[1].device_hours > w[0].device_hours);
+        assert!(w[1].flops > w[0].flops);
+        assert_eq!(w[1].tokens - w[0].tokens, 8 * 32);
+    }
+    let l = &train_lines[10];
+    assert!(l.tokens_per_s > 0.0 && l.tflops_per_s > 0.0 && l.grad_norm > 0.0);
+    assert!(l.mfu.is_some() && l.mfu_estimated);
+    assert!(l.peak_memory_bytes.unwrap() > 1 << 20);
+    assert!((l.device_hours - l.wall_s / 3600.0).abs() < 1e-12);
+    assert!(tmp.path().join("final/model.json").exists());
+    assert!(tmp.path().join("run_info.json").exists());
+    assert!(tmp.path().join("config.toml").exists());
+}
+
+#[test]
+fn stopped_and_resumed_run_matches_uninterrupted_run_bitwise() {
+    let _serial = prepare_once();
+    // Dropout and gradient accumulation on: the RNG and data position must resume too.
+    let cfg = config(&["model.dropout=0.1", "run.grad_accum=2"]);
+    let device = Default::default();
+
+    let full = tempfile::tempdir().unwrap();
+    let uninterrupted = train::<AB>(&cfg, &options(full.path()), &device).unwrap();
+
+    let split = tempfile::tempdir().unwrap();
+    let first = train::<AB>(
+        &cfg,
+        &TrainOptions {
+            stop_after: Some(10),
+            ..options(split.path())
+        },
+        &device,
+    )
+    .unwrap();
+    assert_eq!(first.step, 10);
+    assert_eq!(first.final_val_loss, None);
+    let resumed = train::<AB>(&cfg, &options(split.path()), &device).unwrap();
+    assert_eq!(resumed.losses.first().unwrap().0, 11);
+    let tail: Vec<_> = uninterrupted.losses[10..].to_vec();
+    assert_eq!(resumed.losses, tail, "losses after resume differ");
+    assert_eq!(resumed.final_val_loss, uninterrupted.final_val_loss);
+
+    // The re-run of a finished run does no more steps.
+    let again = train::<AB>(&cfg, &options(split.path()), &device).unwrap();
+    assert!(again.losses.is_empty());
+    assert_eq!(again.step, 30);
+}
+
+#[test]
+fn damaged_newest_checkpoint_is_skipped_for_the_previous_one() {
+    let _serial = prepare_once();
+    let cfg = config(&[]);
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    train::<AB>(
+        &cfg,
+        &TrainOptions {
+            stop_after: Some(20),
+            ..options(tmp.path())
+        },
+        &device,
+    )
+    .unwrap();
+    let ckpts = complete_checkpoints(tmp.path());
+    assert_eq!(ckpts.iter().map(|c| c.0).collect::<Vec<_>>(), vec![20, 10]);
+    // Flip a byte of the newest weights: resume must fall back to step 10.
+    let weights = ckpts[0].1.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0xff;
+    std::fs::write(&weights, bytes).unwrap();
+    let resumed = train::<AB>(&cfg, &options(tmp.path()), &device).unwrap();
+    assert_eq!(resumed.losses.first().unwrap().0, 11);
+
+    // With every checkpoint damaged the run refuses to start rather than re-initialising.
+    for (_, dir) in complete_checkpoints(tmp.path()) {
+        std::fs::write(dir.join("model.safetensors"), b"garbage").unwrap();
+    }
+    let e = train::<AB>(&cfg, &options(tmp.path()), &device).unwrap_err();
+    assert!(matches!(e, TrainError::Checkpoint(_)), "{e}");
+    assert!(e.to_string().contains("no valid checkpoint"), "{e}");
+}
+
+#[test]
+fn incomplete_checkpoint_without_marker_is_ignored() {
+    let _serial = prepare_once();
+    let cfg = config(&[]);
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    train::<AB>(
+        &cfg,
+        &TrainOptions {
+            stop_after: Some(20),
+            ..options(tmp.path())
+        },
+        &device,
+    )
+    .unwrap();
+    let newest = tmp.path().join("step-00000020");
+    std::fs::remove_file(newest.join(DONE_FILE)).unwrap();
+    let resumed = train::<AB>(&cfg, &options(tmp.path()), &device).unwrap();
+    assert_eq!(resumed.losses.first().unwrap().0, 11);
+}
+
+#[test]
+fn changed_config_and_vocab_mismatch_are_refused() {
+    let _serial = prepare_once();
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    train::<AB>(
+        &config(&[]),
+        &TrainOptions {
+            stop_after: Some(10),
+            ..options(tmp.path())
+        },
+        &device,
+    )
+    .unwrap();
+    let e = train::<AB>(
+        &config(&["optimizer.lr=1e-3"]),
+        &options(tmp.path()),
+        &device,
+    )
+    .unwrap_err();
+    assert!(matches!(e, TrainError::ConfigChanged { .. }), "{e}");
+    // A longer budget is not a different trajectory... but the cosine schedule depends on
+    // it, so it is: only logging and checkpoint cadence may change.
+    let ok = train::<AB>(
+        &config(&["run.eval_every=5"]),
+        &TrainOptions {
+            stop_after: Some(12),
+            ..options(tmp.path())
+        },
+        &device,
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err());
+
+    let small_vocab = config(&["model.vocab_size=1000"]);
+    let fresh = tempfile::tempdir().unwrap();
+    let e = train::<AB>(&small_vocab, &options(fresh.path()), &device).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("4096") && msg.contains("1000"), "{msg}");
+}
+
+#[test]
+fn missing_data_is_a_clear_error() {
+    let _serial = prepare_once();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(&[
+        &format!("data.train=[\"{}/no-such-dir\"]", tmp.path().display()),
+        &format!("data.out=\"{}/out\"", tmp.path().display()),
+    ]);
+    let e = train::<AB>(&cfg, &options(&tmp.path().join("run")), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no-such-dir"), "{e}");
+}
+
+#[test]
+fn non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let _serial = prepare_once();
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    // A huge learning rate blows the weights up within a few steps after warm-up.
+    let cfg = config(&[
+        "optimizer.lr=1e9",
+        "optimizer.grad_clip=0.0",
+        "schedule.warmup_steps=0",
+        "run.checkpoint_every=1",
+        "run.eval_every=1000",
+    ]);
+    let e = train::<AB>(&cfg, &options(tmp.path()), &device).unwrap_err();
+    let TrainError::NonFiniteLoss { step, .. } = e else {
+        panic!("expected NonFiniteLoss, got {e}");
+    };
+    assert!(step >= 2, "step {step}");
+    let ckpts = complete_checkpoints(tmp.path());
+    assert_eq!(ckpts.first().unwrap().0, step - 1);
+    hyperclone_model::checkpoint::load_model::<Flex>(&ckpts[0].1, &device).unwrap();
+}
