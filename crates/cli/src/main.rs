@@ -2,7 +2,10 @@
 //! against a randomly initialised baseline in measured device-hours.
 
 mod backend;
+mod expand;
+mod prepare;
 mod report;
+mod run;
 mod train;
 
 use anyhow::Result;
@@ -17,10 +20,17 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The main job: train small → expand → train large, plus the random-init baseline, and
+    /// write the report.
+    Run(run::RunArgs),
+    /// Tokenise text into checksummed token shards.
+    Prepare(prepare::PrepareArgs),
     /// Train a model from a TOML config (resumes automatically).
     Train(train::TrainArgs),
     /// Sample text from a trained model.
     Generate(train::GenerateArgs),
+    /// HyperClone a trained model into a wider one that computes the same function.
+    Expand(expand::ExpandArgs),
     /// Write report.md / report.html with plots for an experiment directory.
     Report(report::ReportArgs),
 }
@@ -29,6 +39,9 @@ fn main() -> Result<()> {
     init_tracing();
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Prepare(args) => prepare::run(args),
+        Command::Expand(args) => expand::run(args),
         Command::Train(args) => train::run(args),
         Command::Generate(args) => train::run_generate(args),
         Command::Report(args) => report::run(args),

@@ -257,19 +257,34 @@ pub struct Gpt<B: Backend> {
     config: GptConfig,
 }
 
+/// `[rows, cols]` weights drawn from `rng` (host-side, backend-independent), or zeros when
+/// there is no generator ([`Gpt::zeros`]).
+fn weights<B: Backend>(
+    rows: usize,
+    cols: usize,
+    std: f64,
+    rng: &mut Option<SplitMix64>,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    match rng {
+        Some(rng) => Tensor::from_data(
+            TensorData::new(rng.normal_vec(rows * cols, std), [rows, cols]),
+            device,
+        ),
+        None => Tensor::zeros([rows, cols], device),
+    }
+}
+
 /// Builds a Linear with weights drawn from `rng` (host-side, backend-independent).
 fn linear<B: Backend>(
     d_in: usize,
     d_out: usize,
     bias: bool,
     std: f64,
-    rng: &mut SplitMix64,
+    rng: &mut Option<SplitMix64>,
     device: &B::Device,
 ) -> Linear<B> {
-    let weight = Tensor::from_data(
-        TensorData::new(rng.normal_vec(d_in * d_out, std), [d_in, d_out]),
-        device,
-    );
+    let weight = weights(d_in, d_out, std, rng, device);
     Linear {
         weight: Param::from_tensor(weight),
         bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
@@ -280,10 +295,10 @@ fn embedding<B: Backend>(
     n: usize,
     d: usize,
     std: f64,
-    rng: &mut SplitMix64,
+    rng: &mut Option<SplitMix64>,
     device: &B::Device,
 ) -> Embedding<B> {
-    let weight = Tensor::from_data(TensorData::new(rng.normal_vec(n * d, std), [n, d]), device);
+    let weight = weights(n, d, std, rng, device);
     Embedding {
         weight: Param::from_tensor(weight),
     }
@@ -294,9 +309,24 @@ impl<B: Backend> Gpt<B> {
     /// (`c_proj`) N(0, init_std/sqrt(2·n_layer)) (GPT-2), biases 0, norms γ=1 β=0. The numbers
     /// come from a host-side generator seeded with `seed`: identical on every backend.
     pub fn init(config: &GptConfig, seed: u64, device: &B::Device) -> Result<Self, ConfigError> {
+        Self::build(config, Some(SplitMix64::derive(seed, "init")), device)
+    }
+
+    /// A model of `config` whose weight matrices and embeddings are zero (norms γ=1 β=0,
+    /// biases 0): a cheap shell, with no random draws, to be filled parameter by parameter
+    /// (HyperCloning's target, checkpoint loading).
+    pub fn zeros(config: &GptConfig, device: &B::Device) -> Result<Self, ConfigError> {
+        Self::build(config, None, device)
+    }
+
+    /// [`Gpt::init`] with weights from `rng`, or [`Gpt::zeros`] without one.
+    fn build(
+        config: &GptConfig,
+        mut rng: Option<SplitMix64>,
+        device: &B::Device,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let c = config;
-        let mut rng = SplitMix64::derive(seed, "init");
         let std = c.init_std;
         let proj_std = c.init_std / (2.0 * c.n_layer as f64).sqrt();
         let d = c.d_model;
@@ -429,4 +459,43 @@ pub fn tokens_tensor<B: Backend>(
     assert_eq!(ids.len(), batch * seq, "token buffer is not [batch, seq]");
     let data: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
     Tensor::from_data(TensorData::new(data, [batch, seq]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn zeros_has_the_shapes_of_init_and_no_random_weights() {
+        let device = Default::default();
+        let config = GptConfig {
+            tie_embeddings: false,
+            ..GptConfig::cpu_tiny()
+        };
+        let init = Gpt::<Flex>::init(&config, 1, &device).unwrap();
+        let zeros = Gpt::<Flex>::zeros(&config, &device).unwrap();
+        assert_eq!(zeros.config(), init.config());
+        assert_eq!(zeros.num_params(), init.num_params());
+        let shapes = |m: &Gpt<Flex>| {
+            let mut v = vec![m.wte.weight.dims().to_vec(), m.ln_f.weight.dims().to_vec()];
+            for b in &m.h {
+                v.push(b.attn.c_attn.weight.dims().to_vec());
+                v.push(b.mlp.c_proj.weight.dims().to_vec());
+            }
+            v
+        };
+        assert_eq!(shapes(&zeros), shapes(&init));
+        let sum = |t: Tensor<Flex, 2>| t.abs().sum().into_scalar();
+        assert_eq!(sum(zeros.wte.weight.val()), 0.0);
+        assert_eq!(sum(zeros.h[1].attn.c_attn.weight.val()), 0.0);
+        assert_eq!(sum(zeros.lm_head.as_ref().unwrap().weight.val()), 0.0);
+        assert!(sum(init.wte.weight.val()) > 0.0);
+        // `init` draws exactly what it drew before `zeros` shared its code.
+        let again = Gpt::<Flex>::init(&config, 1, &device).unwrap();
+        assert_eq!(
+            again.h[1].mlp.c_fc.weight.val().into_data(),
+            init.h[1].mlp.c_fc.weight.val().into_data()
+        );
+    }
 }

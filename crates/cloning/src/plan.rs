@@ -1,0 +1,791 @@
+//! What an expansion does, before any tensor is touched: the options, the derived target
+//! configuration, and — in [`rule`] — the growth rule of every parameter, in one table.
+//!
+//! # Layout conventions
+//! burn's `Linear` stores its weight as `[d_in, d_out]` (`y = x·W + b`), so the spec's
+//! "output side" is axis 1 here and its "input side" axis 0. Every hidden vector of the
+//! target is the n-fold stack `[x; x; …; x]` of the source's `x`: hidden index `r·d + a` of
+//! the target holds index `a` of the source, for copy `r`.
+//!
+//! A [`Rule`] describes a parameter as a grid of blocks: `input_copies` copies along axis 0
+//! (each block divided by `input_copies` under the symmetric variant: the general rule divides
+//! by the INPUT factor only) and, along axis 1, a list of [`Section`]s, each tiled in place
+//! `copies` times. Vectors (norm γ/β, biases) are one-row matrices with `input_copies = 1`:
+//! tiled, never divided. Embeddings are matrices whose input (a token or position one-hot) is
+//! not a hidden vector: `input_copies = 1`, so they are tiled without division.
+
+use hyperclone_model::{ConfigError, GptConfig, MlpKind, NormKind, Positional};
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+/// How the cloned blocks of a weight grid are filled (all variants preserve the function).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    /// Every block `W/n_in` (the paper's default).
+    #[default]
+    Symmetric,
+    /// Every block `W/n_in`, plus noise in cancelling +/− pairs along the input copies.
+    NoisySymmetric,
+    /// Output copy `j` reads input copy `j mod n_in` with the full `W`; other blocks are zero.
+    Diagonal,
+    /// The diagonal grid plus noise in cancelling +/− pairs along the input copies.
+    NoisyDiagonal,
+}
+
+impl Variant {
+    /// Every variant, in the order of the spec.
+    pub const ALL: [Variant; 4] = [
+        Variant::Symmetric,
+        Variant::NoisySymmetric,
+        Variant::Diagonal,
+        Variant::NoisyDiagonal,
+    ];
+
+    /// The name used in TOML, JSON and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Symmetric => "symmetric",
+            Variant::NoisySymmetric => "noisy-symmetric",
+            Variant::Diagonal => "diagonal",
+            Variant::NoisyDiagonal => "noisy-diagonal",
+        }
+    }
+
+    /// Whether the variant adds noise (and so uses `snr_db` and `seed`).
+    pub fn is_noisy(self) -> bool {
+        matches!(self, Variant::NoisySymmetric | Variant::NoisyDiagonal)
+    }
+
+    /// Whether the base grid is diagonal (full `W` on one input copy) rather than `W/n_in`.
+    pub fn is_diagonal(self) -> bool {
+        matches!(self, Variant::Diagonal | Variant::NoisyDiagonal)
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Variant {
+    type Err = CloneError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Variant::ALL
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| CloneError::UnknownVariant {
+                value: s.to_string(),
+            })
+    }
+}
+
+fn default_factor() -> usize {
+    2
+}
+fn default_snr_db() -> f64 {
+    10.0
+}
+
+/// Settings of one expansion: the `[expand]` section of an experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpandOptions {
+    /// Width factor n (integer ≥ 1): `d_model`, `n_head` (and the KV heads, except MQA) are
+    /// multiplied by n; `head_dim` stays fixed. Default 2.
+    #[serde(default = "default_factor")]
+    pub width_factor: usize,
+    /// FFN factor m (integer ≥ 1), independent of n: `d_ff` is multiplied by m. Default 2.
+    #[serde(default = "default_factor")]
+    pub ffn_factor: usize,
+    /// How the cloned blocks are filled. Default `"symmetric"`.
+    #[serde(default)]
+    pub variant: Variant,
+    /// Signal-to-noise ratio in dB of the noisy variants: `mean(η²) = mean(block²) /
+    /// 10^(snr_db/10)` (the paper uses 10 dB). Ignored by the noiseless variants. Default 10.
+    #[serde(default = "default_snr_db")]
+    pub snr_db: f64,
+    /// Seed of the noise (with `hyperclone_model::SplitMix64`: identical on every backend).
+    /// Default 0.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Default for ExpandOptions {
+    fn default() -> Self {
+        Self {
+            width_factor: default_factor(),
+            ffn_factor: default_factor(),
+            variant: Variant::default(),
+            snr_db: default_snr_db(),
+            seed: 0,
+        }
+    }
+}
+
+impl ExpandOptions {
+    /// Checks the factors and the SNR; errors name the field and value.
+    pub fn validate(&self) -> Result<(), CloneError> {
+        if self.width_factor == 0 {
+            return Err(CloneError::ZeroFactor {
+                field: "width_factor",
+            });
+        }
+        if self.ffn_factor == 0 {
+            return Err(CloneError::ZeroFactor {
+                field: "ffn_factor",
+            });
+        }
+        if self.variant.is_noisy() && !self.snr_db.is_finite() {
+            return Err(CloneError::BadSnr { value: self.snr_db });
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Why an expansion was refused or failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CloneError {
+    /// A factor is zero.
+    #[error("expand.{field} must be an integer >= 1, got 0")]
+    ZeroFactor {
+        /// `width_factor` or `ffn_factor`.
+        field: &'static str,
+    },
+    /// The SNR of a noisy variant is not a finite number.
+    #[error("expand.snr_db = {value} must be a finite number of decibels")]
+    BadSnr {
+        /// The value given.
+        value: f64,
+    },
+    /// The variant name is not one of the four.
+    #[error("expand.variant = {value:?} is unknown; expected one of \"symmetric\", \"noisy-symmetric\", \"diagonal\", \"noisy-diagonal\"")]
+    UnknownVariant {
+        /// The value given.
+        value: String,
+    },
+    /// The source configuration itself is invalid.
+    #[error("source model: {0}")]
+    Source(ConfigError),
+    /// The derived target configuration is invalid (a factor overflowed a size, …).
+    #[error("derived target model: {0}")]
+    Target(ConfigError),
+    /// A requested target size is not an integer multiple of the source size.
+    #[error("target {field} = {target} is not an integer multiple of source {field} = {source_value}: HyperCloning grows widths by integer factors only")]
+    NonIntegerFactor {
+        /// The config field (`d_model`, `d_ff`).
+        field: &'static str,
+        /// The source's value.
+        source_value: usize,
+        /// The target's value.
+        target: usize,
+    },
+    /// The requested target changes something expansion keeps (layers, vocabulary, head_dim…).
+    #[error("target {field} = {target} differs from source {field} = {source_value}: width expansion keeps it unchanged")]
+    Unchanged {
+        /// The config field.
+        field: &'static str,
+        /// The source's value (as text).
+        source_value: String,
+        /// The target's value (as text).
+        target: String,
+    },
+    /// The target's query-head count does not follow the width factor (head_dim is fixed).
+    #[error("target n_head = {target} must be n_head x width_factor = {source_heads} x {factor}: heads are duplicated and head_dim stays fixed")]
+    Heads {
+        /// The source's query heads.
+        source_heads: usize,
+        /// The width factor.
+        factor: usize,
+        /// The target's query heads.
+        target: usize,
+    },
+    /// An MQA source (one KV head shared by all query heads) asked for another KV head count.
+    #[error("the source uses multi-query attention (1 KV head for {source_heads} query heads) and the target asks for {target} KV heads: an MQA model is expanded by duplicating its query heads and keeping its single KV head (every query copy reads the same keys and values), so the target must keep n_kv_head = 1")]
+    MqaKvHeads {
+        /// The source's query heads.
+        source_heads: usize,
+        /// The target's KV heads.
+        target: usize,
+    },
+    /// GQA/MHA: the target's KV heads must grow with the width factor so that each query head
+    /// copy keeps reading the copy of its own KV head.
+    #[error("target n_kv_head = {target} must be n_kv_head x width_factor = {source_kv} x {factor}: KV heads are duplicated with the query heads so that the query-to-KV group map survives")]
+    KvHeads {
+        /// The source's KV heads.
+        source_kv: usize,
+        /// The width factor.
+        factor: usize,
+        /// The target's KV heads.
+        target: usize,
+    },
+    /// A model's width is not divisible by the factor it is said to have been expanded with.
+    #[error("model {field} = {value} is not divisible by the factor {factor}: it cannot be an expansion by that factor")]
+    NotAnExpansion {
+        /// The config field.
+        field: &'static str,
+        /// Its value.
+        value: usize,
+        /// The factor.
+        factor: usize,
+    },
+    /// A tensor does not have the shape the model's configuration implies.
+    #[error("parameter {name} has shape {found:?}, expected {expected:?}")]
+    Shape {
+        /// The parameter's checkpoint name.
+        name: String,
+        /// Shape implied by the configuration.
+        expected: Vec<usize>,
+        /// Shape found.
+        found: Vec<usize>,
+    },
+    /// A tensor could not be read back to the host.
+    #[error("parameter {name}: {reason}")]
+    Data {
+        /// The parameter's checkpoint name.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configurations
+
+/// Whether `c` is multi-query attention: one KV head shared by several query heads.
+pub fn is_mqa(c: &GptConfig) -> bool {
+    c.kv_heads() == 1 && c.n_head > 1
+}
+
+fn mul(a: usize, b: usize) -> Result<usize, CloneError> {
+    a.checked_mul(b)
+        .ok_or(CloneError::Target(ConfigError::OutOfRange {
+            field: "d_model",
+            value: f64::INFINITY,
+            expected: "a size that fits in usize",
+        }))
+}
+
+/// The configuration of the expanded model: `d_model·n`, `n_head·n`, KV heads `·n` (MQA keeps
+/// one), `d_ff·m`; everything else (layers, vocabulary, context, positions, norm, eps, MLP
+/// kind, biases, tying, dropout, init_std, RoPE θ) is copied. Validated.
+pub fn expand_config(source: &GptConfig, opts: &ExpandOptions) -> Result<GptConfig, CloneError> {
+    opts.validate()?;
+    source.validate().map_err(CloneError::Source)?;
+    let (n, m) = (opts.width_factor, opts.ffn_factor);
+    let n_kv_head = match source.n_kv_head {
+        None => None,
+        Some(_) if is_mqa(source) => Some(1),
+        Some(kv) => Some(mul(kv, n)?),
+    };
+    let target = GptConfig {
+        d_model: mul(source.d_model, n)?,
+        n_head: mul(source.n_head, n)?,
+        n_kv_head,
+        d_ff: mul(source.d_ff, m)?,
+        ..source.clone()
+    };
+    target.validate().map_err(CloneError::Target)?;
+    debug_assert_eq!(target.head_dim(), source.head_dim());
+    Ok(target)
+}
+
+/// The configuration a model of config `target` was expanded from with factors `n` and `m`
+/// (the inverse of [`expand_config`]); used to split an expanded model into its copies.
+pub fn source_config_of(target: &GptConfig, n: usize, m: usize) -> Result<GptConfig, CloneError> {
+    for (field, factor) in [("width_factor", n), ("ffn_factor", m)] {
+        if factor == 0 {
+            return Err(CloneError::ZeroFactor { field });
+        }
+    }
+    let div = |field: &'static str, value: usize, factor: usize| {
+        if value % factor == 0 {
+            Ok(value / factor)
+        } else {
+            Err(CloneError::NotAnExpansion {
+                field,
+                value,
+                factor,
+            })
+        }
+    };
+    let n_kv_head = match target.n_kv_head {
+        None => None,
+        Some(_) if is_mqa(target) => Some(1),
+        Some(kv) => Some(div("n_kv_head", kv, n)?),
+    };
+    let source = GptConfig {
+        d_model: div("d_model", target.d_model, n)?,
+        n_head: div("n_head", target.n_head, n)?,
+        n_kv_head,
+        d_ff: div("d_ff", target.d_ff, m)?,
+        ..target.clone()
+    };
+    source.validate().map_err(CloneError::Source)?;
+    Ok(source)
+}
+
+/// The factors `(n, m)` that turn `source` into `target`, or why no expansion does: widths
+/// must be integer multiples, heads must follow the width factor with head_dim fixed, KV heads
+/// must follow it too (MQA keeps one), and every other field must be equal.
+pub fn factors_between(
+    source: &GptConfig,
+    target: &GptConfig,
+) -> Result<(usize, usize), CloneError> {
+    source.validate().map_err(CloneError::Source)?;
+    target.validate().map_err(CloneError::Target)?;
+    let whole = |field: &'static str, s: usize, t: usize| {
+        if t % s == 0 && t >= s {
+            Ok(t / s)
+        } else {
+            Err(CloneError::NonIntegerFactor {
+                field,
+                source_value: s,
+                target: t,
+            })
+        }
+    };
+    let n = whole("d_model", source.d_model, target.d_model)?;
+    let m = whole("d_ff", source.d_ff, target.d_ff)?;
+    if target.n_head != source.n_head * n {
+        return Err(CloneError::Heads {
+            source_heads: source.n_head,
+            factor: n,
+            target: target.n_head,
+        });
+    }
+    if is_mqa(source) {
+        if target.kv_heads() != 1 {
+            return Err(CloneError::MqaKvHeads {
+                source_heads: source.n_head,
+                target: target.kv_heads(),
+            });
+        }
+    } else if target.kv_heads() != source.kv_heads() * n {
+        return Err(CloneError::KvHeads {
+            source_kv: source.kv_heads(),
+            factor: n,
+            target: target.kv_heads(),
+        });
+    }
+    let opts = ExpandOptions {
+        width_factor: n,
+        ffn_factor: m,
+        ..ExpandOptions::default()
+    };
+    let derived = expand_config(source, &opts)?;
+    // Field by field so that the message names what differs.
+    let same: [(&'static str, String, String); 12] = [
+        (
+            "vocab_size",
+            derived.vocab_size.to_string(),
+            target.vocab_size.to_string(),
+        ),
+        (
+            "context_length",
+            derived.context_length.to_string(),
+            target.context_length.to_string(),
+        ),
+        (
+            "n_layer",
+            derived.n_layer.to_string(),
+            target.n_layer.to_string(),
+        ),
+        (
+            "positional",
+            format!("{:?}", derived.positional),
+            format!("{:?}", target.positional),
+        ),
+        (
+            "rope_theta",
+            derived.rope_theta.to_string(),
+            target.rope_theta.to_string(),
+        ),
+        (
+            "norm",
+            format!("{:?}", derived.norm),
+            format!("{:?}", target.norm),
+        ),
+        (
+            "norm_eps",
+            derived.norm_eps.to_string(),
+            target.norm_eps.to_string(),
+        ),
+        (
+            "mlp",
+            format!("{:?}", derived.mlp),
+            format!("{:?}", target.mlp),
+        ),
+        ("bias", derived.bias.to_string(), target.bias.to_string()),
+        (
+            "tie_embeddings",
+            derived.tie_embeddings.to_string(),
+            target.tie_embeddings.to_string(),
+        ),
+        (
+            "dropout",
+            derived.dropout.to_string(),
+            target.dropout.to_string(),
+        ),
+        (
+            "init_std",
+            derived.init_std.to_string(),
+            target.init_std.to_string(),
+        ),
+    ];
+    for (field, s, t) in same {
+        if s != t {
+            return Err(CloneError::Unchanged {
+                field,
+                source_value: s,
+                target: t,
+            });
+        }
+    }
+    Ok((n, m))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rule table
+
+/// One parameter of the decoder, by role (see `hyperclone_model::gpt` for the names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// `wte.weight`, `[V, d]`.
+    TokenEmbedding,
+    /// `wpe.weight`, `[ctx, d]` (learned positions only).
+    PositionEmbedding,
+    /// `h.N.ln_1` / `h.N.ln_2` γ, `[d]`.
+    NormWeight,
+    /// `h.N.ln_1` / `h.N.ln_2` β, `[d]` (LayerNorm with biases).
+    NormBias,
+    /// `ln_f` γ, `[d]`.
+    FinalNormWeight,
+    /// `ln_f` β, `[d]`.
+    FinalNormBias,
+    /// `h.N.attn.c_attn.weight`, `[d, (H + 2K)·hd]`, fused `[q | k | v]`.
+    QkvWeight,
+    /// `h.N.attn.c_attn.bias`, `[(H + 2K)·hd]`.
+    QkvBias,
+    /// `h.N.attn.c_proj.weight`, `[d, d]`.
+    AttnOutWeight,
+    /// `h.N.attn.c_proj.bias`, `[d]`.
+    AttnOutBias,
+    /// `h.N.mlp.c_fc.weight` and `h.N.mlp.c_gate.weight`, `[d, F]`.
+    MlpUpWeight,
+    /// `h.N.mlp.c_fc.bias` and `h.N.mlp.c_gate.bias`, `[F]`.
+    MlpUpBias,
+    /// `h.N.mlp.c_proj.weight`, `[F, d]`.
+    MlpDownWeight,
+    /// `h.N.mlp.c_proj.bias`, `[d]`.
+    MlpDownBias,
+    /// `lm_head.weight`, `[d, V]` (untied only).
+    LmHead,
+}
+
+/// A run of output columns (axis 1) tiled in place: `[s]` → `[s, s, …]` (`copies` times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Section {
+    /// Width of the section in the source.
+    pub width: usize,
+    /// How many copies the target holds, side by side.
+    pub copies: usize,
+}
+
+/// How one parameter grows; see the module documentation for the grid it describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Copies along the input axis (axis 0); each symmetric block is divided by this number.
+    /// Only matrices fed by a hidden vector have more than one; noise needs at least two.
+    pub input_copies: usize,
+    /// The output axis (axis 1, or the only axis of a vector), section by section.
+    pub output: Vec<Section>,
+    /// The whole result is divided by this (the tied-head fold on the final norm), else 1.
+    pub divide_by: usize,
+}
+
+impl Rule {
+    fn grid(input_copies: usize, output: Vec<Section>) -> Self {
+        Self {
+            input_copies,
+            output,
+            divide_by: 1,
+        }
+    }
+
+    /// Source width of the output axis.
+    pub fn source_width(&self) -> usize {
+        self.output.iter().map(|s| s.width).sum()
+    }
+
+    /// Target width of the output axis.
+    pub fn target_width(&self) -> usize {
+        self.output.iter().map(|s| s.width * s.copies).sum()
+    }
+}
+
+/// THE TABLE: how each parameter of a source of config `s` grows with width factor `n` and FFN
+/// factor `m` (the spec's table, row by row).
+pub fn rule(kind: ParamKind, s: &GptConfig, n: usize, m: usize) -> Rule {
+    use ParamKind::*;
+    let sec = |width, copies| Section { width, copies };
+    let (d, hd, f, v) = (s.d_model, s.head_dim(), s.d_ff, s.vocab_size);
+    // MQA keeps its single KV head: only its input side is tiled.
+    let kv_copies = if is_mqa(s) { 1 } else { n };
+    let q = sec(s.n_head * hd, n); // destination head r·H + h = source head h
+    let kv = sec(s.kv_heads() * hd, kv_copies); // destination KV head r·K + g = source g
+    let hidden = vec![sec(d, n)];
+    match kind {
+        // embeddings (V × d, ctx × d): repeat along d, no division
+        TokenEmbedding | PositionEmbedding => Rule::grid(1, hidden),
+        // LayerNorm γ, β / RMSNorm γ: repeat n times, eps unchanged
+        NormWeight | NormBias => Rule::grid(1, hidden),
+        // final norm: repeat; tied head: fold the head's 1/n into γ and β
+        FinalNormWeight | FinalNormBias => Rule {
+            divide_by: if s.tie_embeddings { n } else { 1 },
+            ..Rule::grid(1, hidden)
+        },
+        // fused Q, K, V: duplicate heads per section, each block W/n (input factor)
+        QkvWeight => Rule::grid(n, vec![q, kv, kv]),
+        QkvBias => Rule::grid(1, vec![q, kv, kv]),
+        // attention output projection: n × n grid of W/n
+        AttnOutWeight => Rule::grid(n, hidden),
+        AttnOutBias => Rule::grid(1, hidden),
+        // MLP up / gate (d → F): m output copies × n input copies, each W/n
+        MlpUpWeight => Rule::grid(n, vec![sec(f, m)]),
+        MlpUpBias => Rule::grid(1, vec![sec(f, m)]),
+        // MLP down (F → d): n output copies × m input copies, each W/m
+        MlpDownWeight => Rule::grid(m, hidden),
+        MlpDownBias => Rule::grid(1, hidden),
+        // untied LM head (d → V): [W/n, …, W/n] along the input
+        LmHead => Rule::grid(n, vec![sec(v, 1)]),
+    }
+}
+
+/// Every parameter of a model of config `c`, with its checkpoint name and kind, in model order.
+pub fn parameters(c: &GptConfig) -> Vec<(String, ParamKind)> {
+    use ParamKind::*;
+    let mut out = vec![("wte.weight".to_string(), TokenEmbedding)];
+    if c.positional == Positional::Learned {
+        out.push(("wpe.weight".to_string(), PositionEmbedding));
+    }
+    let norm_bias = c.bias && c.norm == NormKind::LayerNorm;
+    for l in 0..c.n_layer {
+        let p = |name: &str| format!("h.{l}.{name}");
+        let mut push = |name: &str, kind| out.push((p(name), kind));
+        push("ln_1.weight", NormWeight);
+        if norm_bias {
+            push("ln_1.bias", NormBias);
+        }
+        push("attn.c_attn.weight", QkvWeight);
+        if c.bias {
+            push("attn.c_attn.bias", QkvBias);
+        }
+        push("attn.c_proj.weight", AttnOutWeight);
+        if c.bias {
+            push("attn.c_proj.bias", AttnOutBias);
+        }
+        push("ln_2.weight", NormWeight);
+        if norm_bias {
+            push("ln_2.bias", NormBias);
+        }
+        push("mlp.c_fc.weight", MlpUpWeight);
+        if c.bias {
+            push("mlp.c_fc.bias", MlpUpBias);
+        }
+        if c.mlp == MlpKind::SwiGlu {
+            push("mlp.c_gate.weight", MlpUpWeight);
+            if c.bias {
+                push("mlp.c_gate.bias", MlpUpBias);
+            }
+        }
+        push("mlp.c_proj.weight", MlpDownWeight);
+        if c.bias {
+            push("mlp.c_proj.bias", MlpDownBias);
+        }
+    }
+    out.push(("ln_f.weight".to_string(), FinalNormWeight));
+    if norm_bias {
+        out.push(("ln_f.bias".to_string(), FinalNormBias));
+    }
+    if !c.tie_embeddings {
+        out.push(("lm_head.weight".to_string(), LmHead));
+    }
+    out
+}
+
+/// Source shape of a parameter: `[d_in, width]` for matrices, `[width]` for vectors.
+pub fn source_shape(kind: ParamKind, s: &GptConfig, rule: &Rule) -> Vec<usize> {
+    use ParamKind::*;
+    let rows = match kind {
+        TokenEmbedding => s.vocab_size,
+        PositionEmbedding => s.context_length,
+        QkvWeight | AttnOutWeight | MlpUpWeight | LmHead => s.d_model,
+        MlpDownWeight => s.d_ff,
+        _ => return vec![rule.source_width()],
+    };
+    vec![rows, rule.source_width()]
+}
+
+/// Target shape of a parameter (rows of embeddings are not grown; hidden rows are).
+pub fn target_shape(kind: ParamKind, s: &GptConfig, rule: &Rule) -> Vec<usize> {
+    let src = source_shape(kind, s, rule);
+    match src.as_slice() {
+        [rows, _] => vec![rows * rule.input_copies, rule.target_width()],
+        _ => vec![rule.target_width()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gqa() -> GptConfig {
+        GptConfig {
+            vocab_size: 64,
+            context_length: 16,
+            n_layer: 2,
+            d_model: 32,
+            n_head: 4,
+            n_kv_head: Some(2),
+            d_ff: 48,
+            ..GptConfig::llama_small()
+        }
+    }
+
+    #[test]
+    fn config_grows_widths_and_heads_and_keeps_the_rest() {
+        let s = GptConfig::gpt2_124m();
+        let t = expand_config(&s, &ExpandOptions::default()).unwrap();
+        assert_eq!((t.d_model, t.n_head, t.d_ff), (1536, 24, 6144));
+        assert_eq!(t.head_dim(), s.head_dim());
+        assert_eq!((t.n_layer, t.vocab_size, t.n_kv_head), (12, 50_304, None));
+        let t = expand_config(
+            &gqa(),
+            &ExpandOptions {
+                width_factor: 3,
+                ffn_factor: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((t.n_head, t.kv_heads(), t.d_ff), (12, 6, 48));
+        let mqa = GptConfig {
+            n_kv_head: Some(1),
+            ..gqa()
+        };
+        let t = expand_config(&mqa, &ExpandOptions::default()).unwrap();
+        assert_eq!((t.n_head, t.kv_heads()), (8, 1));
+        assert_eq!(source_config_of(&t, 2, 2).unwrap(), mqa);
+    }
+
+    #[test]
+    fn impossible_expansions_are_refused_with_the_reason() {
+        let s = gqa();
+        let zero = ExpandOptions {
+            width_factor: 0,
+            ..Default::default()
+        };
+        let e = expand_config(&s, &zero).unwrap_err().to_string();
+        assert!(e.contains("width_factor") && e.contains(">= 1"), "{e}");
+        let nan = ExpandOptions {
+            variant: Variant::NoisySymmetric,
+            snr_db: f64::NAN,
+            ..Default::default()
+        };
+        assert!(matches!(
+            expand_config(&s, &nan),
+            Err(CloneError::BadSnr { .. })
+        ));
+
+        let t = |f: &dyn Fn(&mut GptConfig)| {
+            let mut t = expand_config(&s, &ExpandOptions::default()).unwrap();
+            f(&mut t);
+            factors_between(&s, &t)
+        };
+        assert_eq!(t(&|_| {}).unwrap(), (2, 2));
+        let e = t(&|c| {
+            c.d_model = 48;
+            c.n_head = 6;
+            c.n_kv_head = Some(3);
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CloneError::NonIntegerFactor {
+                    field: "d_model",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("integer"), "{e}");
+        let e = t(&|c| c.n_head = 4).unwrap_err();
+        assert!(matches!(e, CloneError::Heads { .. }), "{e}");
+        let e = t(&|c| c.n_kv_head = Some(2)).unwrap_err();
+        assert!(matches!(e, CloneError::KvHeads { .. }), "{e}");
+        let e = t(&|c| c.n_layer = 3).unwrap_err().to_string();
+        assert!(e.contains("n_layer") && e.contains("unchanged"), "{e}");
+
+        let mqa = GptConfig {
+            n_kv_head: Some(1),
+            ..gqa()
+        };
+        let mut target = expand_config(&mqa, &ExpandOptions::default()).unwrap();
+        target.n_kv_head = Some(2);
+        let e = factors_between(&mqa, &target).unwrap_err();
+        assert!(matches!(e, CloneError::MqaKvHeads { .. }), "{e}");
+        assert!(e.to_string().contains("multi-query"), "{e}");
+
+        assert!("sideways".parse::<Variant>().is_err());
+        assert_eq!(
+            "noisy-diagonal".parse::<Variant>().unwrap(),
+            Variant::NoisyDiagonal
+        );
+    }
+
+    #[test]
+    fn rule_shapes_match_the_derived_config_parameter_count() {
+        for tie in [false, true] {
+            let s = GptConfig {
+                tie_embeddings: tie,
+                bias: true,
+                ..gqa()
+            };
+            for (n, m) in [(2, 1), (3, 2), (4, 3)] {
+                let opts = ExpandOptions {
+                    width_factor: n,
+                    ffn_factor: m,
+                    ..Default::default()
+                };
+                let t = expand_config(&s, &opts).unwrap();
+                let (mut src, mut tgt) = (0, 0);
+                for (_, kind) in parameters(&s) {
+                    let r = rule(kind, &s, n, m);
+                    src += source_shape(kind, &s, &r).iter().product::<usize>();
+                    tgt += target_shape(kind, &s, &r).iter().product::<usize>();
+                }
+                assert_eq!(src, s.param_count());
+                assert_eq!(tgt, t.param_count());
+                assert_eq!(parameters(&s).len(), parameters(&t).len());
+            }
+        }
+    }
+
+    #[test]
+    fn options_parse_from_toml_with_defaults_and_refuse_unknown_keys() {
+        let o: ExpandOptions = serde_json::from_str(r#"{"variant":"noisy-symmetric"}"#).unwrap();
+        assert_eq!(o.width_factor, 2);
+        assert_eq!(o.variant, Variant::NoisySymmetric);
+        assert_eq!(o.snr_db, 10.0);
+        let e = serde_json::from_str::<ExpandOptions>(r#"{"width":2}"#).unwrap_err();
+        assert!(e.to_string().contains("width"), "{e}");
+    }
+}
