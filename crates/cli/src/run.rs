@@ -66,7 +66,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         println!(
             "{:<9} {}",
             o.stage.dir_name(),
-            if o.skipped { "skipped (finished earlier)" } else { "done" }
+            if o.skipped {
+                "skipped (finished earlier)"
+            } else {
+                "done"
+            }
         );
     }
     if let Some(report) = &summary.report {

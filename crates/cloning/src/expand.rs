@@ -22,7 +22,7 @@ use burn::tensor::{Tensor, TensorData};
 use hyperclone_model::{Gpt, Norm, SplitMix64};
 
 use crate::plan::{
-    expand_config, rule, source_shape, CloneError, ExpandOptions, ParamKind, Rule, Variant,
+    expand_config, rule, source_shape, target_shape, CloneError, ExpandOptions, ParamKind, Rule,
 };
 
 /// Expands `source` into a model `width_factor` times wider (and `ffn_factor` times wider in
@@ -149,10 +149,17 @@ impl<B: Backend> Grower<'_, B> {
     ) -> Result<(), CloneError> {
         let w = src.val().detach();
         let r = self.check_shape(name, kind, w.dims().to_vec())?;
-        // Drop the placeholder first so that only one new tensor is alive at a time.
-        *dst = Param::from_tensor(Tensor::zeros([1, 1], &w.device()));
+        let shell = take(dst, [1, 1]);
+        let expected = target_shape(kind, self.source.config(), &r);
+        if shell.dims().to_vec() != expected {
+            return Err(CloneError::Shape {
+                name: format!("target {name}"),
+                expected,
+                found: shell.dims().to_vec(),
+            });
+        }
         // `detach` makes the result a leaf, so that it can be a trainable parameter under autodiff.
-        *dst = Param::from_tensor(grow(name, w, &r, self.opts)?.detach());
+        *dst = Param::from_tensor(grow_into(name, w, &r, self.opts, shell)?.detach());
         Ok(())
     }
 
@@ -166,8 +173,22 @@ impl<B: Backend> Grower<'_, B> {
         let v = src.val().detach();
         let r = self.check_shape(name, kind, v.dims().to_vec())?;
         let [width] = v.dims();
-        let grown = grow(name, v.reshape([1, width]), &r, self.opts)?;
-        let [_, out] = grown.dims();
+        let shell = take(dst, [1]);
+        let [out] = shell.dims();
+        if out != r.target_width() {
+            return Err(CloneError::Shape {
+                name: format!("target {name}"),
+                expected: vec![r.target_width()],
+                found: vec![out],
+            });
+        }
+        let grown = grow_into(
+            name,
+            v.reshape([1, width]),
+            &r,
+            self.opts,
+            shell.reshape([1, out]),
+        )?;
         *dst = Param::from_tensor(grown.reshape([out]).detach());
         Ok(())
     }
@@ -213,89 +234,107 @@ impl<B: Backend> Grower<'_, B> {
     }
 }
 
-/// Grows `w` (`[rows, source width]`) into `[rows·input_copies, target width]` by `rule`.
+/// Takes the tensor out of a parameter (leaving a tiny placeholder), so that it is the only
+/// reference to its buffer and can be written in place.
+fn take<B: Backend, const D: usize>(p: &mut Param<Tensor<B, D>>, tiny: [usize; D]) -> Tensor<B, D> {
+    let device = p.val().device();
+    std::mem::replace(p, Param::from_tensor(Tensor::zeros(tiny, &device)))
+        .into_value()
+        .detach()
+}
+
+/// Grows `w` (`[rows, source width]`) into a new `[rows·input_copies, target width]` tensor by
+/// `rule` (see [`grow_into`]).
 pub fn grow<B: Backend>(
     name: &str,
     w: Tensor<B, 2>,
     rule: &Rule,
     opts: &ExpandOptions,
 ) -> Result<Tensor<B, 2>, CloneError> {
-    let n_in = rule.input_copies;
-    let mut sections = Vec::with_capacity(rule.output.len());
-    let mut offset = 0;
-    for (si, sec) in rule.output.iter().enumerate() {
-        let part = w.clone().narrow(1, offset, sec.width); // [rows, width]
-        offset += sec.width;
-        let grown = if n_in == 1 {
-            // Nothing to divide, nothing for noise to cancel against: tile the output side.
-            let part = if rule.divide_by > 1 {
-                part.div_scalar(rule.divide_by as f64)
-            } else {
-                part
-            };
-            part.repeat_dim(1, sec.copies)
-        } else if opts.variant == Variant::Symmetric {
-            // [[W/n_in, …], …]: one division, then tiling, so every block is bit-identical.
-            part.div_scalar(n_in as f64)
-                .repeat_dim(0, n_in)
-                .repeat_dim(1, sec.copies)
-        } else {
-            grid_blocks(&format!("{name}/s{si}"), part, n_in, sec.copies, opts)?
-        };
-        sections.push(grown);
-    }
-    Ok(if sections.len() == 1 {
-        sections.pop().expect("one section")
-    } else {
-        Tensor::cat(sections, 1)
-    })
+    let [rows, _] = w.dims();
+    let shape = [rows * rule.input_copies, rule.target_width()];
+    let dst = Tensor::zeros(shape, &w.device());
+    grow_into(name, w, rule, opts, dst)
 }
 
-/// The block grid of one section for the diagonal and noisy variants, block by block.
-fn grid_blocks<B: Backend>(
-    stream: &str,
+/// Writes the grown `w` into `dst` (`[rows·input_copies, target width]`) block by block.
+/// Every block is written (zero blocks included), so `dst` may hold anything; a `dst` that is
+/// the only reference to its buffer is written in place on backends that allow it, which
+/// keeps the memory of an expansion at source + target + one source tensor.
+///
+/// `name` names the noise streams (`{name}/s{section}/out{j}/pair{k}`).
+pub fn grow_into<B: Backend>(
+    name: &str,
     w: Tensor<B, 2>,
-    n_in: usize,
-    copies: usize,
+    rule: &Rule,
     opts: &ExpandOptions,
+    mut dst: Tensor<B, 2>,
 ) -> Result<Tensor<B, 2>, CloneError> {
-    let [rows, width] = w.dims();
+    let [rows, _] = w.dims();
     let device = w.device();
-    let signal = if opts.variant.is_diagonal() {
-        w
-    } else {
-        w.div_scalar(n_in as f64)
+    let n_in = rule.input_copies;
+    let diagonal = n_in > 1 && opts.variant.is_diagonal();
+    let noisy = n_in > 1 && opts.variant.is_noisy();
+    let divisor = match (n_in, diagonal) {
+        (1, _) => rule.divide_by, // vectors and embeddings: only the tied-head fold divides
+        (_, true) => 1,           // diagonal: the full W on one input copy
+        (n, false) => n,          // symmetric: W / n_in in every block
     };
-    let sigma = if opts.variant.is_noisy() {
-        let power = mean_square(stream, &signal)? / 10f64.powf(opts.snr_db / 10.0);
-        (power * n_in as f64 / (2.0 * (n_in - 1) as f64)).sqrt()
-    } else {
-        0.0
-    };
-    let zeros = Tensor::<B, 2>::zeros([rows, width], &device);
-    let mut columns = Vec::with_capacity(copies);
-    for j in 0..copies {
-        let mut blocks: Vec<Tensor<B, 2>> = (0..n_in)
-            .map(|i| match opts.variant.is_diagonal() {
-                true if i == j % n_in => signal.clone(),
-                true => zeros.clone(),
-                false => signal.clone(),
-            })
-            .collect();
-        if opts.variant.is_noisy() && sigma > 0.0 {
-            for k in 0..n_in - 1 {
-                let mut rng = SplitMix64::derive(opts.seed, &format!("{stream}/out{j}/pair{k}"));
-                let eta = Tensor::<B, 2>::from_data(
-                    TensorData::new(rng.normal_vec(rows * width, sigma), [rows, width]),
-                    &device,
-                );
-                blocks[k] = blocks[k].clone() + eta.clone();
-                blocks[k + 1] = blocks[k + 1].clone() - eta;
+    let (mut src_col, mut dst_col) = (0, 0);
+    for (si, sec) in rule.output.iter().enumerate() {
+        let part = if rule.output.len() == 1 {
+            w.clone()
+        } else {
+            w.clone().narrow(1, src_col, sec.width)
+        };
+        // Divided once, so that every symmetric block is bit-identical.
+        let signal = if divisor > 1 {
+            part.div_scalar(divisor as f64)
+        } else {
+            part
+        };
+        let stream = format!("{name}/s{si}");
+        let sigma = if noisy {
+            let power = mean_square(&stream, &signal)? / 10f64.powf(opts.snr_db / 10.0);
+            (power * n_in as f64 / (2.0 * (n_in - 1) as f64)).sqrt()
+        } else {
+            0.0
+        };
+        let zeros = diagonal.then(|| Tensor::<B, 2>::zeros([rows, sec.width], &device));
+        for j in 0..sec.copies {
+            let cols = dst_col + j * sec.width..dst_col + (j + 1) * sec.width;
+            // Noise pair k adds η_k to input block k and subtracts it from block k + 1.
+            let mut previous: Option<Tensor<B, 2>> = None;
+            for i in 0..n_in {
+                let mut block = match &zeros {
+                    Some(z) if i != j % n_in => z.clone(),
+                    _ => signal.clone(),
+                };
+                if noisy && sigma > 0.0 {
+                    if let Some(eta) = previous.take() {
+                        block = block - eta;
+                    }
+                    if i + 1 < n_in {
+                        let key = format!("{stream}/out{j}/pair{i}");
+                        let mut rng = SplitMix64::derive(opts.seed, &key);
+                        let eta = Tensor::<B, 2>::from_data(
+                            TensorData::new(
+                                rng.normal_vec(rows * sec.width, sigma),
+                                [rows, sec.width],
+                            ),
+                            &device,
+                        );
+                        block = block + eta.clone();
+                        previous = Some(eta);
+                    }
+                }
+                dst = dst.slice_assign([i * rows..(i + 1) * rows, cols.clone()], block);
             }
         }
-        columns.push(Tensor::cat(blocks, 0));
+        src_col += sec.width;
+        dst_col += sec.width * sec.copies;
     }
-    Ok(Tensor::cat(columns, 1))
+    Ok(dst)
 }
 
 /// `mean(x²)` read back to the host, in f64.
@@ -317,7 +356,7 @@ fn mean_square<B: Backend>(name: &str, x: &Tensor<B, 2>) -> Result<f64, CloneErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Section;
+    use crate::plan::{Section, Variant};
     use burn::backend::Flex;
 
     type B = Flex;

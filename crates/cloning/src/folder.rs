@@ -84,7 +84,11 @@ pub fn expand_folder<B: Backend>(
                 )
             }
         };
-        let v = verify(&source, &target, tokens_tensor::<B>(&ids, batch, seq, device))?;
+        let v = verify(
+            &source,
+            &target,
+            tokens_tensor::<B>(&ids, batch, seq, device),
+        )?;
         v.check(probe.tolerance)?;
         Some(v)
     };

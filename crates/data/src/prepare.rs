@@ -924,9 +924,19 @@ fn run(opts: &PrepareOptions, plan: Plan) -> Result<PreparedData, PrepareError> 
     fsutil::atomic_write(&manifest_path, &json).map_err(io_err(&manifest_path))?;
     fsutil::sync_parent(&manifest_path);
 
-    // Swap into place: the old complete directory (if any) is moved aside, then removed.
+    // Into place. A rename onto a missing (or empty) `out` is atomic. When `out` holds a sound
+    // prepared directory with the same fingerprint (another process prepared the same data
+    // meanwhile), that one is kept and ours dropped; otherwise the old complete directory is
+    // moved aside, ours renamed in, and the old one removed.
     let out = &opts.out;
-    if out.exists() {
+    if std::fs::rename(&tmp, out).is_ok() {
+        partial.keep = true;
+    } else if read_manifest(out).is_ok_and(|m| m.fingerprint == manifest.fingerprint)
+        && PreparedData::open(out).is_ok()
+    {
+        tracing::info!(out = %out.display(), "identical data was prepared meanwhile; keeping it");
+        drop(partial);
+    } else if out.exists() {
         let old = fsutil::temp_sibling(out, "old");
         std::fs::rename(out, &old).map_err(io_err(out))?;
         if let Err(e) = std::fs::rename(&tmp, out) {

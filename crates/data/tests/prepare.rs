@@ -561,3 +561,42 @@ fn gpt2_tokenizer_is_available_offline() {
     let tok = Tokenizer::gpt2().unwrap();
     assert_eq!(tok.encode("Hello world").unwrap(), vec![15496, 995]);
 }
+
+#[test]
+fn concurrent_ensure_prepared_calls_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = small_options(dir.path().join("shared"));
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3).map(|_| s.spawn(|| ensure_prepared(&o))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let fingerprints: Vec<String> = results
+        .into_iter()
+        .map(|r| r.unwrap().manifest.fingerprint)
+        .collect();
+    assert!(fingerprints.windows(2).all(|w| w[0] == w[1]));
+    assert!(PreparedData::open(&dir.path().join("shared")).is_ok());
+    assert_only(dir.path(), &["shared"]);
+}
+
+#[test]
+fn a_corrupted_directory_is_prepared_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = small_options(dir.path().join("out"));
+    let data = prepare(&o).unwrap();
+    let shard = data.dir.join(&data.manifest.val.shards[0].file);
+    drop(data);
+    let mut bytes = fs::read(&shard).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&shard, &bytes).unwrap();
+    assert!(PreparedData::open(&dir.path().join("out")).is_err());
+    // ensure_prepared notices (same fingerprint, but verification fails) and rebuilds.
+    let again = ensure_prepared(&o).unwrap();
+    assert!(PreparedData::open(&again.dir).is_ok());
+    // prepare (--force) also replaces a damaged directory with the same fingerprint.
+    fs::write(&shard, &bytes).unwrap();
+    prepare(&o).unwrap();
+    assert!(PreparedData::open(&dir.path().join("out")).is_ok());
+    assert_only(dir.path(), &["out"]);
+}

@@ -450,12 +450,19 @@ fn run_seed<AB: AutodiffBackend>(
                 finished: false,
             };
             write_stage(&small_dir, &rec)?;
-            train::<AB>(&small_cfg, &train_options(small_dir.clone(), None), device)
-                .map_err(|source| ExperimentError::Train {
+            train::<AB>(&small_cfg, &train_options(small_dir.clone(), None), device).map_err(
+                |source| ExperimentError::Train {
                     stage: "small",
                     source,
-                })?;
-            write_stage(&small_dir, &StageRecord { finished: true, ..rec })?;
+                },
+            )?;
+            write_stage(
+                &small_dir,
+                &StageRecord {
+                    finished: true,
+                    ..rec
+                },
+            )?;
         }
         outcomes.push(StageOutcome {
             stage: Stage::Small,
@@ -577,7 +584,13 @@ fn run_seed<AB: AutodiffBackend>(
                     source,
                 },
             )?;
-            write_stage(&dir, &StageRecord { finished: true, ..rec })?;
+            write_stage(
+                &dir,
+                &StageRecord {
+                    finished: true,
+                    ..rec
+                },
+            )?;
         }
         outcomes.push(StageOutcome {
             stage,

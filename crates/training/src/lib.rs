@@ -10,6 +10,6 @@ pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
-pub use experiment::{run_experiment, ExperimentConfig, ExperimentOptions, Stage};
 pub use config::{BackendKind, ConfigFileError, Precision, TrainConfig};
+pub use experiment::{run_experiment, ExperimentConfig, ExperimentOptions, Stage};
 pub use trainer::{evaluate, train, TrainError, TrainOptions, TrainSummary};

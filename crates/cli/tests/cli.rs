@@ -1,0 +1,299 @@
+//! End-to-end tests of the `hyperclone` binary: the whole pipeline, re-runs, real
+//! interruptions (SIGKILL), generation, and error messages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hyperclone"));
+    c.env("RUST_LOG", "info").env_remove("RUST_BACKTRACE");
+    c
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The tiny experiment with every output inside `dir`, trained on two small books (5 % held
+/// out) so that data preparation takes a fraction of a second.
+fn tiny_experiment(dir: &Path) -> PathBuf {
+    let root = repo();
+    let text = std::fs::read_to_string(root.join("configs/tiny.toml"))
+        .unwrap()
+        .replace(
+            "train = [\"datasets/gutenberg/train\"]\nval = [\"datasets/gutenberg/val\"]",
+            &format!(
+                "train = [\"{}/datasets/gutenberg/val\"]\nval_fraction = 0.05",
+                root.display()
+            ),
+        )
+        .replace(
+            "datasets/gutenberg/tokenizer-4096.json",
+            &format!("{}/datasets/gutenberg/tokenizer-4096.json", root.display()),
+        )
+        .replace(
+            "out = \"runs/data/gutenberg-4096\"",
+            &format!("out = \"{}/data\"", dir.display()),
+        )
+        .replace(
+            "out = \"runs/tiny\"",
+            &format!("out = \"{}/exp\"", dir.display()),
+        );
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn wait_for(child: &mut Child, what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("process exited ({status}) before {what}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill9(child: &mut Child) {
+    // SIGKILL: no destructors, no flush — a real crash.
+    let status = Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = child.wait();
+}
+
+#[test]
+fn pipeline_runs_every_stage_writes_the_report_and_skips_finished_stages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_experiment(tmp.path());
+    let out = run_ok(bin().arg("run").arg(&cfg));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for stage in ["small", "expand", "large", "baseline", "report"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(stage) && l.ends_with("done")),
+            "{stage} not done:\n{stdout}"
+        );
+    }
+    let exp = tmp.path().join("exp");
+    let md = std::fs::read_to_string(exp.join("report.md")).unwrap();
+    for section in hyperclone_report::SECTIONS {
+        assert!(md.contains(section), "report.md lacks section {section:?}");
+    }
+    let html = std::fs::read_to_string(exp.join("report.html")).unwrap();
+    assert!(html.contains("data:image/png;base64,"));
+    let png = std::fs::read(exp.join("plots/val_loss_vs_device_hours.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // The expansion was checked and recorded.
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp.join("expand/expand.json")).unwrap())
+            .unwrap();
+    assert!(record["rel_err"].as_f64().unwrap() <= 1e-5, "{record}");
+    // The cloned run logs the symmetry metric; with the noisy variant it starts below 1.
+    let large = std::fs::read_to_string(exp.join("large/metrics.jsonl")).unwrap();
+    let sym: Vec<f64> = large
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["symmetry"]["mean"].as_f64())
+        .collect();
+    assert!(sym.len() >= 2, "{large}");
+    assert!(sym.iter().all(|&s| s < 1.0 && s > 0.0), "{sym:?}");
+
+    // Second run: nothing to do but the report.
+    let again = run_ok(bin().arg("run").arg(&cfg));
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    for stage in ["small", "expand", "large", "baseline"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(stage) && l.contains("skipped")),
+            "{stage} not skipped:\n{stdout}"
+        );
+    }
+
+    // A changed input is refused, naming the stage.
+    let changed = bin()
+        .arg("run")
+        .arg(&cfg)
+        .args(["--set", "large.optimizer.lr=1e-3"])
+        .output()
+        .unwrap();
+    assert!(!changed.status.success());
+    let err = String::from_utf8_lossy(&changed.stderr);
+    assert!(
+        err.contains("stage large") && err.contains("different inputs"),
+        "{err}"
+    );
+
+    // generate samples text from the trained large model.
+    let gen = run_ok(
+        bin()
+            .args(["generate", "--run"])
+            .arg(exp.join("large"))
+            .args(["--prompt", "The", "--max-new-tokens", "12", "--seed", "3"]),
+    );
+    let text = String::from_utf8_lossy(&gen.stdout);
+    assert!(text.starts_with("The") && text.trim().len() > 3, "{text:?}");
+}
+
+#[test]
+fn pipeline_killed_during_the_large_stage_resumes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_experiment(tmp.path());
+    let exp = tmp.path().join("exp");
+    let mut child = bin()
+        .arg("run")
+        .arg(&cfg)
+        .args(["--set", "large.run.checkpoint_every=5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = exp.join("large/step-00000010/DONE");
+    wait_for(&mut child, "a large-stage checkpoint", || marker.exists());
+    kill9(&mut child);
+    assert!(
+        !exp.join("large/final").exists(),
+        "large finished before the kill"
+    );
+
+    let out = run_ok(
+        bin()
+            .arg("run")
+            .arg(&cfg)
+            .args(["--set", "large.run.checkpoint_every=5"]),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("small") && l.contains("skipped")),
+        "{stdout}"
+    );
+    assert!(stderr.contains("resuming from"), "{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("large") && l.ends_with("done")),
+        "{stdout}"
+    );
+    assert!(exp.join("large/final/model.json").exists());
+    let (train, _) =
+        hyperclone_training::metrics::read_metrics(&exp.join("large/metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = train.iter().map(|t| t.step).collect();
+    assert_eq!(steps, (1..=40).collect::<Vec<_>>());
+}
+
+#[test]
+fn sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg_text = std::fs::read_to_string(repo().join("configs/train-tiny.toml"))
+        .unwrap()
+        .replace(
+            "train = [\"datasets/gutenberg/train\"]\nval = [\"datasets/gutenberg/val\"]",
+            &format!(
+                "train = [\"{}/datasets/gutenberg/val\"]\nval_fraction = 0.05",
+                repo().display()
+            ),
+        )
+        .replace(
+            "datasets/gutenberg/tokenizer-4096.json",
+            &format!(
+                "{}/datasets/gutenberg/tokenizer-4096.json",
+                repo().display()
+            ),
+        )
+        .replace(
+            "out = \"runs/data/gutenberg-4096\"",
+            &format!("out = \"{}/data\"", tmp.path().display()),
+        );
+    let cfg = tmp.path().join("train.toml");
+    std::fs::write(&cfg, cfg_text).unwrap();
+    let run_dir = tmp.path().join("run");
+    let mut child = bin()
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .args(["--set", "run.checkpoint_every=10"])
+        .env("HYPERCLONE_TEST_CHECKPOINT_PAUSE_MS", "1500")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let done10 = run_dir.join("step-00000010/DONE");
+    let writing20 = || {
+        std::fs::read_dir(&run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".step-00000020.tmp-")
+            })
+    };
+    wait_for(&mut child, "checkpoint 10", || done10.exists());
+    wait_for(&mut child, "the write of checkpoint 20", writing20);
+    // The writer is inside its pause, before DONE and before the rename.
+    kill9(&mut child);
+    assert!(!run_dir.join("step-00000020").exists());
+
+    let out = run_ok(
+        bin()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(["--set", "run.checkpoint_every=10"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("step-00000010 (step 10)"), "{stderr}");
+    assert!(run_dir.join("final/model.json").exists());
+    // The leftover temporary folder of the killed write is cleaned up.
+    assert!(!writing20(), "temporary checkpoint folder left behind");
+}
+
+#[test]
+fn bad_configs_fail_with_the_file_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_experiment(tmp.path());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("warmup_steps = 5", "warmup_step = 5");
+    std::fs::write(&cfg, text).unwrap();
+    let out = bin().arg("run").arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tiny.toml") && err.contains("warmup_step"),
+        "{err}"
+    );
+
+    let missing = bin()
+        .args(["run", "/nonexistent/exp.toml"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/exp.toml"));
+}
