@@ -2,6 +2,7 @@
 //! against a randomly initialised baseline in measured device-hours.
 
 mod backend;
+mod bench;
 mod expand;
 mod prepare;
 mod report;
@@ -31,6 +32,8 @@ enum Command {
     Generate(train::GenerateArgs),
     /// HyperClone a trained model into a wider one that computes the same function.
     Expand(expand::ExpandArgs),
+    /// Measure training-step throughput (tokens/s, TFLOP/s, MFU) for a preset.
+    Bench(bench::BenchArgs),
     /// Write report.md / report.html with plots for an experiment directory.
     Report(report::ReportArgs),
 }
@@ -45,6 +48,7 @@ fn main() -> Result<()> {
         Command::Train(args) => train::run(args),
         Command::Generate(args) => train::run_generate(args),
         Command::Report(args) => report::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -1,8 +1,6 @@
 use burn::backend::Flex;
-use hyperclone_cloning::expand::grow;
-use hyperclone_cloning::plan::{rule, ParamKind};
-use hyperclone_cloning::*;
-use hyperclone_model::{Gpt, GptConfig};
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData};
 type B = Flex;
 fn st(key: &str) -> f64 {
     let text = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -11,30 +9,34 @@ fn st(key: &str) -> f64 {
 fn reset() { std::fs::write("/proc/self/clear_refs", "5").unwrap(); }
 fn main() {
     let device = Default::default();
-    let s = GptConfig::gpt2_124m();
-    let source = Gpt::<B>::init(&s, 0, &device).unwrap();
-    let opts = ExpandOptions::default();
-    let tc = expand_config(&s, &opts).unwrap();
-    println!("after source rss {:.0} hwm {:.0}", st("VmRSS:"), st("VmHWM:"));
+    let src: Tensor<B, 2> = Tensor::from_data(TensorData::new(vec![1f32; 50304 * 768], [50304, 768]), &device);
+    println!("src rss {:.0}", st("VmRSS:"));
     reset();
-    let shell = Gpt::<B>::zeros(&tc, &device).unwrap();
-    println!("after shell rss {:.0} hwm {:.0}", st("VmRSS:"), st("VmHWM:"));
+    let z: Tensor<B, 2> = Tensor::zeros([50304, 1536], &device);
+    println!("zeros rss {:.0} hwm {:.0}", st("VmRSS:"), st("VmHWM:"));
     reset();
-    let r = rule(ParamKind::TokenEmbedding, &s, 2, 2);
-    let w = grow("wte", source.wte.weight.val(), &r, &opts).unwrap();
-    println!("after wte grow rss {:.0} hwm {:.0}", st("VmRSS:"), st("VmHWM:"));
-    drop(w);
-    println!("after wte drop rss {:.0}", st("VmRSS:"));
+    let z = z.slice_assign([0..50304, 0..768], src.clone());
+    println!("assign1 rss {:.0} hwm {:.0}", st("VmRSS:"), st("VmHWM:"));
     reset();
-    let r = rule(ParamKind::QkvWeight, &s, 2, 2);
-    let w = grow("qkv", source.h[0].attn.c_attn.weight.val(), &r, &opts).unwrap();
-    println!("after qkv grow rss {:.0} hwm {:.0}", st("VmRSS:"), st("VmHWM:"));
-    drop(w);
-    println!("after qkv drop rss {:.0}", st("VmRSS:"));
-    drop(shell);
-    println!("after shell drop rss {:.0}", st("VmRSS:"));
+    let z = z.slice_assign([0..50304, 768..1536], src.clone());
+    println!("assign2 rss {:.0} hwm {:.0}", st("VmRSS:"), st("VmHWM:"));
+    let p = Param::from_tensor(z);
     reset();
-    let t = expand(&source, &opts).unwrap();
-    println!("after expand rss {:.0} hwm {:.0}", st("VmRSS:"), st("VmHWM:"));
-    drop(t);
+    let z = p.into_value();
+    let z = z.slice_assign([0..50304, 0..768], src.clone());
+    println!("from param assign rss {:.0} hwm {:.0}", st("VmRSS:"), st("VmHWM:"));
+    drop(z);
+    reset();
+    let r = src.clone().repeat_dim(1, 2);
+    println!("repeat rss {:.0} hwm {:.0}", st("VmRSS:"), st("VmHWM:"));
+    drop(r);
+    reset();
+    let r = src.clone().reshape([1, 50304, 1, 768]).expand([1, 50304, 2, 768]).reshape([50304, 1536]);
+    println!("expand-reshape rss {:.0} hwm {:.0}", st("VmRSS:"), st("VmHWM:"));
+    let d = r.clone().narrow(1, 768, 768).sub(src.clone()).abs().sum().into_scalar();
+    println!("check {d}");
+    drop(r);
+    reset();
+    let r = Tensor::cat(vec![src.clone(), src.clone()], 1);
+    println!("cat rss {:.0} hwm {:.0}", st("VmRSS:"), st("VmHWM:"));
 }

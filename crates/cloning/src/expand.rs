@@ -23,6 +23,7 @@ use hyperclone_model::{Gpt, Norm, SplitMix64};
 
 use crate::plan::{
     expand_config, rule, source_shape, target_shape, CloneError, ExpandOptions, ParamKind, Rule,
+    Variant,
 };
 
 /// Expands `source` into a model `width_factor` times wider (and `ffn_factor` times wider in
@@ -158,8 +159,9 @@ impl<B: Backend> Grower<'_, B> {
                 found: shell.dims().to_vec(),
             });
         }
-        // `detach` makes the result a leaf, so that it can be a trainable parameter under autodiff.
-        *dst = Param::from_tensor(grow_into(name, w, &r, self.opts, shell)?.detach());
+        drop(shell); // freed before the grown tensor exists: one target tensor at a time
+                     // `detach` makes the result a leaf, so that it can be a trainable parameter under autodiff.
+        *dst = Param::from_tensor(grow(name, w, &r, self.opts)?.detach());
         Ok(())
     }
 
@@ -182,13 +184,8 @@ impl<B: Backend> Grower<'_, B> {
                 found: vec![out],
             });
         }
-        let grown = grow_into(
-            name,
-            v.reshape([1, width]),
-            &r,
-            self.opts,
-            shell.reshape([1, out]),
-        )?;
+        drop(shell);
+        let grown = grow(name, v.reshape([1, width]), &r, self.opts)?;
         *dst = Param::from_tensor(grown.reshape([out]).detach());
         Ok(())
     }
@@ -234,8 +231,8 @@ impl<B: Backend> Grower<'_, B> {
     }
 }
 
-/// Takes the tensor out of a parameter (leaving a tiny placeholder), so that it is the only
-/// reference to its buffer and can be written in place.
+/// Takes the tensor out of a parameter, leaving a tiny placeholder, so that the caller can
+/// free it before the grown tensor is allocated.
 fn take<B: Backend, const D: usize>(p: &mut Param<Tensor<B, D>>, tiny: [usize; D]) -> Tensor<B, D> {
     let device = p.val().device();
     std::mem::replace(p, Param::from_tensor(Tensor::zeros(tiny, &device)))
@@ -243,8 +240,11 @@ fn take<B: Backend, const D: usize>(p: &mut Param<Tensor<B, D>>, tiny: [usize; D
         .detach()
 }
 
-/// Grows `w` (`[rows, source width]`) into a new `[rows·input_copies, target width]` tensor by
-/// `rule` (see [`grow_into`]).
+/// Grows `w` (`[rows, source width]`) into `[rows·input_copies, target width]` by `rule`.
+///
+/// `name` names the noise streams (`{name}/s{section}/out{j}/pair{k}`). The symmetric grid
+/// is one broadcast and one copy (no other temporary of the target's size); the diagonal and
+/// noisy grids are assembled block by block with `cat`.
 pub fn grow<B: Backend>(
     name: &str,
     w: Tensor<B, 2>,
@@ -252,89 +252,103 @@ pub fn grow<B: Backend>(
     opts: &ExpandOptions,
 ) -> Result<Tensor<B, 2>, CloneError> {
     let [rows, _] = w.dims();
-    let shape = [rows * rule.input_copies, rule.target_width()];
-    let dst = Tensor::zeros(shape, &w.device());
-    grow_into(name, w, rule, opts, dst)
-}
-
-/// Writes the grown `w` into `dst` (`[rows·input_copies, target width]`) block by block.
-/// Every block is written (zero blocks included), so `dst` may hold anything; a `dst` that is
-/// the only reference to its buffer is written in place on backends that allow it, which
-/// keeps the memory of an expansion at source + target + one source tensor.
-///
-/// `name` names the noise streams (`{name}/s{section}/out{j}/pair{k}`).
-pub fn grow_into<B: Backend>(
-    name: &str,
-    w: Tensor<B, 2>,
-    rule: &Rule,
-    opts: &ExpandOptions,
-    mut dst: Tensor<B, 2>,
-) -> Result<Tensor<B, 2>, CloneError> {
-    let [rows, _] = w.dims();
-    let device = w.device();
     let n_in = rule.input_copies;
-    let diagonal = n_in > 1 && opts.variant.is_diagonal();
-    let noisy = n_in > 1 && opts.variant.is_noisy();
-    let divisor = match (n_in, diagonal) {
+    // With one input copy every variant is the same tiling (nothing to divide or cancel).
+    let variant = if n_in == 1 {
+        Variant::Symmetric
+    } else {
+        opts.variant
+    };
+    let divisor = match (n_in, variant.is_diagonal()) {
         (1, _) => rule.divide_by, // vectors and embeddings: only the tied-head fold divides
         (_, true) => 1,           // diagonal: the full W on one input copy
         (n, false) => n,          // symmetric: W / n_in in every block
     };
-    let (mut src_col, mut dst_col) = (0, 0);
+    let mut sections = Vec::with_capacity(rule.output.len());
+    let mut src_col = 0;
     for (si, sec) in rule.output.iter().enumerate() {
         let part = if rule.output.len() == 1 {
             w.clone()
         } else {
             w.clone().narrow(1, src_col, sec.width)
         };
+        src_col += sec.width;
         // Divided once, so that every symmetric block is bit-identical.
         let signal = if divisor > 1 {
             part.div_scalar(divisor as f64)
         } else {
             part
         };
-        let stream = format!("{name}/s{si}");
-        let sigma = if noisy {
-            let power = mean_square(&stream, &signal)? / 10f64.powf(opts.snr_db / 10.0);
-            (power * n_in as f64 / (2.0 * (n_in - 1) as f64)).sqrt()
+        let grown = if variant == Variant::Symmetric {
+            // [rows, w] → [n_in, rows, copies, w] (broadcast) → [n_in·rows, copies·w].
+            signal
+                .reshape([1, rows, 1, sec.width])
+                .expand([n_in, rows, sec.copies, sec.width])
+                .reshape([n_in * rows, sec.copies * sec.width])
         } else {
-            0.0
+            let stream = format!("{name}/s{si}");
+            grid_blocks(&stream, signal, n_in, sec.copies, variant, opts)?
         };
-        let zeros = diagonal.then(|| Tensor::<B, 2>::zeros([rows, sec.width], &device));
-        for j in 0..sec.copies {
-            let cols = dst_col + j * sec.width..dst_col + (j + 1) * sec.width;
-            // Noise pair k adds η_k to input block k and subtracts it from block k + 1.
-            let mut previous: Option<Tensor<B, 2>> = None;
-            for i in 0..n_in {
-                let mut block = match &zeros {
-                    Some(z) if i != j % n_in => z.clone(),
-                    _ => signal.clone(),
-                };
-                if noisy && sigma > 0.0 {
-                    if let Some(eta) = previous.take() {
-                        block = block - eta;
-                    }
-                    if i + 1 < n_in {
-                        let key = format!("{stream}/out{j}/pair{i}");
-                        let mut rng = SplitMix64::derive(opts.seed, &key);
-                        let eta = Tensor::<B, 2>::from_data(
-                            TensorData::new(
-                                rng.normal_vec(rows * sec.width, sigma),
-                                [rows, sec.width],
-                            ),
-                            &device,
-                        );
-                        block = block + eta.clone();
-                        previous = Some(eta);
-                    }
-                }
-                dst = dst.slice_assign([i * rows..(i + 1) * rows, cols.clone()], block);
-            }
-        }
-        src_col += sec.width;
-        dst_col += sec.width * sec.copies;
+        sections.push(grown);
     }
-    Ok(dst)
+    Ok(if sections.len() == 1 {
+        sections.pop().expect("one section")
+    } else {
+        Tensor::cat(sections, 1)
+    })
+}
+
+/// The block grid of one section for the diagonal and noisy variants (`n_in ≥ 2`), from the
+/// signal block (`W/n_in` symmetric, `W` diagonal).
+fn grid_blocks<B: Backend>(
+    stream: &str,
+    signal: Tensor<B, 2>,
+    n_in: usize,
+    copies: usize,
+    variant: Variant,
+    opts: &ExpandOptions,
+) -> Result<Tensor<B, 2>, CloneError> {
+    let [rows, width] = signal.dims();
+    let device = signal.device();
+    let sigma = if variant.is_noisy() {
+        let power = mean_square(stream, &signal)? / 10f64.powf(opts.snr_db / 10.0);
+        (power * n_in as f64 / (2.0 * (n_in - 1) as f64)).sqrt()
+    } else {
+        0.0
+    };
+    let zeros = variant
+        .is_diagonal()
+        .then(|| Tensor::<B, 2>::zeros([rows, width], &device));
+    let mut columns = Vec::with_capacity(copies);
+    for j in 0..copies {
+        let mut blocks = Vec::with_capacity(n_in);
+        // Noise pair k adds η_k to input block k and subtracts it from block k + 1.
+        let mut previous: Option<Tensor<B, 2>> = None;
+        for i in 0..n_in {
+            let mut block = match &zeros {
+                Some(z) if i != j % n_in => z.clone(),
+                _ => signal.clone(),
+            };
+            if sigma > 0.0 {
+                if let Some(eta) = previous.take() {
+                    block = block - eta;
+                }
+                if i + 1 < n_in {
+                    let mut rng =
+                        SplitMix64::derive(opts.seed, &format!("{stream}/out{j}/pair{i}"));
+                    let eta = Tensor::<B, 2>::from_data(
+                        TensorData::new(rng.normal_vec(rows * width, sigma), [rows, width]),
+                        &device,
+                    );
+                    block = block + eta.clone();
+                    previous = Some(eta);
+                }
+            }
+            blocks.push(block);
+        }
+        columns.push(Tensor::cat(blocks, 0));
+    }
+    Ok(Tensor::cat(columns, 1))
 }
 
 /// `mean(x²)` read back to the host, in f64.
@@ -356,7 +370,7 @@ fn mean_square<B: Backend>(name: &str, x: &Tensor<B, 2>) -> Result<f64, CloneErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Section, Variant};
+    use crate::plan::Section;
     use burn::backend::Flex;
 
     type B = Flex;

@@ -1,0 +1,184 @@
+//! `hyperclone bench`: throughput of the full training step (forward, backward, AdamW) for a
+//! preset and batch shape, printed as a table line and one JSON line, like
+//! `scripts/reference/gpt_bench.py` prints for PyTorch.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::AutodiffBackend;
+use hyperclone_model::{tokens_tensor, Gpt, GptConfig, SplitMix64};
+use hyperclone_training::config::OptimizerConfig;
+use hyperclone_training::metrics::{peak_flops, peak_rss_bytes};
+use hyperclone_training::optim::AdamW;
+use hyperclone_training::Precision;
+
+use crate::backend::{run_job, Env, Job};
+use crate::train::CliBackend;
+
+/// Measure training-step throughput.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Model preset: cpu-tiny, cpu-small, gpt2-124m, gpt2-350m, llama-small.
+    #[arg(long, default_value = "cpu-tiny")]
+    pub preset: String,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per sequence (default: the preset's context length).
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Untimed warm-up steps (kernel compilation, allocator).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: CliBackend,
+    /// f32 or bf16 (GPU backends).
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    pub precision: Precision,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    match s {
+        "f32" => Ok(Precision::F32),
+        "bf16" => Ok(Precision::Bf16),
+        _ => Err(format!("unknown precision {s:?} (f32, bf16)")),
+    }
+}
+
+struct BenchJob {
+    args: BenchArgs,
+    config: GptConfig,
+    seq: usize,
+}
+
+impl Job for BenchJob {
+    type Output = serde_json::Value;
+    fn run<AB: AutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<Self::Output> {
+        let BenchJob { args, config, seq } = self;
+        let batch = args.batch;
+        let mut model = Gpt::<AB>::init(&config, 0, device)?;
+        let mut optimizer = AdamW::<AB>::new(OptimizerConfig::default());
+        let mut rng = SplitMix64::new(1);
+        let ids: Vec<u32> = (0..batch * (seq + 1))
+            .map(|_| (rng.next_u64() % config.vocab_size as u64) as u32)
+            .collect();
+        let inputs: Vec<u32> = (0..batch)
+            .flat_map(|r| ids[r * (seq + 1)..r * (seq + 1) + seq].to_vec())
+            .collect();
+        let targets: Vec<u32> = (0..batch)
+            .flat_map(|r| ids[r * (seq + 1) + 1..(r + 1) * (seq + 1)].to_vec())
+            .collect();
+        let mut times = Vec::with_capacity(args.steps);
+        let mut last_loss = f64::NAN;
+        for i in 0..args.warmup + args.steps {
+            let t0 = Instant::now();
+            let x = tokens_tensor::<AB>(&inputs, batch, seq, device);
+            let y = tokens_tensor::<AB>(&targets, batch, seq, device);
+            let loss = model.forward_loss(x, y);
+            let grads = loss.backward();
+            optimizer.accumulate(&model, &grads);
+            let (m, _) = optimizer.step(model, 1e-4);
+            model = m;
+            AB::sync(device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
+            if i >= args.warmup {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            if i + 1 == args.warmup + args.steps {
+                use burn::tensor::ElementConversion;
+                last_loss = loss.into_scalar().elem::<f64>();
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let tokens = (batch * seq) as f64;
+        let flops_per_token = config.flops_per_token(seq);
+        let achieved = flops_per_token * tokens / median;
+        let bf16 = args.precision == Precision::Bf16;
+        let peak = peak_flops(&env.device_name, bf16);
+        let peak_memory = if env.backend_name == "flex" {
+            peak_rss_bytes()
+        } else {
+            None
+        };
+        Ok(serde_json::json!({
+            "impl": "hyperclone",
+            "preset": args.preset,
+            "batch": batch,
+            "seq": seq,
+            "dtype": if bf16 { "bf16" } else { "f32" },
+            "backend": env.backend_name,
+            "device": if env.backend_name == "flex" { "cpu" } else { "cuda" },
+            "device_name": env.device_name,
+            "params": config.param_count(),
+            "step_ms": median * 1e3,
+            "step_ms_min": times[0] * 1e3,
+            "step_ms_max": times[times.len() - 1] * 1e3,
+            "tokens_per_s": tokens / median,
+            "flops_per_token": flops_per_token,
+            "tflops_per_s": achieved / 1e12,
+            "mfu": peak.map(|(p, _)| achieved / p),
+            "mfu_estimated": peak.is_none_or(|p| p.1),
+            "peak_memory_bytes": peak_memory,
+            "steps": args.steps,
+            "final_loss": last_loss,
+        }))
+    }
+}
+
+/// `hyperclone bench`.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let Some(config) = GptConfig::preset(&args.preset) else {
+        bail!(
+            "--preset {:?} is unknown (known: {})",
+            args.preset,
+            GptConfig::PRESETS.join(", ")
+        );
+    };
+    if args.steps == 0 || args.batch == 0 {
+        bail!("--steps and --batch must be at least 1");
+    }
+    let seq = args.seq.unwrap_or(config.context_length);
+    if seq == 0 || seq > config.context_length {
+        bail!(
+            "--seq {seq} must be between 1 and the preset's context length {}",
+            config.context_length
+        );
+    }
+    let json = run_job(
+        args.backend.into(),
+        args.precision,
+        BenchJob {
+            args: args.clone(),
+            config,
+            seq,
+        },
+    )?;
+    println!(
+        "{} {} B={} T={} {}: {:.1} ms/step, {:.0} tokens/s, {:.2} TFLOP/s, MFU {}",
+        json["backend"].as_str().unwrap_or(""),
+        args.preset,
+        args.batch,
+        seq,
+        json["dtype"].as_str().unwrap_or(""),
+        json["step_ms"].as_f64().unwrap_or(f64::NAN),
+        json["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+        json["tflops_per_s"].as_f64().unwrap_or(f64::NAN),
+        json["mfu"]
+            .as_f64()
+            .map_or("n/a".to_string(), |m| format!(
+                "{:.1}%{}",
+                m * 100.0,
+                if json["mfu_estimated"].as_bool() == Some(true) {
+                    " (estimated peak)"
+                } else {
+                    ""
+                }
+            ))
+    );
+    println!("{json}");
+    Ok(())
+}

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# GPU check: correctness (CUDA vs CPU losses), throughput (ours vs the PyTorch reference) and a
+# short train-small → expand → train-large pipeline, in one call on a CUDA machine that has
+# PyTorch but no Rust toolchain and no network.
+#
+#   scripts/gpu/check.sh OUT_DIR [BINARY]          # on the GPU machine
+#   scripts/gpu/check.sh --cpu-only OUT_DIR [BINARY]  # the CPU half (CI): flex vs flex, CPU bench
+#
+# BINARY defaults to .gpu/hyperclone (a release build with --features cuda, carried over), else
+# target/release/hyperclone. Everything goes under OUT_DIR; a short table is printed last.
+set -uo pipefail
+cpu_only=0
+if [ "${1:-}" = "--cpu-only" ]; then cpu_only=1; shift; fi
+out="${1:?usage: check.sh [--cpu-only] OUT_DIR [BINARY]}"
+bin="${2:-}"
+here="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$here"
+if [ -z "$bin" ]; then
+  if [ -x .gpu/hyperclone ]; then bin=.gpu/hyperclone; else bin="${CARGO_TARGET_DIR:-target}/release/hyperclone"; fi
+fi
+[ -x "$bin" ] || { echo "no binary at $bin (build: cargo build --release [--features cuda])"; exit 2; }
+mkdir -p "$out"
+results="$out/results.jsonl"
+: > "$results"
+table="$out/table.txt"
+: > "$table"
+gpu=cuda
+[ $cpu_only = 1 ] && gpu=flex
+export RUST_LOG=${RUST_LOG:-info}
+status=0
+note() { echo "$*" | tee -a "$table"; }
+
+# Small data set for the checks: two books, 5 % held out (prepares in a second).
+cfg="$out/train-check.toml"
+sed -e "s#train = \[\"datasets/gutenberg/train\"\]#train = [\"$here/datasets/gutenberg/val\"]#" \
+    -e "s#^val = \[\"datasets/gutenberg/val\"\]#val_fraction = 0.05#" \
+    -e "s#datasets/gutenberg/tokenizer-4096.json#$here/datasets/gutenberg/tokenizer-4096.json#" \
+    -e "s#out = \"runs/data/gutenberg-4096\"#out = \"$out/data\"#" \
+    configs/train-tiny.toml > "$cfg"
+
+# (1) Correctness: the same weights and batches give the same losses on both backends.
+compare() { # name tol dirA dirB
+  python3 - "$@" <<'PY' | tee -a "$table"
+import json, sys
+name, tol, a, b = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+def losses(d):
+    out = {}
+    for line in open(d + "/metrics.jsonl"):
+        v = json.loads(line)
+        if v.get("kind") == "train":
+            out[v["step"]] = v["loss"]
+    return out
+la, lb = losses(a), losses(b)
+steps = sorted(set(la) & set(lb))
+worst = max(abs(la[s] - lb[s]) / abs(la[s]) for s in steps) if steps else float("nan")
+ok = bool(steps) and worst <= tol
+print(f"correctness {name}: {len(steps)} steps, max relative loss difference {worst:.2e} (tolerance {tol:g}) {'OK' if ok else 'FAIL'}")
+with open(sys.argv[3] + "/../results.jsonl", "a") as f:
+    f.write(json.dumps({"check": name, "steps": len(steps), "max_rel_diff": worst, "tolerance": tol, "ok": ok}) + "\n")
+sys.exit(0 if ok else 1)
+PY
+}
+train5() { # dir backend precision
+  timeout 240 "$bin" train --config "$cfg" --run-dir "$1" --set run.max_steps=5 --set run.eval_every=5 \
+    --set run.backend="$2" --set run.precision="$3" > "$1.log" 2>&1 || { echo "train on $2/$3 failed: $(tail -3 "$1.log")"; return 1; }
+}
+note "== hyperclone GPU check $(date -u +%FT%TZ) binary $bin"
+[ $cpu_only = 0 ] && note "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
+train5 "$out/c-cpu" flex f32 || status=1
+train5 "$out/c-gpu" $gpu f32 || status=1
+compare "f32 $gpu vs cpu" 1e-4 "$out/c-gpu" "$out/c-cpu" || status=1
+if [ $cpu_only = 0 ]; then
+  train5 "$out/c-bf16" cuda bf16 || status=1
+  compare "bf16 cuda vs cpu f32" 1e-2 "$out/c-bf16" "$out/c-cpu" || status=1
+fi
+
+# (2) Throughput: ours and the PyTorch reference, same shapes and precision.
+bench_ours() { # preset batch seq precision steps
+  local line
+  line=$(timeout 150 "$bin" bench --backend $gpu --preset "$1" --batch "$2" --seq "$3" --precision "$4" --steps "$5" --warmup 2 2>"$out/bench-$1-$4.log" | tail -1)
+  if [ -n "$line" ]; then echo "$line" >> "$results"; note "ours    $1 B=$2 T=$3 $4: $(echo "$line" | python3 -c 'import json,sys; v=json.load(sys.stdin); print(f"{v["tokens_per_s"]:.0f} tok/s, {v["step_ms"]:.1f} ms/step, {v["tflops_per_s"]:.1f} TFLOP/s, MFU {v["mfu"]}")')"
+  else note "ours    $1 $4: failed ($(tail -2 "$out/bench-$1-$4.log" | tr '\n' ' '))"; status=1; fi
+}
+bench_torch() { # preset batch seq dtype steps
+  local line dev=cuda
+  [ $cpu_only = 1 ] && dev=cpu
+  python3 -c "import torch" 2>/dev/null || { note "pytorch $1 $4: skipped (no torch)"; return 0; }
+  line=$(timeout 150 python3 scripts/reference/gpt_bench.py --preset "$1" --batch "$2" --seq "$3" --dtype "$4" --device $dev --steps "$5" --warmup-steps 2 ${TORCH_THREADS:+--threads $TORCH_THREADS} 2>"$out/torch-$1-$4.log" | tail -1)
+  if [ -n "$line" ]; then echo "$line" >> "$results"; note "pytorch $1 B=$2 T=$3 $4: $(echo "$line" | python3 -c 'import json,sys; v=json.load(sys.stdin); print(f"{v["tokens_per_s"]:.0f} tok/s, {v["step_ms"]:.1f} ms/step, {v["tflops_per_s"]:.1f} TFLOP/s, MFU {v["mfu"]}")')"
+  else note "pytorch $1 $4: failed ($(tail -2 "$out/torch-$1-$4.log" | tr '\n' ' '))"; fi
+}
+if [ $cpu_only = 1 ]; then
+  bench_ours cpu-tiny 8 64 f32 5
+  TORCH_THREADS=2 bench_torch cpu-tiny 8 64 f32 5
+else
+  bench_ours gpt2-124m 8 1024 bf16 10
+  bench_torch gpt2-124m 8 1024 bf16-pure 10
+  bench_torch gpt2-124m 8 1024 bf16 10
+  bench_ours gpt2-124m 8 1024 f32 10
+  bench_torch gpt2-124m 8 1024 f32 10
+fi
+
+# (3) A short pipeline on the device, with its report.
+pipe="$out/pipeline"
+sed -e "s#train = \[\"datasets/gutenberg/train\"\]#train = [\"$here/datasets/gutenberg/train\"]#" \
+    -e "s#^val = \[\"datasets/gutenberg/val\"\]#val = [\"$here/datasets/gutenberg/val\"]#" \
+    -e "s#datasets/gutenberg/tokenizer-4096.json#$here/datasets/gutenberg/tokenizer-4096.json#" \
+    -e "s#out = \"runs/data/gutenberg-4096\"#out = \"$out/data-full\"#" \
+    -e "s#out = \"runs/tiny\"#out = \"$pipe\"#" configs/tiny.toml > "$out/pipeline.toml"
+if timeout 240 "$bin" run "$out/pipeline.toml" --set small.run.backend=$gpu --set large.run.backend=$gpu > "$out/pipeline.log" 2>&1; then
+  note "pipeline on $gpu: $(grep -E 'speedup to 100' "$out/pipeline.log" | head -1)"
+else
+  note "pipeline on $gpu: FAILED ($(tail -3 "$out/pipeline.log" | tr '\n' ' '))"; status=1
+fi
+
+if [ $cpu_only = 0 ]; then
+  bench_ours gpt2-350m 8 1024 bf16 5
+  bench_torch gpt2-350m 8 1024 bf16 5
+fi
+echo
+echo "==== summary ($out)"
+cat "$table"
+exit $status
