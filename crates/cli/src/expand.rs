@@ -52,7 +52,7 @@ pub struct ExpandArgs {
     pub seed: u64,
     /// Number of probe tokens for the verification (split into sequences of at most the
     /// context length).
-    #[arg(long, value_name = "N", default_value_t = 1024)]
+    #[arg(long, value_name = "N", default_value_t = 256)]
     pub probe_tokens: usize,
     /// Take the probe tokens from the start of this token shard instead of random ids.
     #[arg(long, value_name = "FILE")]

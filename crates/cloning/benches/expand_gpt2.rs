@@ -7,7 +7,9 @@
 use std::time::Instant;
 
 use burn::backend::Flex;
-use hyperclone_cloning::{expand, expand_config, probe_tokens, verify, ExpandOptions, Variant};
+use hyperclone_cloning::{
+    expand, expand_config, probe_tokens, symmetry, verify, ExpandOptions, Variant,
+};
 use hyperclone_model::{tokens_tensor, Gpt, GptConfig};
 
 type B = Flex;
@@ -77,6 +79,9 @@ fn main() {
         let ids = probe_tokens(source_config.vocab_size, 1, 64, 0);
         let v = verify(&source, &target, tokens_tensor(&ids, 1, 64, &device)).expect("verify");
         let verify_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let sym = symmetry(&target, 2, 2).expect("symmetry");
+        let symmetry_s = t.elapsed().as_secs_f64();
         drop(target);
 
         println!("## {variant}, n = m = 2, GPT-2 124M shape, burn flex (CPU)");
@@ -92,6 +97,10 @@ fn main() {
         println!(
             "verify (1 x 64)      {verify_s:>9.2} s   rel_err {:.2e}, KL {:.2e}",
             v.rel_err, v.kl
+        );
+        println!(
+            "symmetry()           {symmetry_s:>9.2} s   mean {:.4}",
+            sym.mean
         );
         println!("RSS process baseline {:>9.1} MiB", mib(baseline));
         println!("RSS with source      {:>9.1} MiB", mib(after_source));

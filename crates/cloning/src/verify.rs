@@ -112,13 +112,14 @@ pub fn probe_tokens(vocab: usize, batch: usize, seq: usize, seed: u64) -> Vec<u3
         .collect()
 }
 
+/// Logits as f32 on the host (every float dtype a model computes in converts exactly).
 fn host<B: Backend, const D: usize>(
     t: Tensor<B, D>,
     what: &'static str,
-) -> Result<Vec<f64>, VerifyError> {
+) -> Result<Vec<f32>, VerifyError> {
     t.into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
+        .convert::<f32>()
+        .to_vec::<f32>()
         .map_err(|e| VerifyError::Data {
             what,
             reason: format!("{e:?}"),
@@ -169,15 +170,17 @@ pub fn verify<B: Backend>(
     Ok(compare_logits(&s, &t, sc.vocab_size))
 }
 
-/// Compares two row-major logit buffers of rows of `vocab` entries (see [`Verification`]).
-pub fn compare_logits(source: &[f64], target: &[f64], vocab: usize) -> Verification {
+/// Compares two row-major logit buffers of rows of `vocab` entries (see [`Verification`]),
+/// in f64.
+pub fn compare_logits(source: &[f32], target: &[f32], vocab: usize) -> Verification {
     let mut max_diff = 0f64;
     let mut max_src = 0f64;
     let mut kl_sum = 0f64;
     let mut finite = true;
     let positions = source.len() / vocab.max(1);
     for (s, t) in source.chunks_exact(vocab).zip(target.chunks_exact(vocab)) {
-        for (a, b) in s.iter().zip(t) {
+        for (&a, &b) in s.iter().zip(t) {
+            let (a, b) = (f64::from(a), f64::from(b));
             let d = (a - b).abs();
             finite &= d.is_finite();
             max_diff = max_diff.max(d);
@@ -208,10 +211,17 @@ pub fn compare_logits(source: &[f64], target: &[f64], vocab: usize) -> Verificat
     }
 }
 
-fn log_softmax(x: &[f64]) -> Vec<f64> {
-    let max = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let lse = max + x.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-    x.iter().map(|v| v - lse).collect()
+fn log_softmax(x: &[f32]) -> Vec<f64> {
+    let max = x
+        .iter()
+        .map(|&v| f64::from(v))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let lse = max
+        + x.iter()
+            .map(|&v| (f64::from(v) - max).exp())
+            .sum::<f64>()
+            .ln();
+    x.iter().map(|&v| f64::from(v) - lse).collect()
 }
 
 #[cfg(test)]
@@ -220,17 +230,17 @@ mod tests {
 
     #[test]
     fn compare_measures_difference_relative_error_and_kl() {
-        let s = [1.0, 2.0, 3.0, 0.0, 0.0, 0.0];
+        let s = [1.0f32, 2.0, 3.0, 0.0, 0.0, 0.0];
         let same = compare_logits(&s, &s, 3);
         assert_eq!(
             (same.max_abs_logit_diff, same.rel_err, same.kl),
             (0.0, 0.0, 0.0)
         );
         assert_eq!(same.positions, 2);
-        let t = [1.0, 2.0, 3.3, 0.0, 0.0, 0.0];
+        let t = [1.0f32, 2.0, 3.5, 0.0, 0.0, 0.0];
         let v = compare_logits(&s, &t, 3);
-        assert!((v.max_abs_logit_diff - 0.3).abs() < 1e-12);
-        assert!((v.rel_err - 0.1).abs() < 1e-12);
+        assert_eq!(v.max_abs_logit_diff, 0.5);
+        assert!((v.rel_err - 0.5 / 3.0).abs() < 1e-15);
         // KL of the first row by hand, second row 0, mean over 2 positions.
         let p = log_softmax(&s[..3]);
         let q = log_softmax(&t[..3]);
