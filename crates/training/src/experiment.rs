@@ -599,3 +599,64 @@ fn run_seed<AB: AutodiffBackend>(
     }
     Ok(outcomes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+    }
+
+    #[test]
+    fn every_shipped_config_parses_and_validates() {
+        let mut experiments = 0;
+        for entry in std::fs::read_dir(configs_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            if text.contains("[experiment]") {
+                let exp = ExperimentConfig::load(&path, &[]).unwrap();
+                let large = exp.large_model().unwrap();
+                assert_eq!(large.d_model, exp.small.model.d_model * exp.expand.width_factor);
+                experiments += 1;
+            } else {
+                TrainConfig::load(&path, &[]).unwrap();
+            }
+        }
+        assert!(experiments >= 4, "{experiments}");
+    }
+
+    #[test]
+    fn impossible_expansion_and_bad_overrides_are_refused_at_load() {
+        let path = configs_dir().join("tiny.toml");
+        let e = ExperimentConfig::load(&path, &["expand.width_factor=0".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("width_factor"), "{e}");
+        let e = ExperimentConfig::load(&path, &["large.run.seq_len=4096".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("large.run.seq_len"), "{e}");
+        let e = ExperimentConfig::load(&path, &["small.run.batch_size=0".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("small.run.batch_size"), "{e}");
+    }
+
+    #[test]
+    fn stage_names_round_trip() {
+        for s in [
+            Stage::Small,
+            Stage::Expand,
+            Stage::Large,
+            Stage::Baseline,
+            Stage::Report,
+        ] {
+            assert_eq!(s.dir_name().parse::<Stage>().unwrap(), s);
+        }
+        assert!("medium".parse::<Stage>().is_err());
+    }
+}
