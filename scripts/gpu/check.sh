@@ -75,10 +75,16 @@ if [ $cpu_only = 0 ]; then
 fi
 
 # (2) Throughput: ours and the PyTorch reference, same shapes and precision.
+fmt_line() { # one JSON line on stdin → a short summary
+  python3 -c 'import json,sys
+v = json.load(sys.stdin)
+mfu = v.get("mfu")
+print("%.0f tok/s, %.1f ms/step, %.2f TFLOP/s, MFU %s" % (v["tokens_per_s"], v["step_ms"], v["tflops_per_s"], "n/a" if mfu is None else "%.1f%%" % (100 * mfu)))'
+}
 bench_ours() { # preset batch seq precision steps
   local line
   line=$(timeout 150 "$bin" bench --backend $gpu --preset "$1" --batch "$2" --seq "$3" --precision "$4" --steps "$5" --warmup 2 2>"$out/bench-$1-$4.log" | tail -1)
-  if [ -n "$line" ]; then echo "$line" >> "$results"; note "ours    $1 B=$2 T=$3 $4: $(echo "$line" | python3 -c 'import json,sys; v=json.load(sys.stdin); print(f"{v["tokens_per_s"]:.0f} tok/s, {v["step_ms"]:.1f} ms/step, {v["tflops_per_s"]:.1f} TFLOP/s, MFU {v["mfu"]}")')"
+  if [ -n "$line" ]; then echo "$line" >> "$results"; note "ours    $1 B=$2 T=$3 $4: $(echo "$line" | fmt_line)"
   else note "ours    $1 $4: failed ($(tail -2 "$out/bench-$1-$4.log" | tr '\n' ' '))"; status=1; fi
 }
 bench_torch() { # preset batch seq dtype steps
@@ -86,7 +92,7 @@ bench_torch() { # preset batch seq dtype steps
   [ $cpu_only = 1 ] && dev=cpu
   python3 -c "import torch" 2>/dev/null || { note "pytorch $1 $4: skipped (no torch)"; return 0; }
   line=$(timeout 150 python3 scripts/reference/gpt_bench.py --preset "$1" --batch "$2" --seq "$3" --dtype "$4" --device $dev --steps "$5" --warmup-steps 2 ${TORCH_THREADS:+--threads $TORCH_THREADS} 2>"$out/torch-$1-$4.log" | tail -1)
-  if [ -n "$line" ]; then echo "$line" >> "$results"; note "pytorch $1 B=$2 T=$3 $4: $(echo "$line" | python3 -c 'import json,sys; v=json.load(sys.stdin); print(f"{v["tokens_per_s"]:.0f} tok/s, {v["step_ms"]:.1f} ms/step, {v["tflops_per_s"]:.1f} TFLOP/s, MFU {v["mfu"]}")')"
+  if [ -n "$line" ]; then echo "$line" >> "$results"; note "pytorch $1 B=$2 T=$3 $4: $(echo "$line" | fmt_line)"
   else note "pytorch $1 $4: failed ($(tail -2 "$out/torch-$1-$4.log" | tr '\n' ' '))"; fi
 }
 if [ $cpu_only = 1 ]; then

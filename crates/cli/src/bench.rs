@@ -167,17 +167,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         json["step_ms"].as_f64().unwrap_or(f64::NAN),
         json["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
         json["tflops_per_s"].as_f64().unwrap_or(f64::NAN),
-        json["mfu"]
-            .as_f64()
-            .map_or("n/a".to_string(), |m| format!(
-                "{:.1}%{}",
-                m * 100.0,
-                if json["mfu_estimated"].as_bool() == Some(true) {
-                    " (estimated peak)"
-                } else {
-                    ""
-                }
-            ))
+        json["mfu"].as_f64().map_or("n/a".to_string(), |m| format!(
+            "{:.1}%{}",
+            m * 100.0,
+            if json["mfu_estimated"].as_bool() == Some(true) {
+                " (estimated peak)"
+            } else {
+                ""
+            }
+        ))
     );
     println!("{json}");
     Ok(())

@@ -620,7 +620,10 @@ mod tests {
             if text.contains("[experiment]") {
                 let exp = ExperimentConfig::load(&path, &[]).unwrap();
                 let large = exp.large_model().unwrap();
-                assert_eq!(large.d_model, exp.small.model.d_model * exp.expand.width_factor);
+                assert_eq!(
+                    large.d_model,
+                    exp.small.model.d_model * exp.expand.width_factor
+                );
                 experiments += 1;
             } else {
                 TrainConfig::load(&path, &[]).unwrap();
