@@ -256,7 +256,7 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Gpt<B>, 
         });
     }
     let mut model =
-        Gpt::<B>::init(&meta.config, 0, device).map_err(|source| CheckpointError::BadConfig {
+        Gpt::<B>::zeros(&meta.config, device).map_err(|source| CheckpointError::BadConfig {
             path: dir.join(META_FILE),
             source,
         })?;

@@ -1,5 +1,5 @@
 //! The symmetry trap, measured: training an exactly cloned model keeps its copies identical;
-//! the noisy variant (or dropout) lets them drift apart. Both runs lower the loss.
+//! dropout lets them drift apart, and the noisy variant starts and stays apart. All learn.
 
 use std::path::{Path, PathBuf};
 
@@ -65,9 +65,9 @@ fn options(run_dir: PathBuf, init_from: Option<PathBuf>) -> TrainOptions {
 }
 
 /// (symmetry at step 0, symmetry at the end, val loss at step 0, val loss at the end).
-fn train_clone(tmp: &Path, small: &Path, variant: Variant) -> (f64, f64, f64, f64) {
+fn train_clone(tmp: &Path, small: &Path, variant: Variant, dropout: f64) -> (f64, f64, f64, f64) {
     let device = Default::default();
-    let name = variant.to_string();
+    let name = format!("{variant}-{dropout}");
     let expanded = tmp.join(format!("expanded-{name}"));
     let opts = ExpandOptions {
         width_factor: 2,
@@ -85,9 +85,14 @@ fn train_clone(tmp: &Path, small: &Path, variant: Variant) -> (f64, f64, f64, f6
     };
     expand_folder::<Flex>(small, &expanded, &opts, &probe, "cpu", &device).unwrap();
     let run = tmp.join(format!("large-{name}"));
-    // No [model]: the architecture comes from the expanded checkpoint (dropout 0).
+    // [model] must equal the expanded architecture; only dropout is a training choice.
+    let small_config = hyperclone_model::checkpoint::read_meta(small)
+        .unwrap()
+        .config;
+    let mut large = hyperclone_cloning::expand_config(&small_config, &opts).unwrap();
+    large.dropout = dropout;
     let cfg = TrainConfig {
-        model: None,
+        model: Some(large),
         ..config(&tmp.join("data"), &[])
     };
     train::<AB>(&cfg, &options(run.clone(), Some(expanded)), &device).unwrap();
@@ -103,7 +108,7 @@ fn train_clone(tmp: &Path, small: &Path, variant: Variant) -> (f64, f64, f64, f6
 }
 
 #[test]
-fn exact_clones_stay_symmetric_noise_breaks_symmetry_and_both_learn() {
+fn exact_clones_stay_symmetric_dropout_and_noise_break_symmetry_and_all_learn() {
     let tmp = tempfile::tempdir().unwrap();
     let device = Default::default();
     let small_run = tmp.path().join("small");
@@ -115,18 +120,23 @@ fn exact_clones_stay_symmetric_noise_breaks_symmetry_and_both_learn() {
     .unwrap();
     let small = small_run.join("final");
 
-    let (s0, s1, l0, l1) = train_clone(tmp.path(), &small, Variant::Symmetric);
+    let (s0, s1, l0, l1) = train_clone(tmp.path(), &small, Variant::Symmetric, 0.0);
     // Exact copies receive identical gradients: up to float rounding they stay identical.
     assert!((s0 - 1.0).abs() < 1e-9, "symmetric start {s0}");
     assert!(s1 > 1.0 - 1e-6, "symmetric clones drifted: {s1}");
     assert!(l1 < l0 - 0.05, "symmetric clone did not learn: {l0} → {l1}");
 
-    let (n0, n1, m0, m1) = train_clone(tmp.path(), &small, Variant::NoisySymmetric);
-    assert!(n0 < 1.0, "noisy start {n0}");
-    assert!(
-        n1 < n0 - 1e-3,
-        "noise did not let the copies drift: {n0} → {n1}"
-    );
+    // Dropout gives each copy its own mask: the copies' gradients differ and they drift apart.
+    let (d0, d1, _, dl1) = train_clone(tmp.path(), &small, Variant::Symmetric, 0.2);
+    assert!((d0 - 1.0).abs() < 1e-9, "dropout start {d0}");
+    assert!(d1 < 1.0 - 1e-3, "dropout did not break symmetry: {d1}");
+    assert!(dl1 < l0 - 0.05, "dropout clone did not learn: {l0} → {dl1}");
+
+    // Noise starts the copies apart. (Training does not necessarily push them further apart:
+    // the shared part of the gradient dilutes the noise, so the similarity can rise.)
+    let (n0, n1, m0, m1) = train_clone(tmp.path(), &small, Variant::NoisySymmetric, 0.0);
+    assert!(n0 < 0.99, "noisy start {n0}");
+    assert!(n1 < 1.0 - 1e-3, "noisy clone became symmetric: {n1}");
     assert!(m1 < m0 - 0.05, "noisy clone did not learn: {m0} → {m1}");
     // Function-preserving: both clones start from the small model's validation loss.
     assert!((l0 - m0).abs() < 1e-4, "{l0} vs {m0}");
