@@ -11,11 +11,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use hyperclone_cloning::{
-    expand, probe_tokens, save_expanded, verify, ExpandOptions, ExpandRecord, Variant,
-    DEFAULT_TOLERANCE_F32,
+    expand_config, expand_folder, ExpandOptions, ProbeSpec, Variant, DEFAULT_TOLERANCE_F32,
 };
-use hyperclone_model::checkpoint::load_model;
-use hyperclone_model::tokens_tensor;
+use hyperclone_model::checkpoint::read_meta;
 
 /// The backend `expand` runs on until the CLI's backend selection is wired in.
 type CliBackend = burn::backend::Flex;
@@ -101,9 +99,10 @@ pub fn run_on<B: Backend>(args: ExpandArgs, device: &B::Device) -> Result<()> {
             args.out.display()
         );
     }
-    let source = load_model::<B>(&args.from, device)
-        .with_context(|| format!("loading the source model from {}", args.from.display()))?;
-    let sc = source.config().clone();
+    let sc = read_meta(&args.from)
+        .with_context(|| format!("reading the source model in {}", args.from.display()))?
+        .config;
+    let tc = expand_config(&sc, &opts)?;
     println!(
         "source: {} parameters (d_model {}, {} heads, {} KV heads, d_ff {})",
         sc.param_count(),
@@ -112,8 +111,6 @@ pub fn run_on<B: Backend>(args: ExpandArgs, device: &B::Device) -> Result<()> {
         sc.kv_heads(),
         sc.d_ff
     );
-    let target = expand(&source, &opts)?;
-    let tc = target.config().clone();
     println!(
         "target: {} parameters (d_model {}, {} heads, {} KV heads, d_ff {}), {} x width, {} x FFN, {}",
         tc.param_count(),
@@ -125,57 +122,57 @@ pub fn run_on<B: Backend>(args: ExpandArgs, device: &B::Device) -> Result<()> {
         opts.ffn_factor,
         opts.variant
     );
-
-    let verification = if args.skip_verify {
-        println!("verification skipped (--skip-verify)");
-        None
-    } else {
-        let (ids, batch, seq) = probe(&args, sc.vocab_size, sc.context_length)?;
-        let tokens = tokens_tensor::<B>(&ids, batch, seq, device);
-        let v = verify(&source, &target, tokens)?;
-        println!(
-            "verification on {} positions ({batch} x {seq}): max |dlogit| {:.3e}, relative error {:.3e} (tolerance {:.1e}), KL(source||target) {:.3e}",
-            v.positions, v.max_abs_logit_diff, v.rel_err, args.tolerance, v.kl
-        );
-        // Nothing is written when the check fails.
-        v.check(args.tolerance)?;
-        Some(v)
-    };
-    drop(source);
-
-    let wall_s = start.elapsed().as_secs_f64();
-    let record = ExpandRecord::new(
+    let probe = probe_spec(&args, sc.context_length)?;
+    // Loads, expands, verifies and writes; nothing is written when the check fails.
+    let done = expand_folder::<B>(
+        &args.from,
+        &args.out,
         &opts,
-        sc.param_count(),
-        tc.param_count(),
-        wall_s,
-        verification.as_ref(),
-        Some(args.tolerance),
-        B::name(device),
-        Some(args.from.clone()),
-    );
-    save_expanded(&args.out, &target, &record)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+        &probe,
+        &B::name(device),
+        device,
+    )
+    .with_context(|| {
+        format!(
+            "expanding {} into {}",
+            args.from.display(),
+            args.out.display()
+        )
+    })?;
+    match &done.verification {
+        None => println!("verification skipped (--skip-verify)"),
+        Some(v) => println!(
+            "verification on {} positions ({} x {}): max |dlogit| {:.3e}, relative error {:.3e} (tolerance {:.1e}), KL(source||target) {:.3e}",
+            v.positions, probe.batch, probe.seq, v.max_abs_logit_diff, v.rel_err, args.tolerance, v.kl
+        ),
+    }
     println!(
-        "wrote {} in {:.2} s ({wall_s:.2} s before writing)",
+        "wrote {} in {:.2} s",
         args.out.display(),
         start.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
-/// The probe batch: `(ids, batch, seq)` from `--probe-data` or random ids.
-fn probe(args: &ExpandArgs, vocab: usize, context: usize) -> Result<(Vec<u32>, usize, usize)> {
-    if args.probe_tokens == 0 {
+/// The probe batch: `--probe-tokens` split into rows of at most the context length, from
+/// `--probe-data` or random ids.
+fn probe_spec(args: &ExpandArgs, context: usize) -> Result<ProbeSpec> {
+    if args.probe_tokens == 0 && !args.skip_verify {
         bail!("--probe-tokens must be at least 1 (or pass --skip-verify)");
     }
-    let seq = args.probe_tokens.min(context);
+    let seq = args.probe_tokens.clamp(1, context);
     let batch = (args.probe_tokens / seq).max(1);
-    let ids = match &args.probe_data {
-        None => probe_tokens(vocab, batch, seq, args.seed),
-        Some(path) => shard_tokens(path, batch * seq)?,
+    let tokens = match &args.probe_data {
+        Some(path) if !args.skip_verify => Some(shard_tokens(path, batch * seq)?),
+        _ => None,
     };
-    Ok((ids, batch, seq))
+    Ok(ProbeSpec {
+        tokens,
+        batch,
+        seq,
+        tolerance: args.tolerance,
+        skip: args.skip_verify,
+    })
 }
 
 /// The first `count` tokens of a token shard.

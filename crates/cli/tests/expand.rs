@@ -161,7 +161,7 @@ fn failed_verification_and_impossible_requests_write_nothing() {
         tolerance: 0.0,
         ..args(&src, &out)
     };
-    let e = run_on::<B>(strict, &device).unwrap_err().to_string();
+    let e = format!("{:#}", run_on::<B>(strict, &device).unwrap_err());
     assert!(e.contains("not function-preserving"), "{e}");
     let e = run_on::<B>(
         ExpandArgs {

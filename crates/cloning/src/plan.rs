@@ -305,7 +305,7 @@ pub fn source_config_of(target: &GptConfig, n: usize, m: usize) -> Result<GptCon
         }
     }
     let div = |field: &'static str, value: usize, factor: usize| {
-        if value % factor == 0 {
+        if value.is_multiple_of(factor) {
             Ok(value / factor)
         } else {
             Err(CloneError::NotAnExpansion {
@@ -341,7 +341,7 @@ pub fn factors_between(
     source.validate().map_err(CloneError::Source)?;
     target.validate().map_err(CloneError::Target)?;
     let whole = |field: &'static str, s: usize, t: usize| {
-        if t % s == 0 && t >= s {
+        if t.is_multiple_of(s) && t >= s {
             Ok(t / s)
         } else {
             Err(CloneError::NonIntegerFactor {

@@ -66,7 +66,7 @@ pub fn random_config(arch: Arch, rng: &mut SplitMix64) -> GptConfig {
             let h = pick(rng, &[1, 2, 3]);
             (
                 h,
-                if rng.next_u64() % 2 == 0 {
+                if rng.next_u64().is_multiple_of(2) {
                     None
                 } else {
                     Some(h)
