@@ -161,21 +161,21 @@ impl GptConfig {
                 return Err(ConfigError::Zero { field });
             }
         }
-        if self.d_model % self.n_head != 0 {
+        if !self.d_model.is_multiple_of(self.n_head) {
             return Err(ConfigError::HeadDim {
                 d_model: self.d_model,
                 n_head: self.n_head,
             });
         }
         let kv = self.kv_heads();
-        if kv == 0 || kv > self.n_head || self.n_head % kv != 0 {
+        if kv == 0 || kv > self.n_head || !self.n_head.is_multiple_of(kv) {
             return Err(ConfigError::KvHeads {
                 n_kv_head: kv,
                 n_head: self.n_head,
             });
         }
         if self.positional == Positional::Rope {
-            if self.head_dim() % 2 != 0 {
+            if !self.head_dim().is_multiple_of(2) {
                 return Err(ConfigError::OddRopeHeadDim {
                     head_dim: self.head_dim(),
                 });
