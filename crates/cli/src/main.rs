@@ -4,6 +4,7 @@
 mod backend;
 mod bench;
 mod expand;
+mod interop;
 mod prepare;
 mod report;
 mod run;
@@ -32,6 +33,11 @@ enum Command {
     Generate(train::GenerateArgs),
     /// HyperClone a trained model into a wider one that computes the same function.
     Expand(expand::ExpandArgs),
+    /// Import a Hugging Face GPT-2/Llama checkpoint (hf:owner/name[@rev] or a folder) as a
+    /// model folder.
+    Import(interop::ImportArgs),
+    /// Export a model folder or run as a Hugging Face folder (config.json + model.safetensors).
+    Export(interop::ExportArgs),
     /// Measure training-step throughput (tokens/s, TFLOP/s, MFU) for a preset.
     Bench(bench::BenchArgs),
     /// Write report.md / report.html with plots for an experiment directory.
@@ -49,6 +55,8 @@ fn main() -> Result<()> {
         Command::Generate(args) => train::run_generate(args),
         Command::Report(args) => report::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Import(args) => interop::run_import(args),
+        Command::Export(args) => interop::run_export(args),
     }
 }
 

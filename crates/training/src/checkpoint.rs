@@ -107,7 +107,7 @@ pub fn complete_checkpoints(run_dir: &Path) -> Vec<(u64, PathBuf)> {
             path.join(DONE_FILE).exists().then_some((step, path))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|c| std::cmp::Reverse(c.0));
     found
 }
 

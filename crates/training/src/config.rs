@@ -354,17 +354,17 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&o.beta2) {
             return bad("optimizer.beta2", o.beta2.to_string(), "must be in [0, 1)");
         }
-        if !(o.eps > 0.0) {
+        if o.eps.is_nan() || o.eps <= 0.0 {
             return bad("optimizer.eps", o.eps.to_string(), "must be positive");
         }
-        if !(o.weight_decay >= 0.0) {
+        if o.weight_decay.is_nan() || o.weight_decay < 0.0 {
             return bad(
                 "optimizer.weight_decay",
                 o.weight_decay.to_string(),
                 "must be >= 0",
             );
         }
-        if !(o.grad_clip >= 0.0) {
+        if o.grad_clip.is_nan() || o.grad_clip < 0.0 {
             return bad(
                 "optimizer.grad_clip",
                 o.grad_clip.to_string(),

@@ -503,13 +503,15 @@ pub fn train<AB: AutodiffBackend>(
                 .run
                 .max_wall_seconds
                 .is_some_and(|l| wall_now(wall_at_start) >= l);
-        if step % config.run.eval_every == 0 || last {
+        if step.is_multiple_of(config.run.eval_every) || last {
             let v = eval_and_log(&model, &mut state, &mut metrics)?;
             if last {
                 final_val = Some(v);
             }
         }
-        if (config.run.checkpoint_every > 0 && step % config.run.checkpoint_every == 0) || last {
+        if (config.run.checkpoint_every > 0 && step.is_multiple_of(config.run.checkpoint_every))
+            || last
+        {
             state.wall_s = wall_now(wall_at_start);
             state.device_hours = state.wall_s / 3600.0;
             let dir = save_checkpoint(run_dir, &model, &optimizer, &state)?;
@@ -580,7 +582,7 @@ impl Progress {
                 ));
             }
             None => {
-                if line.step == 1 || line.step % every.max(1) == 0 {
+                if line.step == 1 || line.step.is_multiple_of(every.max(1)) {
                     tracing::info!(
                         "step {} | loss {:.4} | lr {:.2e} | grad norm {:.3} | {:.0} tok/s | {:.1} ms/step",
                         line.step,
