@@ -384,11 +384,7 @@ impl TrainConfig {
 
     /// Reads a TOML file, applies `--set` overrides, resolves the model preset and validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_toml_str(&text, path, overrides)
+        Self::from_toml_str(&read_config_file(path)?, path, overrides)
     }
 
     /// Like [`TrainConfig::load`] from a string; `origin` names it in errors.
@@ -420,8 +416,16 @@ impl TrainConfig {
     }
 }
 
-/// Parses TOML text, applies `--set` overrides and expands `[model] preset = "…"` (and any
-/// nested `model` tables found under the top-level keys listed in `model_paths`).
+/// Reads a config file's text; the error names the file.
+pub fn read_config_file(path: &Path) -> Result<String, ConfigFileError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses TOML text and applies `--set` overrides (presets are expanded later, by
+/// [`typed_from_table`], so that an override of a single model field applies on top of them).
 pub fn parse_with_overrides(
     text: &str,
     origin: &Path,

@@ -25,8 +25,8 @@ use hyperclone_model::GptConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    parse_with_overrides, typed_from_table, ConfigFileError, OptimizerConfig, RunConfig,
-    ScheduleConfig, TrainConfig,
+    parse_with_overrides, read_config_file, typed_from_table, ConfigFileError, OptimizerConfig,
+    RunConfig, ScheduleConfig, TrainConfig,
 };
 use crate::trainer::{train, TrainError, TrainOptions};
 
@@ -204,11 +204,7 @@ pub enum ExperimentError {
 impl ExperimentConfig {
     /// Reads an experiment file with `--set` overrides (`small.run.max_steps=100`).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_toml_str(&text, path, overrides)
+        Self::from_toml_str(&read_config_file(path)?, path, overrides)
     }
 
     /// Like [`ExperimentConfig::load`] from a string; `origin` names it in errors.
