@@ -88,6 +88,19 @@ pub fn run_job<J: Job>(kind: BackendKind, precision: Precision, job: J) -> Resul
     }
 }
 
+/// Fails with the same message as [`run_job`] when the backend or precision cannot run in this
+/// binary; nothing is run. Lets a multi-stage job refuse up front instead of after hours.
+pub fn check_available(kind: BackendKind, precision: Precision) -> Result<()> {
+    struct Noop;
+    impl Job for Noop {
+        type Output = ();
+        fn run<AB: AutodiffBackend>(self, _device: &AB::Device, _env: Env) -> Result<()> {
+            Ok(())
+        }
+    }
+    run_job(kind, precision, Noop)
+}
+
 /// The first GPU's name from `nvidia-smi`, or `gpu: unknown`.
 #[allow(dead_code)]
 fn gpu_name() -> String {

@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use hyperclone_training::experiment::ExperimentSummary;
-use hyperclone_training::{run_experiment, ExperimentConfig, ExperimentOptions, Stage};
+use hyperclone_training::{
+    run_experiment, BackendKind, ExperimentConfig, ExperimentOptions, Precision, Stage,
+};
 
-use crate::backend::{run_job, Env, Job};
+use crate::backend::{check_available, run_job, Env, Job};
 
 /// Run an experiment: train small, expand, train large and baseline, write the report.
 #[derive(clap::Args, Debug)]
@@ -51,17 +53,45 @@ impl Job for RunJob {
 pub fn run(args: RunArgs) -> Result<()> {
     let config = ExperimentConfig::load(&args.experiment, &args.overrides)?;
     let out = config.experiment.out.clone();
-    // The small and large stages may name different backends; the small stage's choice runs
-    // the pipeline (one process, one device).
-    let (backend, precision) = (config.small.run.backend, config.small.run.precision);
-    let summary = run_job(
-        backend,
-        precision,
-        RunJob {
-            config,
-            only: args.stage,
-        },
-    )?;
+    let small = (config.small.run.backend, config.small.run.precision);
+    let large = (config.large.run.backend, config.large.run.precision);
+    // Each stage runs on the backend and precision of its own [*.run] section. When they agree
+    // (the usual case) one job runs every stage; otherwise the small stage runs on its own,
+    // then the rest on the large section's backend.
+    let plan: Vec<(Option<Stage>, (BackendKind, Precision))> = match args.stage {
+        Some(Stage::Small) => vec![(Some(Stage::Small), small)],
+        Some(stage) => vec![(Some(stage), large)],
+        None if small == large => vec![(None, small)],
+        None => [
+            Stage::Small,
+            Stage::Expand,
+            Stage::Large,
+            Stage::Baseline,
+            Stage::Report,
+        ]
+        .into_iter()
+        .map(|s| (Some(s), if s == Stage::Small { small } else { large }))
+        .collect(),
+    };
+    for (_, (backend, precision)) in &plan {
+        check_available(*backend, *precision)?;
+    }
+    let mut summary = ExperimentSummary {
+        stages: Vec::new(),
+        report: None,
+    };
+    for (only, (backend, precision)) in plan {
+        let part = run_job(
+            backend,
+            precision,
+            RunJob {
+                config: config.clone(),
+                only,
+            },
+        )?;
+        summary.stages.extend(part.stages);
+        summary.report = part.report.or(summary.report);
+    }
     for o in &summary.stages {
         println!(
             "{:<9} {}",
