@@ -190,7 +190,7 @@ pub enum CloneError {
     #[error("target {field} = {target} differs from source {field} = {source_value}: width expansion keeps it unchanged")]
     Unchanged {
         /// The config field.
-        field: &'static str,
+        field: String,
         /// The source's value (as text).
         source_value: String,
         /// The target's value (as text).
@@ -380,73 +380,14 @@ pub fn factors_between(
         ..ExpandOptions::default()
     };
     let derived = expand_config(source, &opts)?;
-    // Field by field so that the message names what differs.
-    let same: [(&'static str, String, String); 12] = [
-        (
-            "vocab_size",
-            derived.vocab_size.to_string(),
-            target.vocab_size.to_string(),
-        ),
-        (
-            "context_length",
-            derived.context_length.to_string(),
-            target.context_length.to_string(),
-        ),
-        (
-            "n_layer",
-            derived.n_layer.to_string(),
-            target.n_layer.to_string(),
-        ),
-        (
-            "positional",
-            format!("{:?}", derived.positional),
-            format!("{:?}", target.positional),
-        ),
-        (
-            "rope_theta",
-            derived.rope_theta.to_string(),
-            target.rope_theta.to_string(),
-        ),
-        (
-            "norm",
-            format!("{:?}", derived.norm),
-            format!("{:?}", target.norm),
-        ),
-        (
-            "norm_eps",
-            derived.norm_eps.to_string(),
-            target.norm_eps.to_string(),
-        ),
-        (
-            "mlp",
-            format!("{:?}", derived.mlp),
-            format!("{:?}", target.mlp),
-        ),
-        ("bias", derived.bias.to_string(), target.bias.to_string()),
-        (
-            "tie_embeddings",
-            derived.tie_embeddings.to_string(),
-            target.tie_embeddings.to_string(),
-        ),
-        (
-            "dropout",
-            derived.dropout.to_string(),
-            target.dropout.to_string(),
-        ),
-        (
-            "init_std",
-            derived.init_std.to_string(),
-            target.init_std.to_string(),
-        ),
-    ];
-    for (field, s, t) in same {
-        if s != t {
-            return Err(CloneError::Unchanged {
-                field,
-                source_value: s,
-                target: t,
-            });
-        }
+    // Widths and head counts were checked above; any other difference is a field that
+    // expansion keeps, and the message names it.
+    if let Some((field, source_value, target)) = derived.differences(target).into_iter().next() {
+        return Err(CloneError::Unchanged {
+            field,
+            source_value,
+            target,
+        });
     }
     Ok((n, m))
 }

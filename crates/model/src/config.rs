@@ -212,6 +212,27 @@ impl GptConfig {
         Ok(())
     }
 
+    /// The fields whose values differ from `other`'s, as `(field, self's value, other's value)`
+    /// sorted by field name, values written as in JSON. `n_kv_head` is compared by its
+    /// effective count ([`GptConfig::kv_heads`]), so "absent" equals "= n_head".
+    pub fn differences(&self, other: &GptConfig) -> Vec<(String, String, String)> {
+        let normalise = |c: &GptConfig| {
+            let mut v = serde_json::to_value(GptConfig {
+                n_kv_head: Some(c.kv_heads()),
+                ..c.clone()
+            })
+            .expect("GptConfig serialises");
+            std::mem::take(v.as_object_mut().expect("a JSON object"))
+        };
+        let (a, b) = (normalise(self), normalise(other));
+        a.into_iter()
+            .filter_map(|(field, va)| {
+                let vb = b.get(&field).cloned().unwrap_or(serde_json::Value::Null);
+                (va != vb).then(|| (field, va.to_string(), vb.to_string()))
+            })
+            .collect()
+    }
+
     /// Output width of the fused `c_attn` projection: `[q | k | v]`.
     pub fn qkv_dim(&self) -> usize {
         (self.n_head + 2 * self.kv_heads()) * self.head_dim()
@@ -402,6 +423,26 @@ mod tests {
         c.d_model = 8 * 7;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("even head_dim"), "{e}");
+    }
+
+    #[test]
+    fn differences_name_each_changed_field_once() {
+        let a = GptConfig::cpu_tiny();
+        assert!(a.differences(&a).is_empty());
+        let explicit_mha = GptConfig {
+            n_kv_head: Some(a.n_head),
+            ..a.clone()
+        };
+        assert!(a.differences(&explicit_mha).is_empty());
+        let b = GptConfig {
+            n_layer: 3,
+            norm: NormKind::RmsNorm,
+            ..a.clone()
+        };
+        let d = a.differences(&b);
+        let fields: Vec<&str> = d.iter().map(|(f, _, _)| f.as_str()).collect();
+        assert_eq!(fields, ["n_layer", "norm"]);
+        assert_eq!((d[0].1.as_str(), d[0].2.as_str()), ("2", "3"));
     }
 
     #[test]

@@ -194,18 +194,13 @@ fn symmetry_line<B: Backend>(
     })
 }
 
-fn describe_diff(a: &GptConfig, b: &GptConfig) -> String {
-    let (ja, jb) = (serde_json::json!(a), serde_json::json!(b));
-    let mut diffs = Vec::new();
-    if let (Some(ma), Some(mb)) = (ja.as_object(), jb.as_object()) {
-        for (k, va) in ma {
-            let vb = mb.get(k).cloned().unwrap_or(serde_json::Value::Null);
-            if *va != vb {
-                diffs.push(format!("model.{k}: config {va}, checkpoint {vb}"));
-            }
-        }
-    }
-    diffs.join(", ")
+fn describe_diff(config: &GptConfig, checkpoint: &GptConfig) -> String {
+    config
+        .differences(checkpoint)
+        .into_iter()
+        .map(|(field, c, k)| format!("model.{field}: config {c}, checkpoint {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Trains according to `config`, resuming from `options.run_dir` when it holds a complete
