@@ -20,6 +20,11 @@ if [ -z "$bin" ]; then
 fi
 [ -x "$bin" ] || { echo "no binary at $bin (build: cargo build --release [--features cuda])"; exit 2; }
 mkdir -p "$out"
+# Start from a clean slate: a run dir left by an earlier check (another commit, another clone
+# path) holds checkpoints of a different configuration, which `train` and `run` rightly refuse.
+# Only what this script itself creates is removed.
+rm -rf "$out"/c-cpu "$out"/c-gpu "$out"/c-bf16 "$out"/pipeline "$out"/data "$out"/data-full
+rm -f "$out"/*.log "$out"/train-check.toml "$out"/pipeline.toml
 results="$out/results.jsonl"
 : > "$results"
 table="$out/table.txt"
@@ -29,6 +34,8 @@ gpu=cuda
 export RUST_LOG=${RUST_LOG:-info}
 status=0
 note() { echo "$*" | tee -a "$table"; }
+# The reason a command failed: its `Error:` line (anyhow), else its last lines; never a backtrace.
+why() { { grep -m1 -A1 -E '^(Error|thread .* panicked)' "$1" || tail -2 "$1"; } | tr '\n' ' '; }
 
 # Small data set for the checks: two books, 5 % held out (prepares in a second).
 cfg="$out/train-check.toml"
@@ -62,7 +69,7 @@ PY
 }
 train5() { # dir backend precision
   timeout 240 "$bin" train --config "$cfg" --run-dir "$1" --set run.max_steps=5 --set run.eval_every=5 \
-    --set run.backend="$2" --set run.precision="$3" > "$1.log" 2>&1 || { echo "train on $2/$3 failed: $(tail -3 "$1.log")"; return 1; }
+    --set run.backend="$2" --set run.precision="$3" > "$1.log" 2>&1 || { note "train on $2/$3 failed: $(why "$1.log")"; return 1; }
 }
 note "== hyperclone GPU check $(date -u +%FT%TZ) binary $bin"
 [ $cpu_only = 0 ] && note "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
@@ -85,7 +92,7 @@ bench_ours() { # preset batch seq precision steps
   local line
   line=$(timeout 150 "$bin" bench --backend $gpu --preset "$1" --batch "$2" --seq "$3" --precision "$4" --steps "$5" --warmup 2 2>"$out/bench-$1-$4.log" | tail -1)
   if [ -n "$line" ]; then echo "$line" >> "$results"; note "ours    $1 B=$2 T=$3 $4: $(echo "$line" | fmt_line)"
-  else note "ours    $1 $4: failed ($(tail -2 "$out/bench-$1-$4.log" | tr '\n' ' '))"; status=1; fi
+  else note "ours    $1 $4: failed ($(why "$out/bench-$1-$4.log"))"; status=1; fi
 }
 bench_torch() { # preset batch seq dtype steps
   local line dev=cuda
@@ -93,7 +100,7 @@ bench_torch() { # preset batch seq dtype steps
   python3 -c "import torch" 2>/dev/null || { note "pytorch $1 $4: skipped (no torch)"; return 0; }
   line=$(timeout 150 python3 scripts/reference/gpt_bench.py --preset "$1" --batch "$2" --seq "$3" --dtype "$4" --device $dev --steps "$5" --warmup-steps 2 ${TORCH_THREADS:+--threads $TORCH_THREADS} 2>"$out/torch-$1-$4.log" | tail -1)
   if [ -n "$line" ]; then echo "$line" >> "$results"; note "pytorch $1 B=$2 T=$3 $4: $(echo "$line" | fmt_line)"
-  else note "pytorch $1 $4: failed ($(tail -2 "$out/torch-$1-$4.log" | tr '\n' ' '))"; fi
+  else note "pytorch $1 $4: failed ($(why "$out/torch-$1-$4.log"))"; fi
 }
 if [ $cpu_only = 1 ]; then
   bench_ours cpu-tiny 8 64 f32 5
@@ -116,7 +123,7 @@ sed -e "s#train = \[\"datasets/gutenberg/train\"\]#train = [\"$here/datasets/gut
 if timeout 240 "$bin" run "$out/pipeline.toml" --set small.run.backend=$gpu --set large.run.backend=$gpu > "$out/pipeline.log" 2>&1; then
   note "pipeline on $gpu: $(grep -E 'speedup to 100' "$out/pipeline.log" | head -1)"
 else
-  note "pipeline on $gpu: FAILED ($(tail -3 "$out/pipeline.log" | tr '\n' ' '))"; status=1
+  note "pipeline on $gpu: FAILED ($(why "$out/pipeline.log"))"; status=1
 fi
 
 if [ $cpu_only = 0 ]; then
