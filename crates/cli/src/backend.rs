@@ -44,7 +44,8 @@ pub fn run_job<J: Job>(kind: BackendKind, precision: Precision, job: J) -> Resul
         k => k,
     };
     match (kind, precision) {
-        (BackendKind::Flex, Precision::F32) => {
+        // bf16 (mixed) runs on an f32 backend: the model casts to bf16 where it computes.
+        (BackendKind::Flex, Precision::F32 | Precision::Bf16) => {
             type AB = burn::backend::Autodiff<burn::backend::Flex>;
             let env = Env {
                 backend_name: "flex",
@@ -52,8 +53,8 @@ pub fn run_job<J: Job>(kind: BackendKind, precision: Precision, job: J) -> Resul
             };
             job.run::<AB>(&Default::default(), env)
         }
-        (BackendKind::Flex, Precision::Bf16) => bail!(
-            "run.precision = \"bf16\" is for GPU backends; the CPU backend (flex) trains in f32"
+        (BackendKind::Flex, Precision::Bf16Pure) => bail!(
+            "run.precision = \"bf16-pure\" is for the cuda backend; the CPU backend (flex) trains in f32 or bf16 (mixed)"
         ),
         #[cfg(feature = "cuda")]
         (BackendKind::Cuda, precision) => {
@@ -63,8 +64,8 @@ pub fn run_job<J: Job>(kind: BackendKind, precision: Precision, job: J) -> Resul
             };
             let device = burn::backend::cuda::CudaDevice::default();
             match precision {
-                Precision::F32 => job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(&device, env),
-                Precision::Bf16 => job.run::<burn::backend::Autodiff<burn::backend::Cuda<burn::tensor::bf16>>>(&device, env),
+                Precision::F32 | Precision::Bf16 => job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(&device, env),
+                Precision::Bf16Pure => job.run::<burn::backend::Autodiff<burn::backend::Cuda<burn::tensor::bf16>>>(&device, env),
             }
         }
         #[cfg(feature = "wgpu")]
@@ -76,7 +77,7 @@ pub fn run_job<J: Job>(kind: BackendKind, precision: Precision, job: J) -> Resul
             let device = burn::backend::wgpu::WgpuDevice::default();
             match precision {
                 Precision::F32 => job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(&device, env),
-                Precision::Bf16 => bail!("run.precision = \"bf16\" is not supported on wgpu; use f32 or the cuda backend"),
+                Precision::Bf16 | Precision::Bf16Pure => bail!("run.precision = {:?} is not supported on wgpu; use f32 or the cuda backend", precision.as_str()),
             }
         }
         (other, _) => bail!(

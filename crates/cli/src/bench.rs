@@ -36,17 +36,9 @@ pub struct BenchArgs {
     /// Backend.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: CliBackend,
-    /// f32 or bf16 (GPU backends).
-    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    /// f32, bf16 (mixed: f32 weights, bf16 compute) or bf16-pure (bf16 weights; cuda only).
+    #[arg(long, default_value = "f32", value_parser = str::parse::<Precision>)]
     pub precision: Precision,
-}
-
-fn parse_precision(s: &str) -> Result<Precision, String> {
-    match s {
-        "f32" => Ok(Precision::F32),
-        "bf16" => Ok(Precision::Bf16),
-        _ => Err(format!("unknown precision {s:?} (f32, bf16)")),
-    }
 }
 
 struct BenchJob {
@@ -60,7 +52,8 @@ impl Job for BenchJob {
     fn run<AB: AutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<Self::Output> {
         let BenchJob { args, config, seq } = self;
         let batch = args.batch;
-        let mut model = Gpt::<AB>::init(&config, 0, device)?;
+        let mut model =
+            Gpt::<AB>::init(&config, 0, device)?.with_compute_dtype(args.precision.compute_dtype());
         let mut optimizer = AdamW::<AB>::new(OptimizerConfig::default());
         let mut rng = SplitMix64::new(1);
         let ids: Vec<u32> = (0..batch * (seq + 1))
@@ -97,8 +90,7 @@ impl Job for BenchJob {
         let tokens = (batch * seq) as f64;
         let flops_per_token = config.flops_per_token(seq);
         let achieved = flops_per_token * tokens / median;
-        let bf16 = args.precision == Precision::Bf16;
-        let peak = peak_flops(&env.device_name, bf16);
+        let peak = peak_flops(&env.device_name, args.precision.matmuls_in_bf16());
         let peak_memory = if env.backend_name == "flex" {
             peak_rss_bytes()
         } else {
@@ -109,7 +101,7 @@ impl Job for BenchJob {
             "preset": args.preset,
             "batch": batch,
             "seq": seq,
-            "dtype": if bf16 { "bf16" } else { "f32" },
+            "dtype": args.precision.as_str(),
             "backend": env.backend_name,
             "device": if env.backend_name == "flex" { "cpu" } else { "cuda" },
             "device_name": env.device_name,

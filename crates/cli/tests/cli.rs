@@ -297,3 +297,46 @@ fn bad_configs_fail_with_the_file_and_key() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/exp.toml"));
 }
+
+/// `bench` prints one JSON line of figures per run; mixed bf16 runs on the CPU backend (as a
+/// check of the numbers), pure bf16 is refused there with the reason.
+#[test]
+fn bench_reports_json_figures_and_refuses_bf16_pure_on_the_cpu() {
+    for precision in ["f32", "bf16"] {
+        let out = run_ok(bin().args([
+            "bench",
+            "--backend",
+            "flex",
+            "--preset",
+            "cpu-tiny",
+            "--batch",
+            "2",
+            "--seq",
+            "32",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--precision",
+            precision,
+        ]));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().unwrap();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["dtype"], precision);
+        assert_eq!(v["backend"], "flex");
+        assert_eq!(v["steps"], 2);
+        assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
+        // Random tokens over cpu-tiny's 512-word vocabulary: the loss stays near ln(512) = 6.24.
+        let loss = v["final_loss"].as_f64().unwrap();
+        assert!((5.5..7.0).contains(&loss), "{loss}");
+    }
+    let out = bin()
+        .args(["bench", "--backend", "flex", "--preset", "cpu-tiny"])
+        .args(["--steps", "1", "--precision", "bf16-pure"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bf16-pure") && err.contains("flex"), "{err}");
+}

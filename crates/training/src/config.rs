@@ -178,12 +178,52 @@ impl Default for ScheduleConfig {
 
 /// Numeric precision of the model's weights and compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// f32 everywhere (TF32 tensor cores on CUDA matmuls).
+    #[serde(rename = "f32")]
     F32,
-    /// bf16 weights and compute (CUDA/wgpu only); see the README on what stays f32.
+    /// Mixed precision, as PyTorch's autocast: f32 weights, optimiser state, residual stream,
+    /// norms and loss; bf16 matmuls, attention and MLP activations. Any backend (on the CPU it
+    /// is slower than f32: a way to check the GPU's numbers, not to train).
+    #[serde(rename = "bf16")]
     Bf16,
+    /// bf16 weights, optimiser state and compute (CUDA only): the least memory and the most
+    /// speed, but small updates round away once the learning rate has decayed.
+    #[serde(rename = "bf16-pure")]
+    Bf16Pure,
+}
+
+impl Precision {
+    /// The name used in configs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Bf16Pure => "bf16-pure",
+        }
+    }
+
+    /// Whether the matmuls run in bf16 (selects the card's bf16 peak for MFU).
+    pub fn matmuls_in_bf16(self) -> bool {
+        self != Precision::F32
+    }
+
+    /// The compute dtype to give the model of an f32 backend ([`Precision::Bf16`] only).
+    pub fn compute_dtype(self) -> Option<burn::tensor::FloatDType> {
+        (self == Precision::Bf16).then_some(burn::tensor::FloatDType::BF16)
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "bf16-pure" => Ok(Precision::Bf16Pure),
+            _ => Err(format!("unknown precision {s:?} (f32, bf16, bf16-pure)")),
+        }
+    }
 }
 
 /// Which burn backend runs the job.
@@ -594,6 +634,34 @@ mod tests {
         let c = load(BASE, &[]).unwrap();
         let again = load(&c.to_toml(), &[]).unwrap();
         assert_eq!(c, again);
+    }
+
+    #[test]
+    fn precisions_parse_from_toml_and_the_command_line_alike() {
+        for (name, want) in [
+            ("f32", Precision::F32),
+            ("bf16", Precision::Bf16),
+            ("bf16-pure", Precision::Bf16Pure),
+        ] {
+            let c = load(BASE, &[format!("run.precision={name}").as_str()]).unwrap();
+            assert_eq!(c.run.precision, want);
+            assert_eq!(want.as_str(), name);
+            assert_eq!(name.parse::<Precision>(), Ok(want));
+            assert_eq!(load(&c.to_toml(), &[]).unwrap().run.precision, want);
+        }
+        // Only mixed bf16 asks the model for a compute dtype; both bf16 kinds use the bf16 peak.
+        assert_eq!(
+            Precision::Bf16.compute_dtype(),
+            Some(burn::tensor::FloatDType::BF16)
+        );
+        assert_eq!(Precision::Bf16Pure.compute_dtype(), None);
+        assert!(Precision::Bf16Pure.matmuls_in_bf16() && !Precision::F32.matmuls_in_bf16());
+        let e = load(BASE, &["run.precision=fp16"]).unwrap_err().to_string();
+        assert!(e.contains("precision") && e.contains("fp16"), "{e}");
+        assert!("fp16"
+            .parse::<Precision>()
+            .unwrap_err()
+            .contains("bf16-pure"));
     }
 
     #[test]

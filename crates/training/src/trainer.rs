@@ -12,7 +12,7 @@ use hyperclone_model::checkpoint::{load_model, save_model, sha256_hex, write_dir
 use hyperclone_model::{tokens_tensor, Gpt, GptConfig};
 
 use crate::checkpoint::{load_latest, prune, save_checkpoint, RunDirError, TrainState};
-use crate::config::{Precision, TrainConfig};
+use crate::config::TrainConfig;
 use crate::metrics::{
     peak_flops, peak_rss_bytes, EvalLine, MetricsWriter, RunInfo, SymmetryLine, TrainLine,
 };
@@ -255,7 +255,7 @@ pub fn train<AB: AutodiffBackend>(
     } else {
         None
     };
-    let (mut model, mut optimizer, mut state, init_kind) = match resumed {
+    let (model, mut optimizer, mut state, init_kind) = match resumed {
         Some(r) => {
             if r.state.config_hash != config_hash {
                 return Err(TrainError::ConfigChanged {
@@ -331,8 +331,11 @@ pub fn train<AB: AutodiffBackend>(
     let resolved = config.to_toml();
     std::fs::write(run_dir.join("config.toml"), &resolved).map_err(io_err(run_dir))?;
     let flops_per_token = model_config.flops_per_token(config.run.seq_len);
-    let bf16 = config.run.precision == Precision::Bf16;
-    let peak = peak_flops(&options.device_name, bf16);
+    let precision = config.run.precision;
+    let peak = peak_flops(&options.device_name, precision.matmuls_in_bf16());
+    // Mixed precision is a property of the forward pass, not of the weights: set it on every
+    // path (fresh, --init-from, resume).
+    let mut model = model.with_compute_dtype(precision.compute_dtype());
     let info = RunInfo {
         backend: options.backend_name.clone(),
         device: if options.device_name.starts_with("cpu") {
@@ -345,7 +348,7 @@ pub fn train<AB: AutodiffBackend>(
         param_count: model_config.param_count() as u64,
         flops_per_token,
         seed: config.run.seed,
-        precision: if bf16 { "bf16".into() } else { "f32".into() },
+        precision: precision.as_str().into(),
         init: init_kind.into(),
         peak_flops: peak.map(|p| p.0),
         peak_estimated: peak.is_none_or(|p| p.1),
