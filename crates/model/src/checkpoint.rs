@@ -9,7 +9,9 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
+use burn::tensor::{Element, Tensor};
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -264,7 +266,25 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Gpt<B>, 
     Ok(model)
 }
 
-/// Applies safetensors `bytes` to `model`, refusing missing, unused or mis-shaped tensors.
+/// Casts every float parameter to the backend's float element type: weights saved in bf16 (a
+/// `bf16-pure` run) load into an f32 model as f32, and f32 weights into a bf16 backend as bf16.
+struct ToBackendFloat;
+
+impl<B: Backend> ModuleMapper<B> for ToBackendFloat {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let want = <B::FloatElem as Element>::dtype();
+        let tensor = if tensor.dtype() == want {
+            tensor
+        } else {
+            tensor.cast(want)
+        };
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// Applies safetensors `bytes` to `model` (cast to the backend's float type), refusing missing,
+/// unused or mis-shaped tensors.
 pub fn load_weights_bytes<B: Backend>(
     model: &mut Gpt<B>,
     bytes: Vec<u8>,
@@ -277,6 +297,8 @@ pub fn load_weights_bytes<B: Backend>(
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+    // The store keeps each tensor's stored dtype; a model computes in its backend's.
+    *model = Module::map(model.clone(), &mut ToBackendFloat);
     let mut problems = Vec::new();
     if !result.missing.is_empty() {
         let names: Vec<_> = result.missing.iter().map(|(p, _)| p.as_str()).collect();
@@ -408,5 +430,62 @@ mod tests {
         .unwrap();
         assert_eq!(fs::read(dest.join("a")).unwrap(), b"2");
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    /// Rounds every float parameter to bf16, as a `bf16-pure` run holds them.
+    struct ToBf16;
+    impl ModuleMapper<B> for ToBf16 {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, t, mapper) = p.consume();
+            Param::from_mapped_value(id, t.cast(burn::tensor::FloatDType::BF16), mapper)
+        }
+    }
+
+    /// Weights saved in bf16 stay bf16 on disk (half the bytes) and load into an f32 model as
+    /// f32: exactly the bf16-rounded values, with the same logits as the bf16-rounded model.
+    #[test]
+    fn bf16_weights_load_into_an_f32_model_as_f32() {
+        use burn::tensor::DType;
+        let device = Default::default();
+        let model = Gpt::<B>::init(&GptConfig::cpu_tiny(), 1, &device).unwrap();
+        let rounded = Module::map(model, &mut ToBf16);
+        assert_eq!(rounded.wte.weight.val().dtype(), DType::BF16);
+        let dir = tempfile::tempdir().unwrap();
+        save_model(&rounded, dir.path()).unwrap();
+        let bytes = fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+        assert!(
+            header.contains("\"BF16\"") && !header.contains("\"F32\""),
+            "{header}"
+        );
+
+        let loaded = load_model::<B>(dir.path(), &device).unwrap();
+        for w in [
+            loaded.wte.weight.val(),
+            loaded.h[0].attn.c_attn.weight.val(),
+            loaded.h[1].mlp.c_proj.weight.val(),
+        ] {
+            assert_eq!(w.dtype(), DType::F32);
+        }
+        assert_eq!(loaded.ln_f.weight.val().dtype(), DType::F32);
+        let want = rounded.h[0]
+            .attn
+            .c_attn
+            .weight
+            .val()
+            .cast(DType::F32)
+            .into_data();
+        assert_eq!(loaded.h[0].attn.c_attn.weight.val().into_data(), want);
+        let f32_again = Module::map(rounded, &mut ToF32);
+        assert_eq!(logits(&loaded), logits(&f32_again));
+    }
+
+    struct ToF32;
+    impl ModuleMapper<B> for ToF32 {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, t, mapper) = p.consume();
+            Param::from_mapped_value(id, t.cast(burn::tensor::FloatDType::F32), mapper)
+        }
     }
 }
