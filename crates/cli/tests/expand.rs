@@ -106,6 +106,8 @@ fn expand_writes_a_loadable_function_preserving_folder_with_its_record() {
     assert_eq!(rec.target_params, target.num_params() as u64);
     assert!(rec.rel_err.unwrap() <= 1e-5 && rec.kl.is_some());
     assert!(rec.wall_s > 0.0 && (rec.device_hours - rec.wall_s / 3600.0).abs() < 1e-15);
+    // The optional verification is timed apart from the expansion it checks.
+    assert!(rec.verify_s.unwrap() > 0.0);
     // The report crate's contract: these keys, with these JSON types.
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("expand.json")).unwrap()).unwrap();
@@ -116,6 +118,7 @@ fn expand_writes_a_loadable_function_preserving_folder_with_its_record() {
         "rel_err",
         "kl",
         "snr_db",
+        "verify_s",
     ] {
         assert!(json[key].is_f64(), "{key}: {json}");
     }
@@ -144,6 +147,7 @@ fn expand_writes_a_loadable_function_preserving_folder_with_its_record() {
     run_on::<B>(forced, &device).unwrap();
     let rec = read_expand_record(&out).unwrap().unwrap();
     assert_eq!((rec.ffn_factor, rec.rel_err, rec.snr_db), (2, None, None));
+    assert_eq!(rec.verify_s, None);
 }
 
 #[test]

@@ -45,6 +45,9 @@ pub enum TrainError {
     /// The model configuration is invalid.
     #[error(transparent)]
     Model(#[from] hyperclone_model::ConfigError),
+    /// The device failed to finish queued work.
+    #[error("the device failed: {0}")]
+    Device(String),
     /// Neither `[model]` nor `--init-from` says what to train.
     #[error("the config has no [model] section and no --init-from checkpoint was given")]
     NoModel,
@@ -158,6 +161,35 @@ fn step_seed(seed: u64, step: u64) -> u64 {
     let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z ^ (z >> 27)
+}
+
+/// One forward, backward and AdamW step (learning rate 0) on copies of `model` and a fresh
+/// optimiser with the micro-batch `index`, and one evaluation forward: the kernels of every
+/// shape a step uses get compiled; everything computed is dropped.
+fn warm_up<AB: AutodiffBackend>(
+    model: &Gpt<AB>,
+    optimizer_config: &crate::config::OptimizerConfig,
+    sampler: &BatchSampler,
+    train: &hyperclone_data::TokenStream,
+    val: &[Batch],
+    index: u64,
+    device: &AB::Device,
+) -> Result<(), TrainError> {
+    let batch = sampler.random_batch(train, index)?;
+    let x = tokens_tensor::<AB>(&batch.inputs(), batch.batch_size, batch.seq_len, device);
+    let y = tokens_tensor::<AB>(&batch.targets(), batch.batch_size, batch.seq_len, device);
+    let copy = model.clone();
+    let grads = copy.forward_loss(x, y).backward();
+    let mut optimizer = AdamW::<AB>::new(optimizer_config.clone());
+    optimizer.accumulate(&copy, &grads);
+    let (stepped, _) = optimizer.step(copy, 0.0);
+    drop(stepped);
+    if let Some(b) = val.first() {
+        evaluate(&model.valid(), std::slice::from_ref(b), device);
+    }
+    // Wait for the queued work so that its time is not carried into the first timed step.
+    AB::sync(device).map_err(|e| TrainError::Device(format!("{e:?}")))?;
+    Ok(())
 }
 
 /// Mean loss of `model` over the fixed validation batches.
@@ -377,6 +409,30 @@ pub fn train<AB: AutodiffBackend>(
         val.len(),
         total_steps.map_or("wall time".to_string(), |s| format!("{s} steps")),
     );
+
+    // Warm-up, off the device-hour clock. GPU backends compile (and autotune) kernels for each
+    // new shape on first use: a one-off cost (minutes through wgpu on a CPU) that would otherwise
+    // be charged to whichever stage meets a shape first — the cloned large stage, never its
+    // same-shaped baseline that runs after it. One training step on a throwaway copy of the
+    // model and optimiser, and one evaluation batch, all discarded: the weights, the optimiser
+    // state, the data stream and the dropout masks (reseeded every step) are untouched.
+    if total_steps.is_none_or(|t| state.step < t) {
+        let t0 = Instant::now();
+        let first = state.step * config.run.grad_accum as u64;
+        warm_up(
+            &model,
+            &config.optimizer,
+            &sampler,
+            &data.train,
+            &val,
+            first,
+            device,
+        )?;
+        let seconds = t0.elapsed().as_secs_f64();
+        tracing::info!("warm-up step (kernel compilation, autotuning): {seconds:.2} s, not counted in device-hours");
+        let line = serde_json::json!({ "kind": "warmup", "step": state.step, "seconds": seconds });
+        metrics.write(&line).map_err(io_err(&metrics_path))?;
+    }
 
     let segment_start = Instant::now();
     let wall_at_start = state.wall_s;

@@ -120,6 +120,16 @@ fn training_lowers_val_loss_well_below_its_start() {
     assert!(l.mfu.is_some() && l.mfu_estimated);
     assert!(l.peak_memory_bytes.unwrap() > 1 << 20);
     assert!((l.device_hours - l.wall_s / 3600.0).abs() < 1e-12);
+    // One warm-up line before step 1: its seconds are kept out of wall_s / device_hours.
+    let text = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();
+    let warmups: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "warmup")
+        .collect();
+    assert_eq!(warmups.len(), 1);
+    assert_eq!(warmups[0]["step"], 0);
+    assert!(warmups[0]["seconds"].as_f64().unwrap() > 0.0);
     assert!(tmp.path().join("final/model.json").exists());
     assert!(tmp.path().join("run_info.json").exists());
     assert!(tmp.path().join("config.toml").exists());
