@@ -89,7 +89,8 @@ fmt_line() { # one JSON line on stdin → a short summary
   python3 -c 'import json,sys
 v = json.load(sys.stdin)
 mfu = v.get("mfu")
-print("%.0f tok/s, %.1f ms/step, %.2f TFLOP/s, MFU %s" % (v["tokens_per_s"], v["step_ms"], v["tflops_per_s"], "n/a" if mfu is None else "%.1f%%" % (100 * mfu)))'
+mem = v.get("gpu_memory_reserved_bytes") or v.get("peak_memory_bytes")
+print("%.0f tok/s, %.1f ms/step, %.2f TFLOP/s, MFU %s, memory %s" % (v["tokens_per_s"], v["step_ms"], v["tflops_per_s"], "n/a" if mfu is None else "%.1f%%" % (100 * mfu), "n/a" if mem is None else "%.0f MiB" % (mem / 2**20)))'
 }
 bench_ours() { # preset batch seq precision steps
   local line

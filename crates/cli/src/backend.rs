@@ -114,3 +114,43 @@ fn gpu_name() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "gpu: unknown".into())
 }
+
+/// GPU memory held by this process according to `nvidia-smi`, in bytes, or `None` when it
+/// cannot tell. CubeCL's memory pools keep what they reserved, so read at the end of a run this
+/// is the peak reserved (not the peak allocated that PyTorch's `max_memory_allocated` reports).
+pub fn gpu_memory_used_by_this_process() -> Option<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    memory_of_pid(&String::from_utf8(out.stdout).ok()?, std::process::id())
+}
+
+/// The `used_memory` (MiB) of `pid` in `nvidia-smi --query-compute-apps=pid,used_memory
+/// --format=csv,noheader,nounits` output, in bytes.
+fn memory_of_pid(csv: &str, pid: u32) -> Option<u64> {
+    csv.lines().find_map(|line| {
+        let (p, mib) = line.split_once(',')?;
+        (p.trim().parse::<u32>().ok()? == pid)
+            .then(|| mib.trim().parse::<u64>().ok())
+            .flatten()
+            .map(|m| m << 20)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nvidia_smi_memory_line_of_our_pid() {
+        let csv = "1234, 80\n4321, 15210\n";
+        assert_eq!(memory_of_pid(csv, 4321), Some(15210 << 20));
+        assert_eq!(memory_of_pid(csv, 99), None);
+        assert_eq!(memory_of_pid("", 1), None);
+        assert_eq!(memory_of_pid("4321, [N/A]\n", 4321), None);
+    }
+}

@@ -115,6 +115,11 @@ impl Job for BenchJob {
             "mfu": peak.map(|(p, _)| achieved / p),
             "mfu_estimated": peak.is_none_or(|p| p.1),
             "peak_memory_bytes": peak_memory,
+            "gpu_memory_reserved_bytes": if env.backend_name == "cuda" {
+                crate::backend::gpu_memory_used_by_this_process()
+            } else {
+                None
+            },
             "steps": args.steps,
             "final_loss": last_loss,
         }))
