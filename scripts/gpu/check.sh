@@ -34,8 +34,17 @@ gpu=cuda
 export RUST_LOG=${RUST_LOG:-info}
 status=0
 note() { echo "$*" | tee -a "$table"; }
-# The reason a command failed: its `Error:` line (anyhow), else its last lines; never a backtrace.
-why() { { grep -m1 -A1 -E '^(Error|thread .* panicked)' "$1" || tail -2 "$1"; } | tr '\n' ' '; }
+# The reason a command failed: its `Error:` line and `Caused by:` chain (anyhow) or its panic,
+# else its last lines; never a backtrace. `why LOG RC` says "timed out" for timeout's 124.
+why() {
+  [ "${2:-}" = 124 ] && printf 'timed out; '
+  if grep -q -E '^(Error|thread .* panicked)' "$1"; then
+    sed -n -E '/^(Error|thread .* panicked)/,/^(Stack backtrace|note: run with)/p' "$1" \
+      | grep -v -E '^(Stack backtrace|note: run with)|^\s*$' | head -8
+  else
+    tail -2 "$1"
+  fi | tr '\n' ' '
+}
 
 # Small data set for the checks: two books, 5 % held out (prepares in a second).
 cfg="$out/train-check.toml"
@@ -69,7 +78,9 @@ PY
 }
 train5() { # dir backend precision
   timeout 240 "$bin" train --config "$cfg" --run-dir "$1" --set run.max_steps=5 --set run.eval_every=5 \
-    --set run.backend="$2" --set run.precision="$3" > "$1.log" 2>&1 || { note "train on $2/$3 failed: $(why "$1.log")"; return 1; }
+    --set run.backend="$2" --set run.precision="$3" > "$1.log" 2>&1
+  local rc=$?
+  [ $rc = 0 ] || { note "train on $2/$3 failed: $(why "$1.log" $rc)"; return 1; }
 }
 note "== hyperclone GPU check $(date -u +%FT%TZ) binary $bin"
 [ $cpu_only = 0 ] && note "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
@@ -89,8 +100,9 @@ fmt_line() { # one JSON line on stdin → a short summary
   python3 -c 'import json,sys
 v = json.load(sys.stdin)
 mfu = v.get("mfu")
-mem = v.get("gpu_memory_reserved_bytes") or v.get("peak_memory_bytes")
-print("%.0f tok/s, %.1f ms/step, %.2f TFLOP/s, MFU %s, memory %s" % (v["tokens_per_s"], v["step_ms"], v["tflops_per_s"], "n/a" if mfu is None else "%.1f%%" % (100 * mfu), "n/a" if mem is None else "%.0f MiB" % (mem / 2**20)))'
+res, rss = v.get("gpu_memory_reserved_bytes"), v.get("peak_memory_bytes")
+mem = "%.0f MiB reserved" % (res / 2**20) if res else ("%.0f MiB peak" % (rss / 2**20) if rss else "n/a")
+print("%.0f tok/s, %.1f ms/step, %.2f TFLOP/s, MFU %s, memory %s" % (v["tokens_per_s"], v["step_ms"], v["tflops_per_s"], "n/a" if mfu is None else "%.1f%%" % (100 * mfu), mem))'
 }
 bench_ours() { # preset batch seq precision steps
   local line
@@ -126,10 +138,12 @@ sed -e "s#train = \[\"datasets/gutenberg/train\"\]#train = [\"$here/datasets/gut
     -e "s#datasets/gutenberg/tokenizer-4096.json#$here/datasets/gutenberg/tokenizer-4096.json#" \
     -e "s#out = \"runs/data/gutenberg-4096\"#out = \"$out/data-full\"#" \
     -e "s#out = \"runs/tiny\"#out = \"$pipe\"#" configs/tiny.toml > "$out/pipeline.toml"
-if timeout 240 "$bin" run "$out/pipeline.toml" --set small.run.backend=$gpu --set large.run.backend=$gpu > "$out/pipeline.log" 2>&1; then
+timeout 240 "$bin" run "$out/pipeline.toml" --set small.run.backend=$gpu --set large.run.backend=$gpu > "$out/pipeline.log" 2>&1
+rc=$?
+if [ $rc = 0 ]; then
   note "pipeline on $gpu: $(grep -E 'speedup to 100' "$out/pipeline.log" | head -1)"
 else
-  note "pipeline on $gpu: FAILED ($(why "$out/pipeline.log"))"; status=1
+  note "pipeline on $gpu: FAILED ($(why "$out/pipeline.log" $rc))"; status=1
 fi
 
 if [ $cpu_only = 0 ]; then

@@ -487,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         "tflops_per_s": round(achieved / 1e12, 6),
         "mfu": None if mfu is None else round(mfu, 6),
         "peak_memory_bytes": peak_memory,
+        # What the caching allocator held at its peak: comparable with hyperclone's
+        # gpu_memory_reserved_bytes (which also counts the CUDA context, ~0.5 GB).
+        "gpu_memory_reserved_bytes": torch.cuda.max_memory_reserved(device) if is_cuda else None,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         # Extra context (not part of the shared result schema):

@@ -207,6 +207,7 @@ class BenchTests(unittest.TestCase):
         self.assertAlmostEqual(r["tflops_per_s"], r["flops_per_token"] * r["tokens_per_s"] / 1e12, delta=1e-5)
         self.assertIsNone(r["mfu"])  # CPU
         self.assertIsNone(r["peak_memory_bytes"])
+        self.assertIsNone(r["gpu_memory_reserved_bytes"])
 
     def test_shape_flags_override_the_preset(self):
         rc, r = self.run_main("--preset", "llama-small", "--vocab-size", "128", "--context-length", "16",

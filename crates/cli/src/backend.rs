@@ -117,16 +117,30 @@ fn gpu_name() -> String {
 
 /// GPU memory held by this process according to `nvidia-smi`, in bytes, or `None` when it
 /// cannot tell. CubeCL's memory pools keep what they reserved, so read at the end of a run this
-/// is the peak reserved (not the peak allocated that PyTorch's `max_memory_allocated` reports).
+/// is the peak reserved plus the CUDA context (compare with PyTorch's `max_memory_reserved`,
+/// not `max_memory_allocated`). Where nvidia-smi lists host process ids (containers), our id is
+/// not among them: then the whole first GPU's used memory, on a machine running one job.
 pub fn gpu_memory_used_by_this_process() -> Option<u64> {
-    let out = std::process::Command::new("nvidia-smi")
-        .args([
-            "--query-compute-apps=pid,used_memory",
-            "--format=csv,noheader,nounits",
-        ])
-        .output()
-        .ok()?;
-    memory_of_pid(&String::from_utf8(out.stdout).ok()?, std::process::id())
+    let query = |args: &[&str]| {
+        let out = std::process::Command::new("nvidia-smi")
+            .args(args)
+            .output()
+            .ok()?;
+        String::from_utf8(out.stdout).ok()
+    };
+    let apps = query(&[
+        "--query-compute-apps=pid,used_memory",
+        "--format=csv,noheader,nounits",
+    ])?;
+    memory_of_pid(&apps, std::process::id()).or_else(|| {
+        let used = query(&["--query-gpu=memory.used", "--format=csv,noheader,nounits"])?;
+        used.lines()
+            .next()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|m| m << 20)
+    })
 }
 
 /// The `used_memory` (MiB) of `pid` in `nvidia-smi --query-compute-apps=pid,used_memory

@@ -302,6 +302,7 @@ fn bad_configs_fail_with_the_file_and_key() {
 /// check of the numbers), pure bf16 is refused there with the reason.
 #[test]
 fn bench_reports_json_figures_and_refuses_bf16_pure_on_the_cpu() {
+    let mut final_losses = Vec::new();
     for precision in ["f32", "bf16"] {
         let out = run_ok(bin().args([
             "bench",
@@ -330,7 +331,11 @@ fn bench_reports_json_figures_and_refuses_bf16_pure_on_the_cpu() {
         // Random tokens over cpu-tiny's 512-word vocabulary: the loss stays near ln(512) = 6.24.
         let loss = v["final_loss"].as_f64().unwrap();
         assert!((5.5..7.0).contains(&loss), "{loss}");
+        final_losses.push(loss);
     }
+    // Same weights and tokens: bf16 compute shows in the loss, a little.
+    assert_ne!(final_losses[0], final_losses[1]);
+    assert!((final_losses[0] - final_losses[1]).abs() < 1e-2 * final_losses[0]);
     let out = bin()
         .args(["bench", "--backend", "flex", "--preset", "cpu-tiny"])
         .args(["--steps", "1", "--precision", "bf16-pure"])

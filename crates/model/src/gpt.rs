@@ -630,8 +630,23 @@ mod tests {
                 assert_eq!(logits.dtype(), DType::F32);
                 let loss = Gpt::loss(logits.clone(), tokens_tensor(&targets, 2, 16, &device));
                 let grads = loss.backward();
+                // Every parameter (tied wte, biases, norms included) gets a finite f32 gradient.
+                struct AllF32<'a>(
+                    &'a <AB as burn::tensor::backend::AutodiffBackend>::Gradients,
+                    usize,
+                );
+                impl burn::module::ModuleVisitor<AB> for AllF32<'_> {
+                    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<AB, D>>) {
+                        let g = p.grad(self.0).expect("every parameter has a gradient");
+                        assert_eq!(g.dtype(), DType::F32);
+                        assert!(g.is_finite().all().into_scalar());
+                        self.1 += 1;
+                    }
+                }
+                let mut visitor = AllF32(&grads, 0);
+                m.visit(&mut visitor);
+                assert!(visitor.1 >= 4 * m.config().n_layer);
                 let grad = m.h[0].mlp.c_fc.weight.grad(&grads).unwrap();
-                assert_eq!(grad.dtype(), DType::F32);
                 let loss = loss.into_scalar();
                 let logits = logits.inner().into_data().to_vec::<f32>().unwrap();
                 (loss, logits, grad.into_data().to_vec::<f32>().unwrap())

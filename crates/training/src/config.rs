@@ -182,9 +182,9 @@ pub enum Precision {
     /// f32 everywhere (TF32 tensor cores on CUDA matmuls).
     #[serde(rename = "f32")]
     F32,
-    /// Mixed precision, as PyTorch's autocast: f32 weights, optimiser state, residual stream,
-    /// norms and loss; bf16 matmuls, attention and MLP activations. Any backend (on the CPU it
-    /// is slower than f32: a way to check the GPU's numbers, not to train).
+    /// Mixed precision, much as PyTorch's autocast: f32 weights, optimiser state, residual
+    /// stream, norms and loss; bf16 matmuls, attention and MLP activations. flex and cuda (on the
+    /// CPU it is slower than f32: a way to check the GPU's numbers, not to train).
     #[serde(rename = "bf16")]
     Bf16,
     /// bf16 weights, optimiser state and compute (CUDA only): the least memory and the most

@@ -94,7 +94,7 @@ pub struct RunInfo {
     pub flops_per_token: f64,
     /// Run seed.
     pub seed: u64,
-    /// `f32` or `bf16`.
+    /// `f32`, `bf16` (mixed) or `bf16-pure`.
     pub precision: String,
     /// `random`, `expanded` (from `--init-from` of an expanded model), `init-from` or `resume`.
     pub init: String,

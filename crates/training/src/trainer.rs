@@ -416,7 +416,12 @@ pub fn train<AB: AutodiffBackend>(
     // same-shaped baseline that runs after it. One training step on a throwaway copy of the
     // model and optimiser, and one evaluation batch, all discarded: the weights, the optimiser
     // state, the data stream and the dropout masks (reseeded every step) are untouched.
-    if total_steps.is_none_or(|t| state.step < t) {
+    let budget_left = total_steps.is_none_or(|t| state.step < t)
+        && config
+            .run
+            .max_wall_seconds
+            .is_none_or(|limit| state.wall_s < limit);
+    if budget_left {
         let t0 = Instant::now();
         let first = state.step * config.run.grad_accum as u64;
         warm_up(
