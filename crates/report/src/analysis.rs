@@ -212,6 +212,8 @@ pub struct StageStats {
     pub data_share: Option<f64>,
     /// Lines dropped as re-logged after a resume.
     pub relogged: usize,
+    /// Seconds of warm-up steps, not in `device_hours`.
+    pub warmup_s: Option<f64>,
 }
 
 /// Computes [`StageStats`] from a stage's metrics.
@@ -238,6 +240,7 @@ pub fn stage_stats(metrics: &Metrics) -> StageStats {
         peak_memory_bytes: train.iter().filter_map(|r| r.peak_memory_bytes).max(),
         data_share: (has_data_time && step_time > 0.0).then(|| data_time / step_time),
         relogged: metrics.relogged,
+        warmup_s: metrics.warmup_s,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Reading `metrics.jsonl`: one JSON object per line, `kind` = `"train"` or `"eval"`.
 //!
 //! A resumed run re-logs the steps between its last checkpoint and the interruption, so the
-//! reader deduplicates by `(kind, step)` and keeps the LAST occurrence. Unknown fields and
+//! reader deduplicates by `(kind, step)` and keeps the LAST occurrence. `"warmup"` lines (the
+//! trainer's discarded first step, kept off the device-hour clock) are summed. Unknown fields and
 //! unknown kinds are ignored; every field except `kind` and `step` may be missing or null.
 
 use std::collections::BTreeMap;
@@ -111,6 +112,9 @@ pub struct Metrics {
     pub relogged: usize,
     /// Whether an unterminated, unparsable last line (a write cut short) was skipped.
     pub truncated_last_line: bool,
+    /// Seconds of the warm-up steps (one per training call; kernel compilation and autotuning
+    /// on GPU backends), not counted in device-hours; `None` when the file has no warm-up line.
+    pub warmup_s: Option<f64>,
 }
 
 impl Metrics {
@@ -180,6 +184,7 @@ pub(crate) fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, ReportEr
     let mut eval: BTreeMap<u64, EvalRecord> = BTreeMap::new();
     let mut relogged = 0usize;
     let mut truncated_last_line = false;
+    let mut warmup_s: Option<f64> = None;
     let terminated = text.ends_with('\n');
     let lines: Vec<&str> = text.lines().collect();
     let last_index = lines.len().saturating_sub(1);
@@ -274,6 +279,20 @@ pub(crate) fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, ReportEr
                     relogged += 1;
                 }
             }
+            "warmup" => {
+                let seconds = value.get("seconds").and_then(|v| v.as_f64());
+                let Some(seconds) = seconds.filter(|s| s.is_finite() && *s >= 0.0) else {
+                    return Err(ReportError::MetricsValue {
+                        path: path.to_path_buf(),
+                        line: line_no,
+                        key: "seconds",
+                        value: value
+                            .get("seconds")
+                            .map_or("(missing)".to_string(), |v| v.to_string()),
+                    });
+                };
+                *warmup_s.get_or_insert(0.0) += seconds;
+            }
             _ => {}
         }
     }
@@ -285,6 +304,7 @@ pub(crate) fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, ReportEr
         eval: eval.into_values().collect(),
         relogged,
         truncated_last_line,
+        warmup_s,
     })
 }
 
@@ -431,6 +451,27 @@ mod tests {
         // The same bytes with a newline after them are a real corruption.
         let err = parse_metrics(&format!("{text}\n"), p()).unwrap_err();
         assert!(matches!(err, ReportError::MetricsLine { line: 2, .. }));
+    }
+
+    #[test]
+    fn warmup_lines_are_summed_and_kept_apart_from_the_counters() {
+        let text = concat!(
+            r#"{"kind":"warmup","step":0,"seconds":75.5}"#,
+            "\n",
+            r#"{"kind":"train","step":1,"device_hours":0.001,"wall_s":3.6}"#,
+            "\n",
+            r#"{"kind":"warmup","step":1,"seconds":0.5}"#,
+            "\n",
+        );
+        let m = parse_metrics(text, p()).unwrap();
+        assert_eq!(m.warmup_s, Some(76.0));
+        assert_eq!(m.total_device_hours(), Some(0.001));
+        assert_eq!(m.train.len(), 1);
+        assert_eq!(parse_metrics("", p()).unwrap().warmup_s, None);
+        let err = parse_metrics("{\"kind\":\"warmup\",\"step\":0,\"seconds\":-1}\n", p())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("seconds") && err.contains("-1"), "{err}");
     }
 
     #[test]

@@ -611,6 +611,7 @@ fn throughput(exp: &Experiment, analyses: &[SeedAnalysis], multi: bool) -> Block
         "MFU (median)",
         "peak memory",
         "data wait",
+        "warm-up (not charged)",
         "re-logged lines dropped",
     ]
     .map(String::from)
@@ -654,6 +655,7 @@ fn throughput(exp: &Experiment, analyses: &[SeedAnalysis], multi: bool) -> Block
                 mfu,
                 opt(stats.peak_memory_bytes, fmt::bytes),
                 opt(stats.data_share, fmt::percent),
+                opt(stats.warmup_s, |s| format!("{s:.2} s")),
                 stats.relogged.to_string(),
             ]);
         }
@@ -1090,7 +1092,9 @@ pub fn document(
 
     b.push(Block::Heading(2, SECTIONS[5].to_string()));
     b.push(Block::Paragraph(
-        "Medians over each run's train lines; hardware and backend from `run_info.json`."
+        "Medians over each run's train lines; hardware and backend from `run_info.json`. The \
+         warm-up is the discarded first step each training call makes (kernel compilation and \
+         autotuning on GPU backends), kept out of every device-hour figure."
             .to_string(),
     ));
     b.push(throughput(exp, analyses, multi));
