@@ -345,3 +345,32 @@ fn bench_reports_json_figures_and_refuses_bf16_pure_on_the_cpu() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bf16-pure") && err.contains("flex"), "{err}");
 }
+
+/// The whole pipeline in mixed precision on the CPU: both training stages record `bf16`, the
+/// expansion of a model trained in bf16 compute is still function-preserving (its weights are
+/// f32), and the report says which precision each run used.
+#[test]
+fn pipeline_in_mixed_bf16_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_experiment(tmp.path());
+    run_ok(bin().arg("run").arg(&cfg).args([
+        "--set",
+        "small.run.precision=bf16",
+        "--set",
+        "large.run.precision=bf16",
+    ]));
+    let exp = tmp.path().join("exp");
+    for stage in ["small", "large", "baseline"] {
+        let info: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(exp.join(stage).join("run_info.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(info["precision"], "bf16", "{stage}: {info}");
+    }
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp.join("expand/expand.json")).unwrap())
+            .unwrap();
+    assert!(record["rel_err"].as_f64().unwrap() <= 1e-5, "{record}");
+    let md = std::fs::read_to_string(exp.join("report.md")).unwrap();
+    assert!(md.contains("| bf16 |"), "{md}");
+}
