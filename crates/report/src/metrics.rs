@@ -248,33 +248,29 @@ pub(crate) fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, ReportEr
             line: line_no,
             source,
         };
+        // Train and eval lines carry the same cumulative counters.
+        let check = |wall_s, device_hours, flops| {
+            check_counters(
+                path,
+                line_no,
+                &[
+                    ("wall_s", wall_s),
+                    ("device_hours", device_hours),
+                    ("flops", flops),
+                ],
+            )
+        };
         match kind.as_str() {
             "train" => {
                 let record: TrainRecord = serde_json::from_value(value).map_err(line_err)?;
-                check_counters(
-                    path,
-                    line_no,
-                    &[
-                        ("wall_s", record.wall_s),
-                        ("device_hours", record.device_hours),
-                        ("flops", record.flops),
-                    ],
-                )?;
+                check(record.wall_s, record.device_hours, record.flops)?;
                 if train.insert(record.step, record).is_some() {
                     relogged += 1;
                 }
             }
             "eval" => {
                 let record: EvalRecord = serde_json::from_value(value).map_err(line_err)?;
-                check_counters(
-                    path,
-                    line_no,
-                    &[
-                        ("wall_s", record.wall_s),
-                        ("device_hours", record.device_hours),
-                        ("flops", record.flops),
-                    ],
-                )?;
+                check(record.wall_s, record.device_hours, record.flops)?;
                 if eval.insert(record.step, record).is_some() {
                     relogged += 1;
                 }

@@ -169,21 +169,22 @@ fn stopped_and_resumed_run_matches_uninterrupted_run_bitwise() {
     assert_eq!(again.step, 30);
 }
 
+/// Trains `cfg` in `run_dir` and stops after step 20 (checkpoints at 10 and 20).
+fn train_until_step_20(cfg: &TrainConfig, run_dir: &Path) {
+    let options = TrainOptions {
+        stop_after: Some(20),
+        ..options(run_dir)
+    };
+    train::<AB>(cfg, &options, &Default::default()).unwrap();
+}
+
 #[test]
 fn damaged_newest_checkpoint_is_skipped_for_the_previous_one() {
     let _serial = prepare_once();
     let cfg = config(&[]);
     let device = Default::default();
     let tmp = tempfile::tempdir().unwrap();
-    train::<AB>(
-        &cfg,
-        &TrainOptions {
-            stop_after: Some(20),
-            ..options(tmp.path())
-        },
-        &device,
-    )
-    .unwrap();
+    train_until_step_20(&cfg, tmp.path());
     let ckpts = complete_checkpoints(tmp.path());
     assert_eq!(ckpts.iter().map(|c| c.0).collect::<Vec<_>>(), vec![20, 10]);
     // Flip a byte of the newest weights: resume must fall back to step 10.
@@ -210,15 +211,7 @@ fn incomplete_checkpoint_without_marker_is_ignored() {
     let cfg = config(&[]);
     let device = Default::default();
     let tmp = tempfile::tempdir().unwrap();
-    train::<AB>(
-        &cfg,
-        &TrainOptions {
-            stop_after: Some(20),
-            ..options(tmp.path())
-        },
-        &device,
-    )
-    .unwrap();
+    train_until_step_20(&cfg, tmp.path());
     let newest = tmp.path().join("step-00000020");
     std::fs::remove_file(newest.join(DONE_FILE)).unwrap();
     let resumed = train::<AB>(&cfg, &options(tmp.path()), &device).unwrap();
