@@ -23,7 +23,7 @@ mkdir -p "$out"
 # Start from a clean slate: a run dir left by an earlier check (another commit, another clone
 # path) holds checkpoints of a different configuration, which `train` and `run` rightly refuse.
 # Only what this script itself creates is removed.
-rm -rf "$out"/c-cpu "$out"/c-cpu-bf16 "$out"/c-gpu "$out"/c-bf16 "$out"/c-bf16p "$out"/pipeline "$out"/data "$out"/data-full
+rm -rf "$out"/c-cpu "$out"/c-cpu-fused "$out"/c-cpu-bf16 "$out"/c-gpu "$out"/c-gpu-composed "$out"/c-bf16 "$out"/c-bf16p "$out"/pipeline "$out"/data "$out"/data-full
 rm -f "$out"/*.log "$out"/train-check.toml "$out"/pipeline.toml
 results="$out/results.jsonl"
 : > "$results"
@@ -76,15 +76,20 @@ with open(sys.argv[3] + "/../results.jsonl", "a") as f:
 sys.exit(0 if ok else 1)
 PY
 }
-train5() { # dir backend precision
+train5() { # dir backend precision [attention: auto (default), fused, composed]
   timeout 240 "$bin" train --config "$cfg" --run-dir "$1" --set run.max_steps=5 --set run.eval_every=5 \
-    --set run.backend="$2" --set run.precision="$3" > "$1.log" 2>&1
+    --set run.backend="$2" --set run.precision="$3" --set run.attention="${4:-auto}" > "$1.log" 2>&1
   local rc=$?
   [ $rc = 0 ] || { note "train on $2/$3 failed: $(why "$1.log" $rc)"; return 1; }
 }
 note "== hyperclone GPU check $(date -u +%FT%TZ) binary $bin"
 [ $cpu_only = 0 ] && note "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
+# Attention: `auto` trains with the fused attention on the GPU (flash forward, recomputing
+# backward) and with burn's composed one on the CPU at this short sequence; the CPU runs the
+# fused one too, so a GPU mismatch can be told apart from the op's own maths.
 train5 "$out/c-cpu" flex f32 || status=1
+train5 "$out/c-cpu-fused" flex f32 fused || status=1
+compare "f32 cpu fused vs composed attention" 1e-5 "$out/c-cpu-fused" "$out/c-cpu" || status=1
 train5 "$out/c-gpu" $gpu f32 || status=1
 compare "f32 $gpu vs cpu" 1e-4 "$out/c-gpu" "$out/c-cpu" || status=1
 # bf16 = mixed precision (f32 weights, bf16 matmuls): on the GPU and, in the CPU half, on flex.
@@ -97,6 +102,8 @@ if [ $cpu_only = 0 ]; then
   compare "bf16 cuda vs cpu bf16" 1e-2 "$out/c-bf16" "$out/c-cpu-bf16" || status=1
   train5 "$out/c-bf16p" cuda bf16-pure || status=1
   compare "bf16-pure cuda vs cpu f32" 1e-2 "$out/c-bf16p" "$out/c-cpu" || status=1
+  train5 "$out/c-gpu-composed" cuda f32 composed || status=1
+  compare "f32 cuda composed attention vs cpu" 1e-4 "$out/c-gpu-composed" "$out/c-cpu" || status=1
 fi
 
 # (2) Throughput: ours and the PyTorch reference, same shapes and precision.
@@ -106,24 +113,50 @@ v = json.load(sys.stdin)
 mfu = v.get("mfu")
 res, rss = v.get("gpu_memory_reserved_bytes"), v.get("peak_memory_bytes")
 mem = "%.0f MiB reserved" % (res / 2**20) if res else ("%.0f MiB peak" % (rss / 2**20) if rss else "n/a")
-print("%.0f tok/s, %.1f ms/step, %.2f TFLOP/s, MFU %s, memory %s" % (v["tokens_per_s"], v["step_ms"], v["tflops_per_s"], "n/a" if mfu is None else "%.1f%%" % (100 * mfu), mem))'
+att = " (%s attention)" % v["attention"] if "attention" in v else ""
+print("%.0f tok/s, %.1f ms/step, %.2f TFLOP/s, MFU %s, memory %s%s" % (v["tokens_per_s"], v["step_ms"], v["tflops_per_s"], "n/a" if mfu is None else "%.1f%%" % (100 * mfu), mem, att))'
 }
-bench_ours() { # preset batch seq precision steps
-  local line
-  line=$(timeout 150 "$bin" bench --backend $gpu --preset "$1" --batch "$2" --seq "$3" --precision "$4" --steps "$5" --warmup 2 2>"$out/bench-$1-$4.log" | tail -1)
+bench_ours() { # preset batch seq precision steps [attention: auto (default), fused, composed]
+  local line att="${6:-auto}" log="$out/bench-$1-B$2-$4-${6:-auto}.log"
+  line=$(timeout 150 "$bin" bench --backend $gpu --preset "$1" --batch "$2" --seq "$3" --precision "$4" --attention "$att" --steps "$5" --warmup 2 2>"$log" | tail -1)
   if [ -n "$line" ]; then echo "$line" >> "$results"; note "ours    $1 B=$2 T=$3 $4: $(echo "$line" | fmt_line)"
-  else note "ours    $1 $4: failed ($(why "$out/bench-$1-$4.log"))"; status=1; fi
+  else note "ours    $1 B=$2 $4 $att attention: failed ($(why "$log"))"; status=1; fi
 }
 bench_torch() { # preset batch seq dtype steps
   local line dev=cuda
   [ $cpu_only = 1 ] && dev=cpu
   python3 -c "import torch" 2>/dev/null || { note "pytorch $1 $4: skipped (no torch)"; return 0; }
-  line=$(timeout 150 python3 scripts/reference/gpt_bench.py --preset "$1" --batch "$2" --seq "$3" --dtype "$4" --device $dev --steps "$5" --warmup-steps 2 ${TORCH_THREADS:+--threads $TORCH_THREADS} 2>"$out/torch-$1-$4.log" | tail -1)
+  line=$(timeout 150 python3 scripts/reference/gpt_bench.py --preset "$1" --batch "$2" --seq "$3" --dtype "$4" --device $dev --steps "$5" --warmup-steps 2 ${TORCH_THREADS:+--threads $TORCH_THREADS} 2>"$out/torch-$1-B$2-$4.log" | tail -1)
   if [ -n "$line" ]; then echo "$line" >> "$results"; note "pytorch $1 B=$2 T=$3 $4: $(echo "$line" | fmt_line)"
-  else note "pytorch $1 $4: failed ($(why "$out/torch-$1-$4.log"))"; fi
+  else note "pytorch $1 $4: failed ($(why "$out/torch-$1-B$2-$4.log"))"; fi
+}
+# Benches of ours with the fused and the composed attention start from the same weights and
+# tokens: their final losses must agree (float rounding only). At full size this checks the fused
+# op where CubeCL may pick other kernels than at the tiny correctness shape.
+same_loss() { # preset batch dtype
+  python3 - "$results" "$@" <<'PY' | tee -a "$table"
+import json, sys
+path, preset, batch, dtype = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+runs = {}
+for line in open(path):
+    r = json.loads(line)
+    if r.get("impl") == "hyperclone" and (r.get("preset"), r.get("batch"), r.get("dtype")) == (preset, batch, dtype):
+        runs[r.get("attention")] = r
+tol = 1e-2 if dtype != "f32" else 1e-4
+if "fused" in runs and "composed" in runs:
+    a, b = runs["fused"]["final_loss"], runs["composed"]["final_loss"]
+    rel = abs(a - b) / abs(b)
+    ok = rel <= tol
+    print(f"correctness {preset} {dtype} fused vs composed attention (bench's last loss): {a:.5f} vs {b:.5f}, relative {rel:.1e} (tolerance {tol:g}) {'OK' if ok else 'FAIL'}")
+    sys.exit(0 if ok else 1)
+print(f"correctness {preset} {dtype} fused vs composed attention: skipped (a bench failed)")
+PY
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
 }
 if [ $cpu_only = 1 ]; then
-  bench_ours cpu-tiny 8 64 f32 5
+  bench_ours cpu-tiny 8 64 f32 5 composed
+  bench_ours cpu-tiny 8 64 f32 5 fused
+  same_loss cpu-tiny 8 f32
   TORCH_THREADS=2 bench_torch cpu-tiny 8 64 f32 5
 else
   # Most wanted first: a lease can end mid-script, and each line of the table is kept as it comes.
@@ -131,6 +164,9 @@ else
   # sides keeps weights and optimiser state in bf16.
   bench_ours gpt2-124m 8 1024 bf16 10
   bench_torch gpt2-124m 8 1024 bf16 10
+  # The fused attention's effect, measured: the same step with burn's composed attention.
+  bench_ours gpt2-124m 8 1024 bf16 10 composed
+  same_loss gpt2-124m 8 bf16
   bench_ours gpt2-124m 8 1024 bf16-pure 10
   bench_torch gpt2-124m 8 1024 bf16-pure 10
 fi
@@ -157,6 +193,9 @@ if [ $cpu_only = 0 ]; then
   bench_torch gpt2-350m 8 1024 bf16 5
   bench_ours gpt2-350m 8 1024 f32 5
   bench_torch gpt2-350m 8 1024 f32 5
+  # What the memory the fused attention frees buys: twice the batch.
+  bench_ours gpt2-124m 16 1024 bf16 10
+  bench_torch gpt2-124m 16 1024 bf16 10
 fi
 echo
 echo "==== summary ($out)"

@@ -3,7 +3,7 @@
 //! features of the same names.
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
+use hyperclone_model::GptAutodiffBackend;
 use hyperclone_training::{BackendKind, Precision};
 
 /// What a job learns about where it runs.
@@ -20,7 +20,7 @@ pub trait Job {
     /// What the job returns.
     type Output;
     /// Runs the job on `device`.
-    fn run<AB: AutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<Self::Output>;
+    fn run<AB: GptAutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<Self::Output>;
 }
 
 /// The backends compiled into this binary.
@@ -95,7 +95,7 @@ pub fn check_available(kind: BackendKind, precision: Precision) -> Result<()> {
     struct Noop;
     impl Job for Noop {
         type Output = ();
-        fn run<AB: AutodiffBackend>(self, _device: &AB::Device, _env: Env) -> Result<()> {
+        fn run<AB: GptAutodiffBackend>(self, _device: &AB::Device, _env: Env) -> Result<()> {
             Ok(())
         }
     }

@@ -5,8 +5,9 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
-use hyperclone_model::{tokens_tensor, Gpt, GptConfig, SplitMix64};
+use hyperclone_model::{
+    tokens_tensor, AttentionKernel, Gpt, GptAutodiffBackend, GptConfig, SplitMix64,
+};
 use hyperclone_training::config::OptimizerConfig;
 use hyperclone_training::metrics::{peak_flops, peak_rss_bytes};
 use hyperclone_training::optim::AdamW;
@@ -39,6 +40,11 @@ pub struct BenchArgs {
     /// f32, bf16 (mixed: f32 weights, bf16 compute) or bf16-pure (bf16 weights; cuda only).
     #[arg(long, default_value = "f32", value_parser = str::parse::<Precision>)]
     pub precision: Precision,
+    /// How the training step differentiates attention: fused (the backend's kernel, a
+    /// recomputing backward), composed (burn's op-by-op autodiff) or auto (fused on GPUs and
+    /// on the CPU from 256 tokens).
+    #[arg(long, default_value = "auto", value_parser = str::parse::<AttentionKernel>)]
+    pub attention: AttentionKernel,
 }
 
 struct BenchJob {
@@ -49,11 +55,12 @@ struct BenchJob {
 
 impl Job for BenchJob {
     type Output = serde_json::Value;
-    fn run<AB: AutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<Self::Output> {
+    fn run<AB: GptAutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<Self::Output> {
         let BenchJob { args, config, seq } = self;
         let batch = args.batch;
-        let mut model =
-            Gpt::<AB>::init(&config, 0, device)?.with_compute_dtype(args.precision.compute_dtype());
+        let mut model = Gpt::<AB>::init(&config, 0, device)?
+            .with_compute_dtype(args.precision.compute_dtype())
+            .with_attention_kernel(args.attention);
         let mut optimizer = AdamW::<AB>::new(OptimizerConfig::default());
         let mut rng = SplitMix64::new(1);
         let ids: Vec<u32> = (0..batch * (seq + 1))
@@ -102,6 +109,7 @@ impl Job for BenchJob {
             "batch": batch,
             "seq": seq,
             "dtype": args.precision.as_str(),
+            "attention": args.attention.resolved_name::<AB>(seq),
             "backend": env.backend_name,
             "device": if env.backend_name == "flex" { "cpu" } else { "cuda" },
             "device_name": env.device_name,
@@ -155,12 +163,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         },
     )?;
     println!(
-        "{} {} B={} T={} {}: {:.1} ms/step, {:.0} tokens/s, {:.2} TFLOP/s, MFU {}",
+        "{} {} B={} T={} {} ({} attention): {:.1} ms/step, {:.0} tokens/s, {:.2} TFLOP/s, MFU {}",
         json["backend"].as_str().unwrap_or(""),
         args.preset,
         args.batch,
         seq,
         json["dtype"].as_str().unwrap_or(""),
+        json["attention"].as_str().unwrap_or(""),
         json["step_ms"].as_f64().unwrap_or(f64::NAN),
         json["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
         json["tflops_per_s"].as_f64().unwrap_or(f64::NAN),

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use burn::tensor::backend::Backend;
 use hyperclone_cloning::{
     expand_config, expand_folder, ExpandOptions, ProbeSpec, Variant, DEFAULT_TOLERANCE_F32,
 };
 use hyperclone_model::checkpoint::read_meta;
+use hyperclone_model::GptBackend;
 
 /// The backend `expand` runs on until the CLI's backend selection is wired in.
 type CliBackend = burn::backend::Flex;
@@ -77,7 +77,7 @@ pub fn run(args: ExpandArgs) -> Result<()> {
 }
 
 /// Runs `hyperclone expand` on backend `B` and `device`.
-pub fn run_on<B: Backend>(args: ExpandArgs, device: &B::Device) -> Result<()> {
+pub fn run_on<B: GptBackend>(args: ExpandArgs, device: &B::Device) -> Result<()> {
     let start = Instant::now();
     let opts = ExpandOptions {
         width_factor: args.width,

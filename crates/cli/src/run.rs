@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use burn::tensor::backend::AutodiffBackend;
+use hyperclone_model::GptAutodiffBackend;
 use hyperclone_training::experiment::ExperimentSummary;
 use hyperclone_training::{
     run_experiment, BackendKind, ExperimentConfig, ExperimentOptions, Precision, Stage,
@@ -32,7 +32,7 @@ struct RunJob {
 
 impl Job for RunJob {
     type Output = ExperimentSummary;
-    fn run<AB: AutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<Self::Output> {
+    fn run<AB: GptAutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<Self::Output> {
         tracing::info!(
             "experiment {:?} on {} ({}) into {}",
             self.config.experiment.name,

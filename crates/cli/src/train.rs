@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use burn::tensor::backend::AutodiffBackend;
 use hyperclone_model::checkpoint::load_model;
+use hyperclone_model::GptAutodiffBackend;
 use hyperclone_model::{generate, SampleOptions};
 use hyperclone_training::checkpoint::complete_checkpoints;
 use hyperclone_training::{train, BackendKind, Precision, TrainConfig, TrainOptions, TrainSummary};
@@ -51,7 +51,7 @@ struct TrainJob {
 
 impl Job for TrainJob {
     type Output = TrainSummary;
-    fn run<AB: AutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<TrainSummary> {
+    fn run<AB: GptAutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<TrainSummary> {
         let mut options = self.options;
         options.backend_name = env.backend_name.to_string();
         options.device_name = env.device_name;
@@ -190,7 +190,7 @@ struct GenerateJob {
 
 impl Job for GenerateJob {
     type Output = Vec<u32>;
-    fn run<AB: AutodiffBackend>(self, device: &AB::Device, _env: Env) -> Result<Vec<u32>> {
+    fn run<AB: GptAutodiffBackend>(self, device: &AB::Device, _env: Env) -> Result<Vec<u32>> {
         let model = load_model::<AB::InnerBackend>(&self.model_dir, device)?;
         Ok(generate(&model, &self.prompt_ids, &self.options))
     }

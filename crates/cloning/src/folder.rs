@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 use hyperclone_model::checkpoint::{load_model, CheckpointError};
 use hyperclone_model::tokens_tensor;
+use hyperclone_model::GptBackend;
 
 use crate::{
     expand, probe_tokens, save_expanded, verify, CloneError, ExpandOptions, ExpandRecord,
@@ -59,7 +59,7 @@ pub struct FolderExpansion {
 
 /// Loads the model in `from`, expands it with `opts`, verifies it on the probe and writes
 /// `out` (model files + `expand.json`) atomically. `device_name` is recorded.
-pub fn expand_folder<B: Backend>(
+pub fn expand_folder<B: GptBackend>(
     from: &Path,
     out: &Path,
     opts: &ExpandOptions,

@@ -3,6 +3,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
+use hyperclone_model::GptBackend;
 use hyperclone_model::{Gpt, SplitMix64};
 use serde::{Deserialize, Serialize};
 
@@ -127,7 +128,7 @@ fn host<B: Backend, const D: usize>(
 }
 
 /// Runs both models on `tokens` (`[B, T]`) and compares their logits in f64 on the host.
-pub fn verify<B: Backend>(
+pub fn verify<B: GptBackend>(
     source: &Gpt<B>,
     target: &Gpt<B>,
     tokens: Tensor<B, 2, Int>,

@@ -1,6 +1,6 @@
 //! Autoregressive sampling: temperature, top-k, seeded.
 
-use burn::tensor::backend::Backend;
+use crate::attention::GptBackend;
 
 use crate::gpt::{tokens_tensor, Gpt};
 use crate::rng::SplitMix64;
@@ -71,7 +71,11 @@ pub fn sample_token(logits: &[f32], options: &SampleOptions, rng: &mut SplitMix6
 /// Appends up to `max_new_tokens` sampled tokens to `prompt` and returns the whole sequence.
 /// The context is cropped to the model's `context_length` (no KV cache: fine for the small
 /// models this runs on the CPU).
-pub fn generate<B: Backend>(model: &Gpt<B>, prompt: &[u32], options: &SampleOptions) -> Vec<u32> {
+pub fn generate<B: GptBackend>(
+    model: &Gpt<B>,
+    prompt: &[u32],
+    options: &SampleOptions,
+) -> Vec<u32> {
     let device = model.wte.weight.device();
     let ctx = model.config().context_length;
     let vocab = model.config().vocab_size;

@@ -3,12 +3,14 @@
 //!
 //! The architecture lives in one file, [`gpt`], readable top-down.
 
+pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod generate;
 pub mod gpt;
 pub mod rng;
 
+pub use attention::{AttentionKernel, GptAutodiffBackend, GptBackend};
 pub use config::{ConfigError, GptConfig, MlpKind, NormKind, Positional};
 pub use generate::{generate, sample_token, SampleOptions};
 pub use gpt::{tokens_tensor, Attention, Block, Gpt, Mlp, Norm, RopeTables};

@@ -35,6 +35,9 @@ pub struct RunInfo {
     /// Compute precision ("f32", "bf16", ...).
     #[serde(default)]
     pub precision: Option<String>,
+    /// How training differentiated attention ("fused", "composed").
+    #[serde(default)]
+    pub attention: Option<String>,
     /// How the weights were initialised ("random", "expanded", "resume").
     #[serde(default)]
     pub init: Option<String>,

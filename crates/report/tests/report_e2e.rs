@@ -119,7 +119,7 @@ fn write_stage(
         d.join("run_info.json"),
         json!({"backend": "flex", "device": "cpu", "device_name": "Test CPU | 2 cores",
                "devices": 1, "param_count": params as u64, "flops_per_token": 6.0 * params,
-               "seed": seed, "precision": "f32", "init": init})
+               "seed": seed, "precision": "f32", "attention": "fused", "init": init})
         .to_string(),
     )
     .unwrap();
@@ -266,6 +266,10 @@ fn single_seed_report_has_every_section_and_the_analytic_speedups() {
     // The expansion check and an unknown expand.json key, hardware with a `|` in its name.
     assert!(md.contains("symmetric") && md.contains("snr_db"));
     assert!(md.contains("Test CPU \\| 2 cores"));
+    assert!(
+        md.contains("| f32 | fused |"),
+        "the throughput table names the attention"
+    );
 
     // Plots: every PNG starts with the PNG magic, every SVG is an SVG document, and each is
     // linked from report.md.

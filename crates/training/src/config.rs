@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use hyperclone_data::PrepareOptions;
-use hyperclone_model::GptConfig;
+use hyperclone_model::{AttentionKernel, GptConfig};
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration could not be read.
@@ -284,6 +284,13 @@ pub struct RunConfig {
     /// Weight and compute precision.
     #[serde(default = "default_precision")]
     pub precision: Precision,
+    /// How training differentiates attention: `fused` (the backend's attention kernel, flash
+    /// attention on GPUs, with a backward that recomputes the attention matrix), `composed`
+    /// (burn's op-by-op autodiff; more memory, kept for comparison) or `auto` (fused on GPUs,
+    /// and on the CPU from 256 tokens, where it is faster). Each computes the same function;
+    /// losses differ only by float rounding.
+    #[serde(default)]
+    pub attention: AttentionKernel,
 }
 
 fn default_backend() -> BackendKind {
@@ -634,6 +641,35 @@ mod tests {
         let c = load(BASE, &[]).unwrap();
         let again = load(&c.to_toml(), &[]).unwrap();
         assert_eq!(c, again);
+    }
+
+    #[test]
+    fn attention_kernel_defaults_to_auto_and_parses_with_a_clear_error() {
+        assert_eq!(
+            load(BASE, &[]).unwrap().run.attention,
+            AttentionKernel::Auto
+        );
+        for (name, want) in [
+            ("auto", AttentionKernel::Auto),
+            ("fused", AttentionKernel::Fused),
+            ("composed", AttentionKernel::Composed),
+        ] {
+            let c = load(BASE, &[format!("run.attention={name}").as_str()]).unwrap();
+            assert_eq!(c.run.attention, want);
+            assert_eq!(load(&c.to_toml(), &[]).unwrap().run.attention, want);
+        }
+        // Not part of the trajectory: a run may resume with the other kernel.
+        let model = GptConfig::cpu_tiny();
+        let fused = load(BASE, &["run.attention=fused"]).unwrap();
+        let composed = load(BASE, &["run.attention=composed"]).unwrap();
+        assert_eq!(
+            crate::trainer::trajectory_hash(&fused, &model),
+            crate::trainer::trajectory_hash(&composed, &model)
+        );
+        let e = load(BASE, &["run.attention=flash"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("attention") && e.contains("flash"), "{e}");
     }
 
     #[test]

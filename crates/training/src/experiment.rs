@@ -17,10 +17,10 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::AutodiffBackend;
 use hyperclone_cloning::{expand_config, expand_folder, ExpandOptions, ProbeSpec};
 use hyperclone_data::PrepareOptions;
 use hyperclone_model::checkpoint::sha256_hex;
+use hyperclone_model::GptAutodiffBackend;
 use hyperclone_model::GptConfig;
 use serde::{Deserialize, Serialize};
 
@@ -362,7 +362,7 @@ pub struct ExperimentSummary {
 }
 
 /// Runs the experiment's stages in order (or the one in `options.only`), then the report.
-pub fn run_experiment<AB: AutodiffBackend>(
+pub fn run_experiment<AB: GptAutodiffBackend>(
     exp: &ExperimentConfig,
     options: &ExperimentOptions,
     device: &AB::Device,
@@ -411,7 +411,7 @@ pub fn run_experiment<AB: AutodiffBackend>(
     })
 }
 
-fn run_seed<AB: AutodiffBackend>(
+fn run_seed<AB: GptAutodiffBackend>(
     exp: &ExperimentConfig,
     seed: Option<u64>,
     root: &Path,

@@ -77,6 +77,10 @@ pub struct EvalLine {
     pub symmetry: Option<SymmetryLine>,
 }
 
+fn composed() -> String {
+    "composed".into()
+}
+
 /// Describes the run's hardware and model for the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
@@ -96,6 +100,10 @@ pub struct RunInfo {
     pub seed: u64,
     /// `f32`, `bf16` (mixed) or `bf16-pure`.
     pub precision: String,
+    /// How training differentiated attention: `fused` or `composed` (runs recorded before the
+    /// choice existed used `composed`).
+    #[serde(default = "composed")]
+    pub attention: String,
     /// `random`, `expanded` (from `--init-from` of an expanded model), `init-from` or `resume`.
     pub init: String,
     /// Peak FLOP/s used for MFU and whether it is an estimate.

@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::ElementConversion;
 use hyperclone_data::{validation_batches, Batch, BatchSampler, PreparedData};
 use hyperclone_model::checkpoint::{load_model, save_model, sha256_hex, write_dir_atomically};
 use hyperclone_model::{tokens_tensor, Gpt, GptConfig};
+use hyperclone_model::{GptAutodiffBackend, GptBackend};
 
 use crate::checkpoint::{load_latest, prune, save_checkpoint, RunDirError, TrainState};
 use crate::config::TrainConfig;
@@ -166,7 +167,7 @@ fn step_seed(seed: u64, step: u64) -> u64 {
 /// One forward, backward and AdamW step (learning rate 0) on copies of `model` and a fresh
 /// optimiser with the micro-batch `index`, and one evaluation forward: the kernels of every
 /// shape a step uses get compiled; everything computed is dropped.
-fn warm_up<AB: AutodiffBackend>(
+fn warm_up<AB: GptAutodiffBackend>(
     model: &Gpt<AB>,
     optimizer_config: &crate::config::OptimizerConfig,
     sampler: &BatchSampler,
@@ -193,7 +194,7 @@ fn warm_up<AB: AutodiffBackend>(
 }
 
 /// Mean loss of `model` over the fixed validation batches.
-pub fn evaluate<B: Backend>(model: &Gpt<B>, batches: &[Batch], device: &B::Device) -> f64 {
+pub fn evaluate<B: GptBackend>(model: &Gpt<B>, batches: &[Batch], device: &B::Device) -> f64 {
     let mut total = 0.0;
     for b in batches {
         let x = tokens_tensor::<B>(&b.inputs(), b.batch_size, b.seq_len, device);
@@ -237,7 +238,7 @@ fn describe_diff(config: &GptConfig, checkpoint: &GptConfig) -> String {
 
 /// Trains according to `config`, resuming from `options.run_dir` when it holds a complete
 /// checkpoint, else starting from `options.init_from` or random weights.
-pub fn train<AB: AutodiffBackend>(
+pub fn train<AB: GptAutodiffBackend>(
     config: &TrainConfig,
     options: &TrainOptions,
     device: &AB::Device,
@@ -367,7 +368,9 @@ pub fn train<AB: AutodiffBackend>(
     let peak = peak_flops(&options.device_name, precision.matmuls_in_bf16());
     // Mixed precision is a property of the forward pass, not of the weights: set it on every
     // path (fresh, --init-from, resume).
-    let mut model = model.with_compute_dtype(precision.compute_dtype());
+    let mut model = model
+        .with_compute_dtype(precision.compute_dtype())
+        .with_attention_kernel(config.run.attention);
     let info = RunInfo {
         backend: options.backend_name.clone(),
         device: if options.device_name.starts_with("cpu") {
@@ -381,6 +384,11 @@ pub fn train<AB: AutodiffBackend>(
         flops_per_token,
         seed: config.run.seed,
         precision: precision.as_str().into(),
+        attention: config
+            .run
+            .attention
+            .resolved_name::<AB>(config.run.seq_len)
+            .into(),
         init: init_kind.into(),
         peak_flops: peak.map(|p| p.0),
         peak_estimated: peak.is_none_or(|p| p.1),

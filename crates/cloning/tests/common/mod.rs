@@ -165,7 +165,12 @@ pub fn tensors(bytes: &[u8]) -> std::collections::BTreeMap<String, (Vec<usize>, 
 }
 
 /// Logits of `model` on `ids` (`[batch, seq]`) as a host vector.
-pub fn logits<B: Backend>(model: &Gpt<B>, ids: &[u32], batch: usize, seq: usize) -> Vec<f32> {
+pub fn logits<B: hyperclone_model::GptBackend>(
+    model: &Gpt<B>,
+    ids: &[u32],
+    batch: usize,
+    seq: usize,
+) -> Vec<f32> {
     let device = model.wte.weight.val().device();
     model
         .forward(hyperclone_model::tokens_tensor(ids, batch, seq, &device))
