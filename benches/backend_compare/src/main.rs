@@ -4,12 +4,11 @@
 use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex, NdArray};
-use burn::tensor::backend::AutodiffBackend;
-use hyperclone_model::{tokens_tensor, Gpt, GptConfig, SplitMix64};
+use hyperclone_model::{tokens_tensor, Gpt, GptAutodiffBackend, GptConfig, SplitMix64};
 use hyperclone_training::config::OptimizerConfig;
 use hyperclone_training::optim::AdamW;
 
-fn step_ms<AB: AutodiffBackend>(config: &GptConfig, batch: usize, seq: usize, steps: usize) -> f64 {
+fn step_ms<AB: GptAutodiffBackend>(config: &GptConfig, batch: usize, seq: usize, steps: usize) -> f64 {
     let device = AB::Device::default();
     let mut model = Gpt::<AB>::init(config, 0, &device).expect("valid preset");
     let mut optimizer = AdamW::<AB>::new(OptimizerConfig::default());

@@ -56,9 +56,7 @@ impl AttentionKernel {
             AttentionKernel::Composed => "composed",
         }
     }
-}
 
-impl AttentionKernel {
     /// Whether training on backend `B` with sequences of `seq_len` tokens runs the fused
     /// attention (`Auto` asks the backend).
     pub fn is_fused_on<B: GptBackend>(self, seq_len: usize) -> bool {
@@ -108,7 +106,8 @@ pub fn causal_options() -> AttentionModuleOptions {
 ///
 /// Inference backends use the default, burn's attention kernel. [`Autodiff`] overrides it with
 /// a custom backward (see the module docs). Implemented for the backends hyperclone builds
-/// with; another backend needs one line, `impl GptBackend for MyBackend {}`.
+/// with (cuda, wgpu, ndarray behind this crate's features of those names); another backend
+/// needs one line here, `impl GptBackend for ThatBackend {}`.
 pub trait GptBackend: Backend {
     /// `softmax(q·kᵀ/√hs + causal mask)·v`.
     ///
