@@ -1,6 +1,6 @@
 //! Autoregressive sampling: temperature, top-k, seeded.
 
-use crate::attention::GptBackend;
+use crate::ops::GptBackend;
 
 use crate::gpt::{tokens_tensor, Gpt};
 use crate::rng::SplitMix64;

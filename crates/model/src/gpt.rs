@@ -13,13 +13,14 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
-use burn::tensor::activation::{log_softmax, sigmoid, silu};
+use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData, TensorPrimitive};
 
-use crate::attention::{causal_options, AttentionKernel, GptBackend};
 use crate::config::{ConfigError, GptConfig, MlpKind, NormKind, Positional};
+use crate::ops::attention::{causal_options, AttentionKernel};
+use crate::ops::GptBackend;
 use crate::rng::SplitMix64;
 
 /// `x` in `dtype`; no operation (and no autodiff node) when it already is.
@@ -493,17 +494,6 @@ impl<B: Backend> Gpt<B> {
         &self.config
     }
 
-    /// Mean cross-entropy of `logits` against `targets` over all B·T positions.
-    ///
-    /// # Shapes
-    /// `logits: [B, T, V]`, `targets: [B, T]` → `[1]`
-    pub fn loss(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
-        let [b, t, v] = logits.dims();
-        let log_probs = log_softmax(logits.reshape([b * t, v]), 1); // [B·T, V]
-        let picked = log_probs.gather(1, targets.reshape([b * t, 1])); // [B·T, 1]
-        picked.mean().neg()
-    }
-
     /// Number of parameters actually held by this module (tied weights once).
     pub fn num_params(&self) -> usize {
         Module::num_params(self)
@@ -555,6 +545,18 @@ impl<B: GptBackend> Gpt<B> {
             x = block.forward(x, rope.as_ref(), self.compute_dtype, self.attention_kernel);
         }
         self.ln_f.forward(x)
+    }
+
+    /// Mean cross-entropy of `logits` against `targets` over all B·T positions, as one
+    /// operation with its own backward ([`GptBackend::cross_entropy`]).
+    ///
+    /// # Shapes
+    /// `logits: [B, T, V]`, `targets: [B, T]` → `[1]`
+    pub fn loss(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+        let [b, t, v] = logits.dims();
+        let logits = logits.reshape([b * t, v]).into_primitive().tensor(); // [B·T, V]
+        let targets = targets.reshape([b * t]).into_primitive(); // [B·T]
+        Tensor::from_primitive(TensorPrimitive::Float(B::cross_entropy(logits, targets)))
     }
 
     /// Forward pass and loss in one call.
@@ -707,7 +709,7 @@ mod tests {
     }
 
     /// Training through the fused attention (the backend's kernel forward, the recomputing
-    /// backward of `attention.rs`) gives the composed attention's loss and every parameter's
+    /// backward of `ops/attention.rs`) gives the composed attention's loss and every parameter's
     /// gradient, for GPT-2-style and Llama-style (RoPE, GQA) models.
     #[test]
     fn fused_and_composed_attention_train_alike() {

@@ -1,4 +1,4 @@
-//! Causal attention as one differentiable operation.
+//! Causal attention as one differentiable operation ([`GptBackend::causal_attention`]).
 //!
 //! burn 0.21 has a fused attention kernel for inference (flash attention on the CubeCL
 //! backends, a tiled kernel on flex), but its autodiff backend does not use it: under autodiff,
@@ -26,9 +26,11 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::activation::softmax;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
 use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
+
+use super::GptBackend;
 
 /// How a training step differentiates attention (a run-time choice, not part of the model).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -101,121 +103,55 @@ pub fn causal_options() -> AttentionModuleOptions {
     }
 }
 
-/// A burn backend the GPT runs on: burn's [`Backend`] plus causal attention as one
-/// differentiable operation.
-///
-/// Inference backends use the default, burn's attention kernel. [`Autodiff`] overrides it with
-/// a custom backward (see the module docs). Implemented for the backends hyperclone builds
-/// with (cuda, wgpu, ndarray behind this crate's features of those names); another backend
-/// needs one line here, `impl GptBackend for ThatBackend {}`.
-pub trait GptBackend: Backend {
-    /// `softmax(q·kᵀ/√hs + causal mask)·v`.
-    ///
-    /// # Shapes
-    /// `q, k, v: [B, nh, T, hs]` → `[B, nh, T, hs]`
-    fn causal_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        Self::attention(q, k, v, None, None, causal_options())
-    }
+/// [`GptBackend::causal_attention`] on the autodiff backend: the inner backend's kernel forward,
+/// [`causal_attention_backward`] as its backward.
+pub(crate) fn autodiff_causal_attention<B: GptBackend, C: CheckpointStrategy>(
+    q: FloatTensor<Autodiff<B, C>>,
+    k: FloatTensor<Autodiff<B, C>>,
+    v: FloatTensor<Autodiff<B, C>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    /// State kept for the backward: q, k, v (as checkpointed nodes) and the output.
+    #[derive(Debug)]
+    struct CausalAttentionBackward;
 
-    /// Whether [`AttentionKernel::Auto`] trains with the fused attention at this sequence
-    /// length. Yes by default: on GPUs the composed attention writes and keeps several
-    /// `[B, nh, T, T]` tensors per layer.
-    fn fused_attention_pays(seq_len: usize) -> bool {
-        let _ = seq_len;
-        true
-    }
-}
+    impl<B: Backend> Backward<B, 3> for CausalAttentionBackward {
+        type State = (NodeId, NodeId, NodeId, FloatTensor<B>);
 
-/// A training backend: autodiff over a [`GptBackend`], itself a [`GptBackend`].
-pub trait GptAutodiffBackend: AutodiffBackend<InnerBackend: GptBackend> + GptBackend {}
-
-impl<B> GptAutodiffBackend for B
-where
-    B: AutodiffBackend + GptBackend,
-    B::InnerBackend: GptBackend,
-{
-}
-
-impl GptBackend for burn::backend::Flex {
-    /// Measured on 2 cores (benches/results/cpu-throughput.md, section 6): flex's attention
-    /// kernel copies its strided q, k, v and the recomputing backward costs a matmul more than
-    /// the composed one, which short sequences do not win back: a training step of cpu-tiny
-    /// (T = 64) is 8 % slower fused, cpu-small (T = 128) even, gpt2-124m even at T = 256 and
-    /// 17–20 % faster at T = 512 and 1024 (with 3.3 GiB less peak memory at B = 2, T = 1024).
-    fn fused_attention_pays(seq_len: usize) -> bool {
-        seq_len >= 256
-    }
-}
-
-#[cfg(feature = "ndarray")]
-impl GptBackend for burn::backend::NdArray {}
-
-// The GPU backends hyperclone's CLI builds: f32 (and mixed bf16) and, on CUDA, pure bf16.
-#[cfg(feature = "cuda")]
-impl GptBackend for burn::backend::Cuda<f32> {}
-#[cfg(feature = "cuda")]
-impl GptBackend for burn::backend::Cuda<burn::tensor::bf16> {}
-#[cfg(feature = "wgpu")]
-impl GptBackend for burn::backend::Wgpu<f32> {}
-
-impl<B: GptBackend, C: CheckpointStrategy> GptBackend for Autodiff<B, C> {
-    fn fused_attention_pays(seq_len: usize) -> bool {
-        B::fused_attention_pays(seq_len)
-    }
-
-    fn causal_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        /// State kept for the backward: q, k, v (as checkpointed nodes) and the output.
-        #[derive(Debug)]
-        struct CausalAttentionBackward;
-
-        impl<B: Backend> Backward<B, 3> for CausalAttentionBackward {
-            type State = (NodeId, NodeId, NodeId, FloatTensor<B>);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 3>,
-                grads: &mut Gradients,
-                checkpointer: &mut Checkpointer,
-            ) {
-                let (q, k, v, out) = ops.state;
-                let q = checkpointer.retrieve_node_output(q);
-                let k = checkpointer.retrieve_node_output(k);
-                let v = checkpointer.retrieve_node_output(v);
-                let grad_out = grads.consume::<B>(&ops.node);
-                let [grad_q, grad_k, grad_v] =
-                    causal_attention_backward::<B>(q, k, v, out, grad_out);
-                let [parent_q, parent_k, parent_v] = ops.parents;
-                for (parent, grad) in [(parent_q, grad_q), (parent_k, grad_k), (parent_v, grad_v)] {
-                    if let Some(node) = parent {
-                        grads.register::<B>(node.id, grad);
-                    }
+        fn backward(
+            self,
+            ops: Ops<Self::State, 3>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let (q, k, v, out) = ops.state;
+            let q = checkpointer.retrieve_node_output(q);
+            let k = checkpointer.retrieve_node_output(k);
+            let v = checkpointer.retrieve_node_output(v);
+            let grad_out = grads.consume::<B>(&ops.node);
+            let [grad_q, grad_k, grad_v] = causal_attention_backward::<B>(q, k, v, out, grad_out);
+            let [parent_q, parent_k, parent_v] = ops.parents;
+            for (parent, grad) in [(parent_q, grad_q), (parent_k, grad_k), (parent_v, grad_v)] {
+                if let Some(node) = parent {
+                    grads.register::<B>(node.id, grad);
                 }
             }
         }
+    }
 
-        match CausalAttentionBackward
-            .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state_q = prep.checkpoint(&q);
-                let state_k = prep.checkpoint(&k);
-                let state_v = prep.checkpoint(&v);
-                let out = B::causal_attention(q.primitive, k.primitive, v.primitive);
-                prep.finish((state_q, state_k, state_v, out.clone()), out)
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::causal_attention(q.primitive, k.primitive, v.primitive))
-            }
+    match CausalAttentionBackward
+        .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let state_q = prep.checkpoint(&q);
+            let state_k = prep.checkpoint(&k);
+            let state_v = prep.checkpoint(&v);
+            let out = B::causal_attention(q.primitive, k.primitive, v.primitive);
+            prep.finish((state_q, state_k, state_v, out.clone()), out)
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(B::causal_attention(q.primitive, k.primitive, v.primitive))
         }
     }
 }

@@ -1,0 +1,106 @@
+//! The operations the GPT needs beyond burn's: causal attention and cross-entropy, each a
+//! single differentiable operation with a backward of its own.
+//!
+//! burn 0.21's autodiff backend differentiates both op by op: attention as matmul, mask, max,
+//! exp, sum and divide; the loss as `log_softmax` then `gather`. Each recorded op keeps its
+//! input for the backward, so a step writes and keeps several `[B, nh, T, T]` tensors per layer
+//! and several `[B·T, V]` tensors at the head. [`GptBackend`] gives both a hand-written
+//! backward on [`Autodiff`] that recomputes what it needs from the inputs instead.
+
+pub mod attention;
+pub mod cross_entropy;
+
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::Autodiff;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::{FloatTensor, IntTensor};
+
+use attention::causal_options;
+
+/// A burn backend the GPT runs on: burn's [`Backend`] plus causal attention and cross-entropy
+/// as single differentiable operations.
+///
+/// Inference backends use the defaults (burn's attention kernel; log-sum-exp minus the target's
+/// logit). [`Autodiff`] overrides both with backward passes of their own (see [`attention`] and
+/// [`cross_entropy`]). Implemented for the backends hyperclone builds
+/// with (cuda, wgpu, ndarray behind this crate's features of those names); another backend
+/// needs one line here, `impl GptBackend for ThatBackend {}`.
+pub trait GptBackend: Backend {
+    /// `softmax(q·kᵀ/√hs + causal mask)·v`.
+    ///
+    /// # Shapes
+    /// `q, k, v: [B, nh, T, hs]` → `[B, nh, T, hs]`
+    fn causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::attention(q, k, v, None, None, causal_options())
+    }
+
+    /// Whether [`AttentionKernel::Auto`] trains with the fused attention at this sequence
+    /// length. Yes by default: on GPUs the composed attention writes and keeps several
+    /// `[B, nh, T, T]` tensors per layer.
+    fn fused_attention_pays(seq_len: usize) -> bool {
+        let _ = seq_len;
+        true
+    }
+
+    /// Mean cross-entropy of `logits` against the target ids.
+    ///
+    /// # Shapes
+    /// `logits: [N, V]`, `targets: [N]` → `[1]`
+    fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        cross_entropy::cross_entropy_forward::<Self>(logits, targets).0
+    }
+}
+
+/// A training backend: autodiff over a [`GptBackend`], itself a [`GptBackend`].
+pub trait GptAutodiffBackend: AutodiffBackend<InnerBackend: GptBackend> + GptBackend {}
+
+impl<B> GptAutodiffBackend for B
+where
+    B: AutodiffBackend + GptBackend,
+    B::InnerBackend: GptBackend,
+{
+}
+
+impl GptBackend for burn::backend::Flex {
+    /// Measured on 2 cores (benches/results/cpu-throughput.md, section 6): flex's attention
+    /// kernel copies its strided q, k, v and the recomputing backward costs a matmul more than
+    /// the composed one, which short sequences do not win back: a training step of cpu-tiny
+    /// (T = 64) is 8 % slower fused, cpu-small (T = 128) even, gpt2-124m even at T = 256 and
+    /// 17–20 % faster at T = 512 and 1024 (with 3.3 GiB less peak memory at B = 2, T = 1024).
+    fn fused_attention_pays(seq_len: usize) -> bool {
+        seq_len >= 256
+    }
+}
+
+#[cfg(feature = "ndarray")]
+impl GptBackend for burn::backend::NdArray {}
+
+// The GPU backends hyperclone's CLI builds: f32 (and mixed bf16) and, on CUDA, pure bf16.
+#[cfg(feature = "cuda")]
+impl GptBackend for burn::backend::Cuda<f32> {}
+#[cfg(feature = "cuda")]
+impl GptBackend for burn::backend::Cuda<burn::tensor::bf16> {}
+#[cfg(feature = "wgpu")]
+impl GptBackend for burn::backend::Wgpu<f32> {}
+
+impl<B: GptBackend, C: CheckpointStrategy> GptBackend for Autodiff<B, C> {
+    fn causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        attention::autodiff_causal_attention::<B, C>(q, k, v)
+    }
+
+    fn fused_attention_pays(seq_len: usize) -> bool {
+        B::fused_attention_pays(seq_len)
+    }
+
+    fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        cross_entropy::autodiff_cross_entropy::<B, C>(logits, targets)
+    }
+}
