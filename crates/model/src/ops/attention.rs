@@ -40,8 +40,9 @@ pub enum AttentionKernel {
     /// ([`GptBackend::fused_attention_pays`]), else [`AttentionKernel::Composed`].
     #[default]
     Auto,
-    /// [`GptBackend::causal_attention`]: the backend's attention kernel forward (flash
-    /// attention on CUDA and wgpu), a backward that recomputes the attention matrix.
+    /// [`GptBackend::causal_attention`]: the backend's attention kernel forward (on CUDA and
+    /// wgpu CubeCL's, autotuned between its flash kernels and its fallback), a backward that
+    /// recomputes the attention matrix.
     Fused,
     /// burn 0.21's own autodiff attention: composed of separate ops, each differentiated and
     /// each keeping its `[B, nh, T, T]` input. Kept to measure [`AttentionKernel::Fused`]
@@ -170,9 +171,10 @@ fn in_dtype<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor
 }
 
 /// The gradients of causal attention with respect to q, k and v (see the module docs), in the
-/// inputs' dtype. The matmuls run in the inputs' dtype; the softmax and its gradient (`P`,
-/// `dS`) in f32 at least, as FlashAttention keeps them, so bf16 inputs lose precision only
-/// where the matmuls round.
+/// inputs' dtype. For bf16 or f16 inputs the recomputed scores `q·kᵀ`, the softmax and its
+/// gradient (`S`, `P`, `dS`) are f32, as FlashAttention keeps them and as the forward kernels
+/// accumulate, so the backward's `P` is the forward's up to f32 rounding; the four other
+/// matmuls run in the inputs' dtype.
 ///
 /// # Shapes
 /// `q, k, v, out, grad_out: [B, nh, T, hs]` → three `[B, nh, T, hs]`
@@ -191,18 +193,26 @@ pub fn causal_attention_backward<B: Backend>(
         DType::F32
     };
     let [_, _, t, hs] = q.dims();
+    assert_eq!(
+        k.dims()[2],
+        t,
+        "causal attention here has as many keys as queries (no KV cache in training)"
+    );
     let scale = 1.0 / (hs as f64).sqrt();
-    let future = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &q.device()).unsqueeze::<4>(); // [1, 1, T, T]
-                                                                                           // The scale goes on [T, hs] operands, never on a [T, T] matrix (a pass fewer).
+    // [1, 1, T, T]: true above the diagonal (future keys)
+    let future = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &q.device()).unsqueeze::<4>();
+    // The scale goes on [T, hs] operands, never on a [T, T] matrix (a pass fewer).
     let q_scaled = q * scale;
-    let scores = q_scaled.clone().matmul(k.clone().swap_dims(2, 3)); // [B, nh, T, T]
-    let scores = in_dtype(scores, acc).mask_fill(future, f32::NEG_INFINITY);
-    let probs = softmax(scores, 3); // [B, nh, T, T], f32
-    let probs_mm = in_dtype(probs.clone(), dtype);
-    let grad_v = probs_mm.swap_dims(2, 3).matmul(grad_out.clone()); // [B, nh, T, hs]
+    let k_t = in_dtype(k.clone(), acc).swap_dims(2, 3); // [B, nh, hs, T]
+    let scores = in_dtype(q_scaled.clone(), acc).matmul(k_t); // [B, nh, T, T]
+    let probs = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3); // [B, nh, T, T]
+    let grad_v = in_dtype(probs.clone(), dtype)
+        .swap_dims(2, 3)
+        .matmul(grad_out.clone()); // [B, nh, T, hs]
     let grad_probs = in_dtype(grad_out.clone().matmul(v.swap_dims(2, 3)), acc); // [B, nh, T, T]
     let row_dot = (in_dtype(grad_out, acc) * in_dtype(out, acc)).sum_dim(3); // [B, nh, T, 1]
-    let grad_scores = in_dtype(probs * (grad_probs - row_dot), dtype); // [B, nh, T, T]; 0 where masked
+                                                                             // [B, nh, T, T]; 0 where masked
+    let grad_scores = in_dtype(probs * (grad_probs - row_dot), dtype);
     let grad_q = grad_scores.clone().matmul(k * scale); // [B, nh, T, hs]
     let grad_k = grad_scores.swap_dims(2, 3).matmul(q_scaled); // [B, nh, T, hs]
     [grad_q, grad_k, grad_v].map(|g| g.into_primitive().tensor())
@@ -211,29 +221,37 @@ pub fn causal_attention_backward<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::SplitMix64;
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
     use burn::backend::Flex;
+    use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::module::attention;
-    use burn::tensor::Distribution;
+    use burn::tensor::TensorData;
 
     type AB = Autodiff<Flex>;
 
-    /// q, k, v drawn from N(0, 1) in `dtype`, each a leaf that requires its gradient.
-    fn inputs(shape: [usize; 4], seed: u64, dtype: DType) -> [Tensor<AB, 4>; 3] {
-        <Flex as Backend>::seed(&Default::default(), seed);
-        let device = Default::default();
-        [0, 1, 2].map(|_| {
-            Tensor::<AB, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device)
-                .cast(dtype)
-                .require_grad()
-        })
+    /// `[B, nh, T, hs]` values N(0, 1) from a local generator: reproducible whatever other
+    /// tests draw meanwhile.
+    fn normal<B: Backend>(shape: [usize; 4], seed: u64, dtype: DType) -> Tensor<B, 4> {
+        let values = SplitMix64::new(seed).normal_vec(shape.iter().product(), 1.0);
+        Tensor::<B, 4>::from_data(TensorData::new(values, shape), &Default::default()).cast(dtype)
     }
 
-    fn max_abs_diff(a: Tensor<Flex, 4>, b: Tensor<Flex, 4>) -> f32 {
-        (a - b).abs().max().into_scalar()
+    /// q, k, v in `dtype`, each a leaf that requires its gradient.
+    fn inputs<B: Backend>(shape: [usize; 4], seed: u64, dtype: DType) -> [Tensor<B, 4>; 3] {
+        [0, 1, 2].map(|i| normal::<B>(shape, seed * 3 + i, dtype).require_grad())
     }
 
-    fn fused(q: Tensor<AB, 4>, k: Tensor<AB, 4>, v: Tensor<AB, 4>) -> Tensor<AB, 4> {
-        let out = AB::causal_attention(
+    fn max_abs_diff<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> f32 {
+        (a - b).abs().max().into_data().to_vec::<f32>().unwrap()[0]
+    }
+
+    fn max_abs<B: Backend>(a: Tensor<B, 4>) -> f32 {
+        a.abs().max().into_data().to_vec::<f32>().unwrap()[0]
+    }
+
+    fn fused<B: GptBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+        let out = B::causal_attention(
             q.into_primitive().tensor(),
             k.into_primitive().tensor(),
             v.into_primitive().tensor(),
@@ -241,90 +259,153 @@ mod tests {
         float(out)
     }
 
-    /// Output and all three gradients of the fused op against burn's composed autodiff
-    /// attention, for a loss that weights every output element differently.
-    fn compare(shape: [usize; 4], dtype: DType, tolerance: f32) {
-        let [q, k, v] = inputs(shape, 7, dtype);
-        let weights =
-            Tensor::<AB, 4>::random(shape, Distribution::Normal(0.0, 1.0), &q.device()).cast(dtype);
-        let run = |use_fused: bool| {
-            let (q, k, v) = (q.clone(), k.clone(), v.clone());
-            let out = if use_fused {
-                fused(q.clone(), k.clone(), v.clone())
-            } else {
-                attention(
-                    q.clone(),
-                    k.clone(),
-                    v.clone(),
-                    None,
-                    None,
-                    causal_options(),
-                )
-            };
-            let grads = (out.clone() * weights.clone()).sum().backward();
-            let grad = |x: &Tensor<AB, 4>| x.grad(&grads).expect("gradient").cast(DType::F32);
-            [out.inner().cast(DType::F32), grad(&q), grad(&k), grad(&v)]
+    fn composed<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+        attention(q, k, v, None, None, causal_options())
+    }
+
+    /// Output and the gradients of those of q, k, v that require one (as f32), for a loss that
+    /// weights every output element differently.
+    fn run<B: GptBackend + AutodiffBackend>(
+        [q, k, v]: &[Tensor<B, 4>; 3],
+        weights: &Tensor<B, 4>,
+        use_fused: bool,
+    ) -> Vec<Option<Tensor<B::InnerBackend, 4>>> {
+        let (q, k, v) = (q.clone(), k.clone(), v.clone());
+        let out = if use_fused {
+            fused(q.clone(), k.clone(), v.clone())
+        } else {
+            composed(q.clone(), k.clone(), v.clone())
         };
-        let composed = run(false);
-        let ours = run(true);
+        let grads = (out.clone() * weights.clone()).sum().backward();
+        let grad = |x: &Tensor<B, 4>| x.grad(&grads).map(|g| g.cast(DType::F32));
+        vec![
+            Some(out.inner().cast(DType::F32)),
+            grad(&q),
+            grad(&k),
+            grad(&v),
+        ]
+    }
+
+    /// The fused op against burn's composed autodiff attention: every output and gradient
+    /// within `tolerance` of its scale, the same gradients present.
+    fn compare<B: GptBackend + AutodiffBackend>(
+        qkv: [Tensor<B, 4>; 3],
+        tolerance: f32,
+        what: &str,
+    ) {
+        let shape = qkv[0].dims();
+        let weights = normal::<B>(shape, 99, qkv[0].dtype());
+        let ours = run(&qkv, &weights, true);
+        let reference = run(&qkv, &weights, false);
         for (name, (a, b)) in ["out", "grad_q", "grad_k", "grad_v"]
             .iter()
-            .zip(ours.into_iter().zip(composed))
+            .zip(ours.into_iter().zip(reference))
         {
-            let scale: f32 = b.clone().abs().max().into_scalar();
-            let diff = max_abs_diff(a, b);
-            assert!(
-                diff <= tolerance * scale.max(1.0),
-                "{name} {shape:?} {dtype:?}: max |fused − composed| = {diff} (scale {scale})"
-            );
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    let scale = max_abs(b.clone());
+                    let diff = max_abs_diff(a, b);
+                    assert!(
+                        diff <= tolerance * scale.max(1.0),
+                        "{what} {name}: max |fused − composed| = {diff} (scale {scale})"
+                    );
+                }
+                (None, None) => {}
+                (a, b) => panic!(
+                    "{what} {name}: fused has a gradient: {}, composed: {}",
+                    a.is_some(),
+                    b.is_some()
+                ),
+            }
         }
     }
 
     #[test]
     fn fused_attention_matches_composed_autodiff_in_f32() {
         // Short sequence (flex's naive kernel) and one past its flash threshold (T² > 256 Ki).
-        compare([2, 3, 17, 8], DType::F32, 1e-5);
-        compare([1, 2, 520, 16], DType::F32, 1e-5);
+        compare(inputs::<AB>([2, 3, 17, 8], 7, DType::F32), 1e-5, "T=17");
+        compare(inputs::<AB>([1, 2, 520, 16], 7, DType::F32), 1e-5, "T=520");
+    }
+
+    /// Only some inputs tracked (here a constant, random k): those get no gradient, the others
+    /// the composed attention's.
+    #[test]
+    fn untracked_inputs_get_no_gradient() {
+        let shape = [2, 2, 9, 4];
+        let [q, _, v] = inputs::<AB>(shape, 5, DType::F32);
+        let k = normal::<AB>(shape, 77, DType::F32); // not tracked
+        compare([q, k, v.clone()], 1e-5, "k untracked");
+        let q = normal::<AB>(shape, 78, DType::F32);
+        let k = normal::<AB>(shape, 79, DType::F32);
+        compare([q, k, v], 1e-5, "only v tracked");
+    }
+
+    /// Under burn's balanced checkpointing (which recomputes memory-bound ops rather than keep
+    /// them), with q, k, v made by recorded ops the way the model makes them (a strided
+    /// `swap_dims` view, and GQA's `expand` + `reshape` of k and v).
+    #[test]
+    fn works_under_balanced_checkpointing_with_views_and_gqa() {
+        type Balanced = Autodiff<Flex, BalancedCheckpointing>;
+        let (b, nh, nkv, t, hs) = (2, 4, 2, 11, 8);
+        let leaves = [0, 1, 2].map(|i| {
+            let values = SplitMix64::new(40 + i).normal_vec(b * t * nh * hs, 1.0);
+            Tensor::<Balanced, 4>::from_data(
+                TensorData::new(values, [b, t, nh, hs]),
+                &Default::default(),
+            )
+            .require_grad()
+        });
+        let group = |x: Tensor<Balanced, 4>| {
+            x.narrow(1, 0, nkv) // [B, nkv, T, hs]
+                .unsqueeze_dim::<5>(2)
+                .expand([b, nkv, nh / nkv, t, hs])
+                .reshape([b, nh, t, hs])
+        };
+        let weights = normal::<Balanced>([b, nh, t, hs], 98, DType::F32);
+        // Each backward consumes its graph's checkpoints: build the graph anew for each run.
+        let grads_of = |use_fused: bool| {
+            let [q, k, v] = leaves.clone().map(|x| x.swap_dims(1, 2) * 1.0); // [B, nh, T, hs]
+            let (k, v) = (group(k), group(v));
+            let out = if use_fused {
+                fused(q, k, v)
+            } else {
+                composed(q, k, v)
+            };
+            let grads = (out * weights.clone()).sum().backward();
+            leaves
+                .clone()
+                .map(|x| x.grad(&grads).expect("every leaf has a gradient"))
+        };
+        let (ours, reference) = (grads_of(true), grads_of(false));
+        for (a, r) in ours.into_iter().zip(reference) {
+            let scale = max_abs(r.clone());
+            assert!(max_abs_diff(a, r) <= 1e-5 * scale.max(1.0));
+        }
     }
 
     /// In bf16 both attentions round. Against the f32 computation on the same (bf16-exact)
-    /// inputs, the fused one (f32 softmax in its backward) is at least as accurate: seen here,
-    /// max errors out 3.9e-3 vs 1.1e-2, grad_q 1.5e-2 vs 1.5e-2, grad_k 1.1e-2 vs 2.1e-2,
-    /// grad_v equal (scales 2–4); the matmuls' bf16 outputs dominate what remains.
+    /// inputs, the fused one (f32 scores and softmax in its backward) is at least as accurate:
+    /// seen here, max errors out 6.2e-3 vs 1.3e-2, grad_q 9.4e-3 vs 2.2e-2, grad_k 1.2e-2 vs
+    /// 2.2e-2, grad_v 1.0e-2 vs 1.1e-2 (scales 2–3); the bf16 outputs of the other matmuls
+    /// dominate what remains.
     #[test]
     fn fused_attention_in_bf16_is_as_accurate_as_composed() {
         let shape = [2, 3, 33, 16];
-        let [q, k, v] = inputs(shape, 11, DType::BF16);
-        let weights = Tensor::<AB, 4>::random(shape, Distribution::Normal(0.0, 1.0), &q.device())
-            .cast(DType::BF16);
-        let run = |dtype: DType, use_fused: bool| {
-            let [q, k, v] = [&q, &k, &v].map(|x| x.clone().inner().cast(dtype));
-            let [q, k, v] = [q, k, v].map(|x| Tensor::<AB, 4>::from_inner(x).require_grad());
-            let out = if use_fused {
-                fused(q.clone(), k.clone(), v.clone())
-            } else {
-                attention(
-                    q.clone(),
-                    k.clone(),
-                    v.clone(),
-                    None,
-                    None,
-                    causal_options(),
-                )
-            };
-            let w = Tensor::<AB, 4>::from_inner(weights.clone().inner().cast(dtype));
-            let grads = (out.clone() * w).sum().backward();
-            let grad = |x: &Tensor<AB, 4>| x.grad(&grads).expect("gradient").cast(DType::F32);
-            [out.inner().cast(DType::F32), grad(&q), grad(&k), grad(&v)]
+        let [q, k, v] = inputs::<AB>(shape, 11, DType::BF16);
+        let weights = normal::<AB>(shape, 12, DType::BF16);
+        let to = |x: &Tensor<AB, 4>, dtype: DType| {
+            Tensor::<AB, 4>::from_inner(x.clone().inner().cast(dtype)).require_grad()
         };
-        let reference = run(DType::F32, false);
+        let as_f32 = [&q, &k, &v].map(|x| to(x, DType::F32));
+        let reference = run(&as_f32, &to(&weights, DType::F32), false);
+        let composed = run(&[q.clone(), k.clone(), v.clone()], &weights, false);
+        let ours = run(&[q, k, v], &weights, true);
         let (mut total_ours, mut total_composed) = (0.0, 0.0);
-        let composed = run(DType::BF16, false);
-        let ours = run(DType::BF16, true);
         for (i, name) in ["out", "grad_q", "grad_k", "grad_v"].iter().enumerate() {
-            let err_composed = max_abs_diff(composed[i].clone(), reference[i].clone());
-            let err_ours = max_abs_diff(ours[i].clone(), reference[i].clone());
-            let scale: f32 = reference[i].clone().abs().max().into_scalar();
+            let reference = reference[i].clone().unwrap();
+            let err_composed = max_abs_diff(composed[i].clone().unwrap(), reference.clone());
+            let err_ours = max_abs_diff(ours[i].clone().unwrap(), reference.clone());
+            let scale = max_abs(reference);
             assert!(
                 err_ours <= 2e-2 * scale,
                 "{name}: fused bf16 off f32 by {err_ours} (scale {scale})"
@@ -342,42 +423,20 @@ mod tests {
         );
     }
 
+    /// The loss reads query position 2 only, which attends to keys 0..=2: those keys and
+    /// values get a gradient, every later one exactly zero.
     #[test]
     fn gradient_is_zero_for_future_keys() {
-        // The loss reads only the first query position, which may attend to key 0 alone: every
-        // later key and value gets exactly zero gradient.
-        let [q, k, v] = inputs([1, 2, 6, 4], 3, DType::F32);
+        let [q, k, v] = inputs::<AB>([1, 2, 6, 4], 3, DType::F32);
         let out = fused(q.clone(), k.clone(), v.clone());
-        let grads = out.narrow(2, 0, 1).sum().backward();
+        let grads = out.narrow(2, 2, 1).sum().backward();
         for x in [&k, &v] {
-            let later: f32 = x
-                .grad(&grads)
-                .unwrap()
-                .narrow(2, 1, 5)
-                .abs()
-                .max()
-                .into_scalar();
-            assert_eq!(later, 0.0);
+            let grad = x.grad(&grads).unwrap();
+            assert_eq!(max_abs(grad.clone().narrow(2, 3, 3)), 0.0);
+            for key in 0..3 {
+                assert!(max_abs(grad.clone().narrow(2, key, 1)) > 0.0, "key {key}");
+            }
         }
-        let first: f32 = v
-            .grad(&grads)
-            .unwrap()
-            .narrow(2, 0, 1)
-            .abs()
-            .max()
-            .into_scalar();
-        assert!(first > 0.0);
-    }
-
-    #[test]
-    fn untracked_inputs_get_no_gradient_and_no_panic() {
-        let [q, _, v] = inputs([1, 1, 5, 4], 5, DType::F32);
-        let k = Tensor::<AB, 4>::ones([1, 1, 5, 4], &q.device()); // a constant: not tracked
-        let out = fused(q.clone(), k.clone(), v.clone());
-        let grads = out.sum().backward();
-        assert!(q.grad(&grads).is_some());
-        assert!(k.grad(&grads).is_none());
-        assert!(v.grad(&grads).is_some());
     }
 
     #[test]

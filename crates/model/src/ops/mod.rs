@@ -3,9 +3,9 @@
 //!
 //! burn 0.21's autodiff backend differentiates both op by op: attention as matmul, mask, max,
 //! exp, sum and divide; the loss as `log_softmax` then `gather`. Each recorded op keeps its
-//! input for the backward, so a step writes and keeps several `[B, nh, T, T]` tensors per layer
-//! and several `[B·T, V]` tensors at the head. [`GptBackend`] gives both a hand-written
-//! backward on [`Autodiff`] that recomputes what it needs from the inputs instead.
+//! input for the backward, so a step writes and keeps several `[B, nh, T, T]` tensors per layer,
+//! and writes several `[B·T, V]` temporaries at the head. [`GptBackend`] gives both a
+//! hand-written backward on [`Autodiff`] that recomputes what it needs from the inputs instead.
 
 pub mod attention;
 pub mod cross_entropy;
@@ -23,7 +23,7 @@ use attention::causal_options;
 /// Inference backends use the defaults (burn's attention kernel; log-sum-exp minus the target's
 /// logit). [`Autodiff`] overrides both with backward passes of their own (see [`attention`] and
 /// [`cross_entropy`]). Implemented for the backends hyperclone builds
-/// with (cuda, wgpu, ndarray behind this crate's features of those names); another backend
+/// with (flex always; cuda, wgpu and ndarray behind this crate's features of those names); another backend
 /// needs one line here, `impl GptBackend for ThatBackend {}`.
 pub trait GptBackend: Backend {
     /// `softmax(q·kᵀ/√hs + causal mask)·v`.
@@ -38,7 +38,7 @@ pub trait GptBackend: Backend {
         Self::attention(q, k, v, None, None, causal_options())
     }
 
-    /// Whether [`AttentionKernel::Auto`] trains with the fused attention at this sequence
+    /// Whether [`attention::AttentionKernel::Auto`] trains with the fused attention at this sequence
     /// length. Yes by default: on GPUs the composed attention writes and keeps several
     /// `[B, nh, T, T]` tensors per layer.
     fn fused_attention_pays(seq_len: usize) -> bool {
