@@ -16,21 +16,12 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
-use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData, TensorPrimitive};
 
 use crate::config::{ConfigError, GptConfig, MlpKind, NormKind, Positional};
 use crate::ops::attention::{causal_options, AttentionKernel};
-use crate::ops::GptBackend;
+use crate::ops::{cast_to, GptBackend};
 use crate::rng::SplitMix64;
-
-/// `x` in `dtype`; no operation (and no autodiff node) when it already is.
-fn cast_to<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    if x.dtype() == dtype {
-        x
-    } else {
-        x.cast(dtype)
-    }
-}
 
 /// `x` in the compute dtype of mixed precision, or unchanged without one.
 fn to_compute<B: Backend, const D: usize>(
@@ -584,13 +575,46 @@ pub fn tokens_tensor<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::DType;
+
+    type AB = Autodiff<Flex>;
+
+    /// GPT-2-style `cpu-tiny` and its Llama-style twin (RoPE, SwiGLU, RMSNorm, untied head) with
+    /// `n_kv_head` KV heads.
+    fn gpt2_and_llama_tiny(n_kv_head: usize) -> [GptConfig; 2] {
+        [
+            GptConfig::cpu_tiny(),
+            GptConfig {
+                positional: Positional::Rope,
+                mlp: MlpKind::SwiGlu,
+                norm: NormKind::RmsNorm,
+                n_kv_head: Some(n_kv_head),
+                tie_embeddings: false,
+                ..GptConfig::cpu_tiny()
+            },
+        ]
+    }
+
+    /// Every parameter's gradient (tied `wte`, biases, norms included), in visiting order.
+    fn param_grads(model: &Gpt<AB>, grads: &<AB as AutodiffBackend>::Gradients) -> Vec<TensorData> {
+        struct Collect<'a>(&'a <AB as AutodiffBackend>::Gradients, Vec<TensorData>);
+        impl burn::module::ModuleVisitor<AB> for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<AB, D>>) {
+                let g = p.grad(self.0).expect("every parameter has a gradient");
+                self.1.push(g.into_data());
+            }
+        }
+        let mut collect = Collect(grads, Vec::new());
+        model.visit(&mut collect);
+        collect.1
+    }
 
     /// The sigmoid form of tanh-GELU matches the textbook tanh formula (evaluated in f64) in
     /// value and in gradient, across the range a pre-activation takes.
     #[test]
     fn gelu_tanh_matches_the_tanh_formula_and_its_derivative() {
-        use burn::backend::Autodiff;
         let device = Default::default();
         let xs: Vec<f32> = (-800..=800).map(|i| i as f32 / 100.0).collect();
         let n = xs.len();
@@ -626,21 +650,8 @@ mod tests {
     /// yet not identical to them (the casts really happen).
     #[test]
     fn mixed_bf16_tracks_f32_and_returns_f32_logits_and_gradients() {
-        use burn::backend::Autodiff;
-        type AB = Autodiff<Flex>;
         let device = Default::default();
-        let variants = [
-            GptConfig::cpu_tiny(),
-            GptConfig {
-                positional: Positional::Rope,
-                mlp: MlpKind::SwiGlu,
-                norm: NormKind::RmsNorm,
-                n_kv_head: Some(1),
-                tie_embeddings: false,
-                ..GptConfig::cpu_tiny()
-            },
-        ];
-        for config in variants {
+        for config in gpt2_and_llama_tiny(1) {
             let f32_model = Gpt::<AB>::init(&config, 3, &device).unwrap();
             let mixed = f32_model.clone().with_compute_dtype(Some(FloatDType::BF16));
             assert_eq!(mixed.compute_dtype(), Some(FloatDType::BF16));
@@ -656,22 +667,13 @@ mod tests {
                 assert_eq!(logits.dtype(), DType::F32);
                 let loss = Gpt::loss(logits.clone(), tokens_tensor(&targets, 2, 16, &device));
                 let grads = loss.backward();
-                // Every parameter (tied wte, biases, norms included) gets a finite f32 gradient.
-                struct AllF32<'a>(
-                    &'a <AB as burn::tensor::backend::AutodiffBackend>::Gradients,
-                    usize,
-                );
-                impl burn::module::ModuleVisitor<AB> for AllF32<'_> {
-                    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<AB, D>>) {
-                        let g = p.grad(self.0).expect("every parameter has a gradient");
-                        assert_eq!(g.dtype(), DType::F32);
-                        assert!(g.is_finite().all().into_scalar());
-                        self.1 += 1;
-                    }
+                // Every parameter gets a finite f32 gradient.
+                let all = param_grads(m, &grads);
+                assert!(all.len() >= 4 * m.config().n_layer);
+                for g in all {
+                    assert_eq!(g.dtype, DType::F32);
+                    assert!(g.to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
                 }
-                let mut visitor = AllF32(&grads, 0);
-                m.visit(&mut visitor);
-                assert!(visitor.1 >= 4 * m.config().n_layer);
                 let grad = m.h[0].mlp.c_fc.weight.grad(&grads).unwrap();
                 let loss = loss.into_scalar();
                 let logits = logits.inner().into_data().to_vec::<f32>().unwrap();
@@ -713,21 +715,8 @@ mod tests {
     /// gradient, for GPT-2-style and Llama-style (RoPE, GQA) models.
     #[test]
     fn fused_and_composed_attention_train_alike() {
-        use burn::backend::Autodiff;
-        type AB = Autodiff<Flex>;
         let device = Default::default();
-        let variants = [
-            GptConfig::cpu_tiny(),
-            GptConfig {
-                positional: Positional::Rope,
-                mlp: MlpKind::SwiGlu,
-                norm: NormKind::RmsNorm,
-                n_kv_head: Some(2),
-                tie_embeddings: false,
-                ..GptConfig::cpu_tiny()
-            },
-        ];
-        for config in variants {
+        for config in gpt2_and_llama_tiny(2) {
             let model = Gpt::<AB>::init(&config, 5, &device).unwrap();
             let (b, t) = (2, 24);
             let ids: Vec<u32> = (0..b * t)
@@ -745,19 +734,11 @@ mod tests {
                     tokens_tensor(&targets, b, t, &device),
                 );
                 let grads = loss.backward();
-                struct Collect<'a>(
-                    &'a <AB as burn::tensor::backend::AutodiffBackend>::Gradients,
-                    Vec<Vec<f32>>,
-                );
-                impl burn::module::ModuleVisitor<AB> for Collect<'_> {
-                    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<AB, D>>) {
-                        let g = p.grad(self.0).expect("every parameter has a gradient");
-                        self.1.push(g.into_data().to_vec::<f32>().unwrap());
-                    }
-                }
-                let mut collect = Collect(&grads, Vec::new());
-                m.visit(&mut collect);
-                (loss.into_scalar(), collect.1)
+                let all: Vec<Vec<f32>> = param_grads(&m, &grads)
+                    .into_iter()
+                    .map(|g| g.to_vec::<f32>().unwrap())
+                    .collect();
+                (loss.into_scalar(), all)
             };
             let (loss_c, grads_c) = run(AttentionKernel::Composed);
             let (loss_f, grads_f) = run(AttentionKernel::Fused);

@@ -28,9 +28,9 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
-use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
+use burn::tensor::{Bool, Tensor};
 
-use super::GptBackend;
+use super::{accumulation_dtype, cast_to, float_tensor, GptBackend};
 
 /// How a training step differentiates attention (a run-time choice, not part of the model).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -157,19 +157,6 @@ pub(crate) fn autodiff_causal_attention<B: GptBackend, C: CheckpointStrategy>(
     }
 }
 
-fn float<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 4> {
-    Tensor::from_primitive(TensorPrimitive::Float(x))
-}
-
-/// `x` in `dtype`; no operation when it already is.
-fn in_dtype<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    if x.dtype() == dtype {
-        x
-    } else {
-        x.cast(dtype)
-    }
-}
-
 /// The gradients of causal attention with respect to q, k and v (see the module docs), in the
 /// inputs' dtype. For bf16 or f16 inputs the recomputed scores `q·kᵀ`, the softmax and its
 /// gradient (`S`, `P`, `dS`) are f32, as FlashAttention keeps them and as the forward kernels
@@ -185,13 +172,9 @@ pub fn causal_attention_backward<B: Backend>(
     out: FloatTensor<B>,
     grad_out: FloatTensor<B>,
 ) -> [FloatTensor<B>; 3] {
-    let (q, k, v, out, grad_out) = (float(q), float(k), float(v), float(out), float(grad_out));
+    let [q, k, v, out, grad_out] = [q, k, v, out, grad_out].map(float_tensor::<B, 4>);
     let dtype = q.dtype();
-    let acc = if dtype == DType::F64 {
-        dtype
-    } else {
-        DType::F32
-    };
+    let acc = accumulation_dtype(dtype);
     let [_, _, t, hs] = q.dims();
     assert_eq!(
         k.dims()[2],
@@ -203,16 +186,16 @@ pub fn causal_attention_backward<B: Backend>(
     let future = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &q.device()).unsqueeze::<4>();
     // The scale goes on [T, hs] operands, never on a [T, T] matrix (a pass fewer).
     let q_scaled = q * scale;
-    let k_t = in_dtype(k.clone(), acc).swap_dims(2, 3); // [B, nh, hs, T]
-    let scores = in_dtype(q_scaled.clone(), acc).matmul(k_t); // [B, nh, T, T]
+    let k_t = cast_to(k.clone(), acc).swap_dims(2, 3); // [B, nh, hs, T]
+    let scores = cast_to(q_scaled.clone(), acc).matmul(k_t); // [B, nh, T, T]
     let probs = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3); // [B, nh, T, T]
-    let grad_v = in_dtype(probs.clone(), dtype)
+    let grad_v = cast_to(probs.clone(), dtype)
         .swap_dims(2, 3)
         .matmul(grad_out.clone()); // [B, nh, T, hs]
-    let grad_probs = in_dtype(grad_out.clone().matmul(v.swap_dims(2, 3)), acc); // [B, nh, T, T]
-    let row_dot = (in_dtype(grad_out, acc) * in_dtype(out, acc)).sum_dim(3); // [B, nh, T, 1]
-                                                                             // [B, nh, T, T]; 0 where masked
-    let grad_scores = in_dtype(probs * (grad_probs - row_dot), dtype);
+    let grad_probs = cast_to(grad_out.clone().matmul(v.swap_dims(2, 3)), acc); // [B, nh, T, T]
+    let row_dot = (cast_to(grad_out, acc) * cast_to(out, acc)).sum_dim(3); // [B, nh, T, 1]
+                                                                           // [B, nh, T, T]; 0 where masked
+    let grad_scores = cast_to(probs * (grad_probs - row_dot), dtype);
     let grad_q = grad_scores.clone().matmul(k * scale); // [B, nh, T, hs]
     let grad_k = grad_scores.swap_dims(2, 3).matmul(q_scaled); // [B, nh, T, hs]
     [grad_q, grad_k, grad_v].map(|g| g.into_primitive().tensor())
@@ -226,7 +209,7 @@ mod tests {
     use burn::backend::Flex;
     use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::module::attention;
-    use burn::tensor::TensorData;
+    use burn::tensor::{DType, TensorData};
 
     type AB = Autodiff<Flex>;
 
@@ -256,7 +239,7 @@ mod tests {
             k.into_primitive().tensor(),
             v.into_primitive().tensor(),
         );
-        float(out)
+        float_tensor(out)
     }
 
     fn composed<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {

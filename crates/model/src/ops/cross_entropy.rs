@@ -23,31 +23,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorPrimitive};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
-use super::GptBackend;
-
-fn float<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(x))
-}
-
-/// `x` in `dtype`; no operation when it already is.
-fn in_dtype<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    if x.dtype() == dtype {
-        x
-    } else {
-        x.cast(dtype)
-    }
-}
-
-/// The dtype the loss computes in for logits of `dtype`: f32 at least.
-fn accumulation(dtype: DType) -> DType {
-    if dtype == DType::F64 {
-        dtype
-    } else {
-        DType::F32
-    }
-}
+use super::{accumulation_dtype, cast_to, float_tensor, GptBackend};
 
 /// The mean loss (in the logits' dtype) and each row's log-sum-exp (in f32 at least).
 ///
@@ -57,16 +35,16 @@ pub fn cross_entropy_forward<B: Backend>(
     logits: FloatTensor<B>,
     targets: IntTensor<B>,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let logits: Tensor<B, 2> = float(logits);
+    let logits: Tensor<B, 2> = float_tensor(logits);
     let dtype = logits.dtype();
-    let logits = in_dtype(logits, accumulation(dtype));
+    let logits = cast_to(logits, accumulation_dtype(dtype));
     let targets = Tensor::<B, 1, Int>::from_primitive(targets);
     let [n, _] = logits.dims();
     let max = logits.clone().max_dim(1); // [N, 1]
     let sum_exp = (logits.clone() - max.clone()).exp().sum_dim(1); // [N, 1]
     let lse = sum_exp.log() + max; // [N, 1]
     let picked = logits.gather(1, targets.reshape([n, 1])); // [N, 1]
-    let loss = in_dtype((lse.clone() - picked).mean(), dtype); // [1]
+    let loss = cast_to((lse.clone() - picked).mean(), dtype); // [1]
     (
         loss.into_primitive().tensor(),
         lse.into_primitive().tensor(),
@@ -84,14 +62,14 @@ pub fn cross_entropy_backward<B: Backend>(
     targets: IntTensor<B>,
     grad: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    let logits: Tensor<B, 2> = float(logits);
+    let logits: Tensor<B, 2> = float_tensor(logits);
     let dtype = logits.dtype();
-    let acc = accumulation(dtype);
-    let logits = in_dtype(logits, acc);
-    let lse: Tensor<B, 2> = float(lse);
+    let acc = accumulation_dtype(dtype);
+    let logits = cast_to(logits, acc);
+    let lse: Tensor<B, 2> = float_tensor(lse);
     let targets = Tensor::<B, 1, Int>::from_primitive(targets);
     let [n, _] = logits.dims();
-    let scale = in_dtype(float::<B, 1>(grad), acc).reshape([1, 1]) / n as f64; // [1, 1] = g / N
+    let scale = cast_to(float_tensor::<B, 1>(grad), acc).reshape([1, 1]) / n as f64; // [1, 1] = g / N
     let probs_scaled = (logits - lse).exp() * scale.clone(); // [N, V] = softmax · g / N
     let minus_scale = scale.neg().expand([n, 1]); // [N, 1]
     let grad_logits = probs_scaled.scatter(
@@ -100,7 +78,7 @@ pub fn cross_entropy_backward<B: Backend>(
         minus_scale,
         IndexingUpdateOp::Add,
     );
-    in_dtype(grad_logits, dtype).into_primitive().tensor()
+    cast_to(grad_logits, dtype).into_primitive().tensor()
 }
 
 /// [`GptBackend::cross_entropy`] on the autodiff backend: [`cross_entropy_forward`] keeping the
@@ -157,7 +135,7 @@ mod tests {
     use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
     use burn::backend::Flex;
     use burn::tensor::activation::log_softmax;
-    use burn::tensor::TensorData;
+    use burn::tensor::{DType, TensorData, TensorPrimitive};
 
     type AB = Autodiff<Flex>;
 

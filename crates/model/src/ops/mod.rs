@@ -14,6 +14,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 
 use attention::causal_options;
 
@@ -86,6 +87,29 @@ impl GptBackend for burn::backend::Cuda<f32> {}
 impl GptBackend for burn::backend::Cuda<burn::tensor::bf16> {}
 #[cfg(feature = "wgpu")]
 impl GptBackend for burn::backend::Wgpu<f32> {}
+
+/// `x` in `dtype`; no operation (and no autodiff node) when it already is.
+pub(crate) fn cast_to<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if x.dtype() == dtype {
+        x
+    } else {
+        x.cast(dtype)
+    }
+}
+
+/// The dtype the ops keep softmaxes and their gradients in for inputs of `dtype`: f32 at least.
+pub(crate) fn accumulation_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        dtype
+    } else {
+        DType::F32
+    }
+}
+
+/// A backend's float primitive as a tensor.
+pub(crate) fn float_tensor<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
 
 impl<B: GptBackend, C: CheckpointStrategy> GptBackend for Autodiff<B, C> {
     fn causal_attention(
