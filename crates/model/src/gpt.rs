@@ -212,6 +212,8 @@ impl<B: GptBackend> Attention<B> {
             };
             (repeat(k), repeat(v))
         };
+        // Fused: one autodiff op whose backward recomputes the attention matrix (ops/attention.rs);
+        // composed: burn's attention, differentiated op by op, keeping its [B, nh, T, T] inputs.
         let y = if kernel.is_fused_on::<B>(t) {
             let y = B::causal_attention(
                 q.into_primitive().tensor(),
