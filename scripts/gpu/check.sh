@@ -113,14 +113,14 @@ v = json.load(sys.stdin)
 mfu = v.get("mfu")
 res, rss = v.get("gpu_memory_reserved_bytes"), v.get("peak_memory_bytes")
 mem = "%.0f MiB reserved" % (res / 2**20) if res else ("%.0f MiB peak" % (rss / 2**20) if rss else "n/a")
-att = " (%s attention)" % v["attention"] if "attention" in v else ""
+att = " (%s attention%s)" % (v["attention"], ", %s cross-entropy" % v["cross_entropy"] if "cross_entropy" in v else "") if "attention" in v else ""
 print("%.0f tok/s, %.1f ms/step, %.2f TFLOP/s, MFU %s, memory %s%s" % (v["tokens_per_s"], v["step_ms"], v["tflops_per_s"], "n/a" if mfu is None else "%.1f%%" % (100 * mfu), mem, att))'
 }
-bench_ours() { # preset batch seq precision steps [attention: auto (default), fused, composed]
-  local line att="${6:-auto}" log="$out/bench-$1-B$2-$4-${6:-auto}.log"
-  line=$(timeout 150 "$bin" bench --backend $gpu --preset "$1" --batch "$2" --seq "$3" --precision "$4" --attention "$att" --steps "$5" --warmup 2 2>"$log" | tail -1)
+bench_ours() { # preset batch seq precision steps [attention: auto (default), fused, composed] [cross-entropy: fused (default), composed]
+  local line att="${6:-auto}" ce="${7:-fused}" log="$out/bench-$1-B$2-$4-${6:-auto}${7:+-ce-$7}.log"
+  line=$(timeout 150 "$bin" bench --backend $gpu --preset "$1" --batch "$2" --seq "$3" --precision "$4" --attention "$att" --cross-entropy "$ce" --steps "$5" --warmup 2 2>"$log" | tail -1)
   if [ -n "$line" ]; then echo "$line" >> "$results"; note "ours    $1 B=$2 T=$3 $4: $(echo "$line" | fmt_line)"
-  else note "ours    $1 B=$2 $4 $att attention: failed ($(why "$log"))"; status=1; fi
+  else note "ours    $1 B=$2 $4 $att attention, $ce cross-entropy: failed ($(why "$log"))"; status=1; fi
 }
 bench_torch() { # preset batch seq dtype steps
   local line dev=cuda
@@ -130,33 +130,38 @@ bench_torch() { # preset batch seq dtype steps
   if [ -n "$line" ]; then echo "$line" >> "$results"; note "pytorch $1 B=$2 T=$3 $4: $(echo "$line" | fmt_line)"
   else note "pytorch $1 $4: failed ($(why "$out/torch-$1-B$2-$4.log"))"; fi
 }
-# Benches of ours with the fused and the composed attention start from the same weights and
-# tokens: their final losses must agree (float rounding only). At full size this checks the fused
-# op where CubeCL may pick other kernels than at the tiny correctness shape.
-same_loss() { # preset batch dtype
+# Benches of ours with a fused and a composed kernel (attention or cross-entropy) start from the
+# same weights and tokens: their final losses must agree (float rounding only). At full size this
+# checks the fused ops where CubeCL may pick other kernels than at the tiny correctness shape.
+same_loss() { # preset batch dtype kernel (attention | cross_entropy)
   python3 - "$results" "$@" <<'PY' | tee -a "$table"
 import json, sys
-path, preset, batch, dtype = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+path, preset, batch, dtype, kernel = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 runs = {}
 for line in open(path):
     r = json.loads(line)
     if r.get("impl") == "hyperclone" and (r.get("preset"), r.get("batch"), r.get("dtype")) == (preset, batch, dtype):
-        runs[r.get("attention")] = r
+        runs[(r.get("attention"), r.get("cross_entropy", "fused"))] = r
+fused = runs.get(("fused", "fused"))
+composed = runs.get(("composed", "fused") if kernel == "attention" else ("fused", "composed"))
 tol = 1e-2 if dtype != "f32" else 1e-4
-if "fused" in runs and "composed" in runs:
-    a, b = runs["fused"]["final_loss"], runs["composed"]["final_loss"]
+what = kernel.replace("_", "-")
+if fused and composed:
+    a, b = fused["final_loss"], composed["final_loss"]
     rel = abs(a - b) / abs(b)
     ok = rel <= tol
-    print(f"correctness {preset} {dtype} fused vs composed attention (bench's last loss): {a:.5f} vs {b:.5f}, relative {rel:.1e} (tolerance {tol:g}) {'OK' if ok else 'FAIL'}")
+    print(f"correctness {preset} {dtype} fused vs composed {what} (bench's last loss): {a:.5f} vs {b:.5f}, relative {rel:.1e} (tolerance {tol:g}) {'OK' if ok else 'FAIL'}")
     sys.exit(0 if ok else 1)
-print(f"correctness {preset} {dtype} fused vs composed attention: skipped (a bench failed)")
+print(f"correctness {preset} {dtype} fused vs composed {what}: skipped (a bench failed)")
 PY
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 }
 if [ $cpu_only = 1 ]; then
   bench_ours cpu-tiny 8 64 f32 5 composed
   bench_ours cpu-tiny 8 64 f32 5 fused
-  same_loss cpu-tiny 8 f32
+  same_loss cpu-tiny 8 f32 attention
+  bench_ours cpu-tiny 8 64 f32 5 fused composed
+  same_loss cpu-tiny 8 f32 cross_entropy
   TORCH_THREADS=2 bench_torch cpu-tiny 8 64 f32 5
 else
   # Most wanted first: a lease can end mid-script, and each line of the table is kept as it comes.
@@ -166,7 +171,7 @@ else
   bench_torch gpt2-124m 8 1024 bf16 10
   # The fused attention's effect, measured: the same step with burn's composed attention.
   bench_ours gpt2-124m 8 1024 bf16 10 composed
-  same_loss gpt2-124m 8 bf16
+  same_loss gpt2-124m 8 bf16 attention
   bench_ours gpt2-124m 8 1024 bf16-pure 10
   bench_torch gpt2-124m 8 1024 bf16-pure 10
 fi
@@ -187,6 +192,9 @@ else
 fi
 
 if [ $cpu_only = 0 ]; then
+  # The loss op's effect, measured: the same step with burn's log_softmax and gather.
+  bench_ours gpt2-124m 8 1024 bf16 10 auto composed
+  same_loss gpt2-124m 8 bf16 cross_entropy
   bench_ours gpt2-124m 8 1024 f32 10
   bench_torch gpt2-124m 8 1024 f32 10
   bench_ours gpt2-350m 8 1024 bf16 5

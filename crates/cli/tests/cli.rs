@@ -346,6 +346,64 @@ fn bench_reports_json_figures_and_refuses_bf16_pure_on_the_cpu() {
     assert!(err.contains("bf16-pure") && err.contains("flex"), "{err}");
 }
 
+/// `bench --attention` and `--cross-entropy` pick the kernels the step differentiates with, record
+/// them in the JSON, and, from the same weights and tokens, end at the same loss.
+#[test]
+fn bench_kernel_choices_are_recorded_and_agree() {
+    let mut runs = Vec::new();
+    for (attention, cross_entropy) in [("fused", "fused"), ("composed", "composed")] {
+        let out = run_ok(bin().args([
+            "bench",
+            "--backend",
+            "flex",
+            "--preset",
+            "cpu-tiny",
+            "--batch",
+            "2",
+            "--seq",
+            "32",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--attention",
+            attention,
+            "--cross-entropy",
+            cross_entropy,
+        ]));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut lines = stdout.lines().rev();
+        let v: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+        let human = lines.next().unwrap();
+        assert_eq!(v["attention"], attention, "{v}");
+        assert_eq!(v["cross_entropy"], cross_entropy, "{v}");
+        assert!(
+            human.contains(&format!(
+                "{attention} attention, {cross_entropy} cross-entropy"
+            )),
+            "{human}"
+        );
+        runs.push(v["final_loss"].as_f64().unwrap());
+    }
+    assert!(
+        (runs[0] - runs[1]).abs() <= 1e-5 * runs[0],
+        "fused {} vs composed {}",
+        runs[0],
+        runs[1]
+    );
+    let out = bin()
+        .args(["bench", "--backend", "flex", "--preset", "cpu-tiny"])
+        .args(["--steps", "1", "--cross-entropy", "sparse"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sparse") && err.contains("cross-entropy"),
+        "{err}"
+    );
+}
+
 /// The whole pipeline in mixed precision on the CPU: both training stages record `bf16`, the
 /// expansion of a model trained in bf16 compute is still function-preserving (its weights are
 /// f32), and the report says which precision each run used.

@@ -20,6 +20,7 @@ use burn::tensor::{FloatDType, Int, Tensor, TensorData, TensorPrimitive};
 
 use crate::config::{ConfigError, GptConfig, MlpKind, NormKind, Positional};
 use crate::ops::attention::{causal_options, AttentionKernel};
+use crate::ops::cross_entropy::{composed_cross_entropy, CrossEntropyKernel};
 use crate::ops::{cast_to, GptBackend};
 use crate::rng::SplitMix64;
 
@@ -333,6 +334,10 @@ pub struct Gpt<B: Backend> {
     /// kernel either way. A run-time choice, not part of the checkpoint.
     #[module(skip)]
     attention_kernel: AttentionKernel,
+    /// How training differentiates the loss ([`CrossEntropyKernel`]); the value is the same
+    /// either way. A run-time choice, not part of the checkpoint.
+    #[module(skip)]
+    cross_entropy_kernel: CrossEntropyKernel,
 }
 
 /// `[rows, cols]` weights drawn from `rng` (host-side, backend-independent), or zeros when
@@ -444,6 +449,7 @@ impl<B: Backend> Gpt<B> {
             config: c.clone(),
             compute_dtype: None,
             attention_kernel: AttentionKernel::default(),
+            cross_entropy_kernel: CrossEntropyKernel::default(),
         })
     }
 
@@ -475,6 +481,17 @@ impl<B: Backend> Gpt<B> {
     /// How training differentiates attention.
     pub fn attention_kernel(&self) -> AttentionKernel {
         self.attention_kernel
+    }
+
+    /// The same weights differentiating the loss with `kernel` in [`Gpt::forward_loss`].
+    pub fn with_cross_entropy_kernel(mut self, kernel: CrossEntropyKernel) -> Self {
+        self.cross_entropy_kernel = kernel;
+        self
+    }
+
+    /// How [`Gpt::forward_loss`] differentiates the loss.
+    pub fn cross_entropy_kernel(&self) -> CrossEntropyKernel {
+        self.cross_entropy_kernel
     }
 
     /// The mixed-precision compute dtype, if any.
@@ -546,10 +563,27 @@ impl<B: GptBackend> Gpt<B> {
     /// # Shapes
     /// `logits: [B, T, V]`, `targets: [B, T]` → `[1]`
     pub fn loss(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+        Self::loss_with(logits, targets, CrossEntropyKernel::Fused)
+    }
+
+    /// [`Gpt::loss`] differentiated with `kernel` (the same value either way).
+    ///
+    /// # Shapes
+    /// `logits: [B, T, V]`, `targets: [B, T]` → `[1]`
+    pub fn loss_with(
+        logits: Tensor<B, 3>,
+        targets: Tensor<B, 2, Int>,
+        kernel: CrossEntropyKernel,
+    ) -> Tensor<B, 1> {
         let [b, t, v] = logits.dims();
-        let logits = logits.reshape([b * t, v]).into_primitive().tensor(); // [B·T, V]
-        let targets = targets.reshape([b * t]).into_primitive(); // [B·T]
-        Tensor::from_primitive(TensorPrimitive::Float(B::cross_entropy(logits, targets)))
+        let logits = logits.reshape([b * t, v]); // [B·T, V]
+        let targets = targets.reshape([b * t]); // [B·T]
+        match kernel {
+            CrossEntropyKernel::Fused => Tensor::from_primitive(TensorPrimitive::Float(
+                B::cross_entropy(logits.into_primitive().tensor(), targets.into_primitive()),
+            )),
+            CrossEntropyKernel::Composed => composed_cross_entropy(logits, targets),
+        }
     }
 
     /// Forward pass and loss in one call.
@@ -558,7 +592,7 @@ impl<B: GptBackend> Gpt<B> {
         inputs: Tensor<B, 2, Int>,
         targets: Tensor<B, 2, Int>,
     ) -> Tensor<B, 1> {
-        Self::loss(self.forward(inputs), targets)
+        Self::loss_with(self.forward(inputs), targets, self.cross_entropy_kernel)
     }
 }
 
@@ -712,6 +746,52 @@ mod tests {
         }
     }
 
+    /// The loss and every parameter's gradient of `a` and `b` (the same weights, different
+    /// kernels) on one batch agree to float rounding, but not bit for bit: identical bits would
+    /// mean the kernel under test never ran (the two backward passes round differently; seen:
+    /// 1e-9 to 1e-7 apart).
+    fn assert_train_alike(a: Gpt<AB>, b: Gpt<AB>, what: &str) {
+        let device = Default::default();
+        let vocab = a.config().vocab_size;
+        let (batch, t) = (2, 24);
+        let ids: Vec<u32> = (0..batch * t).map(|i| (i * 53 % vocab) as u32).collect();
+        let targets: Vec<u32> = ids.iter().map(|&i| (i * 7 + 3) % vocab as u32).collect();
+        let run = |m: &Gpt<AB>| {
+            let loss = m.forward_loss(
+                tokens_tensor(&ids, batch, t, &device),
+                tokens_tensor(&targets, batch, t, &device),
+            );
+            let grads = loss.backward();
+            let all: Vec<Vec<f32>> = param_grads(m, &grads)
+                .into_iter()
+                .map(|g| g.to_vec::<f32>().unwrap())
+                .collect();
+            (loss.into_scalar(), all)
+        };
+        let (loss_a, grads_a) = run(&a);
+        let (loss_b, grads_b) = run(&b);
+        assert!(
+            (loss_a - loss_b).abs() <= 1e-6 * loss_a.abs(),
+            "{what}: loss {loss_a} vs {loss_b}"
+        );
+        assert_eq!(grads_a.len(), grads_b.len());
+        assert_ne!(
+            grads_a, grads_b,
+            "{what}: the kernel under test was not used"
+        );
+        for (i, (ga, gb)) in grads_a.iter().zip(&grads_b).enumerate() {
+            let scale = ga.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = ga
+                .iter()
+                .zip(gb)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                worst <= 1e-4 * scale.max(1e-6),
+                "{what}: parameter {i}: gradients differ by {worst} (scale {scale})"
+            );
+        }
+    }
+
     /// Training through the fused attention (the backend's kernel forward, the recomputing
     /// backward of `ops/attention.rs`) gives the composed attention's loss and every parameter's
     /// gradient, for GPT-2-style and Llama-style (RoPE, GQA) models.
@@ -720,49 +800,31 @@ mod tests {
         let device = Default::default();
         for config in gpt2_and_llama_tiny(2) {
             let model = Gpt::<AB>::init(&config, 5, &device).unwrap();
-            let (b, t) = (2, 24);
-            let ids: Vec<u32> = (0..b * t)
-                .map(|i| (i * 53 % config.vocab_size) as u32)
-                .collect();
-            let targets: Vec<u32> = ids
-                .iter()
-                .map(|&i| (i * 7 + 3) % config.vocab_size as u32)
-                .collect();
-            let run = |kernel: AttentionKernel| {
-                let m = model.clone().with_attention_kernel(kernel);
-                assert_eq!(m.attention_kernel(), kernel);
-                let loss = m.forward_loss(
-                    tokens_tensor(&ids, b, t, &device),
-                    tokens_tensor(&targets, b, t, &device),
-                );
-                let grads = loss.backward();
-                let all: Vec<Vec<f32>> = param_grads(&m, &grads)
-                    .into_iter()
-                    .map(|g| g.to_vec::<f32>().unwrap())
-                    .collect();
-                (loss.into_scalar(), all)
-            };
-            let (loss_c, grads_c) = run(AttentionKernel::Composed);
-            let (loss_f, grads_f) = run(AttentionKernel::Fused);
-            assert!(
-                (loss_c - loss_f).abs() <= 1e-6 * loss_c.abs(),
-                "loss {loss_c} (composed) vs {loss_f} (fused)"
+            let composed = model
+                .clone()
+                .with_attention_kernel(AttentionKernel::Composed);
+            let fused = model.with_attention_kernel(AttentionKernel::Fused);
+            assert_eq!(fused.attention_kernel(), AttentionKernel::Fused);
+            assert_train_alike(composed, fused, "attention");
+        }
+    }
+
+    /// Likewise the loss: `ops/cross_entropy.rs` against burn's `log_softmax` and `gather`,
+    /// chosen per model ([`Gpt::with_cross_entropy_kernel`]).
+    #[test]
+    fn fused_and_composed_cross_entropy_train_alike() {
+        let device = Default::default();
+        for config in gpt2_and_llama_tiny(2) {
+            let model = Gpt::<AB>::init(&config, 5, &device).unwrap();
+            assert_eq!(model.cross_entropy_kernel(), CrossEntropyKernel::Fused);
+            let composed = model
+                .clone()
+                .with_cross_entropy_kernel(CrossEntropyKernel::Composed);
+            assert_eq!(
+                composed.cross_entropy_kernel(),
+                CrossEntropyKernel::Composed
             );
-            assert_eq!(grads_c.len(), grads_f.len());
-            // The two backward passes round differently (seen: 1e-9 to 1e-7 apart): identical
-            // bits would mean the fused op never ran.
-            assert_ne!(grads_c, grads_f, "the fused attention was not used");
-            for (i, (gc, gf)) in grads_c.iter().zip(&grads_f).enumerate() {
-                let scale = gc.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let worst = gc
-                    .iter()
-                    .zip(gf)
-                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(
-                    worst <= 1e-4 * scale.max(1e-6),
-                    "parameter {i}: gradients differ by {worst} (scale {scale})"
-                );
-            }
+            assert_train_alike(composed, model, "cross-entropy");
         }
     }
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use hyperclone_data::PrepareOptions;
-use hyperclone_model::{AttentionKernel, GptConfig};
+use hyperclone_model::{AttentionKernel, CrossEntropyKernel, GptConfig};
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration could not be read.
@@ -291,6 +291,11 @@ pub struct RunConfig {
     /// losses differ only by float rounding.
     #[serde(default)]
     pub attention: AttentionKernel,
+    /// How training differentiates the loss: `fused` (one operation whose backward is a single
+    /// pass over the logits) or `composed` (burn's `log_softmax` and `gather`, op by op; kept
+    /// for comparison). The same function; losses differ only by float rounding.
+    #[serde(default)]
+    pub cross_entropy: CrossEntropyKernel,
 }
 
 fn default_backend() -> BackendKind {
@@ -670,6 +675,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("attention") && e.contains("flash"), "{e}");
+    }
+
+    #[test]
+    fn cross_entropy_kernel_defaults_to_fused_and_parses_with_a_clear_error() {
+        assert_eq!(
+            load(BASE, &[]).unwrap().run.cross_entropy,
+            CrossEntropyKernel::Fused
+        );
+        for (name, want) in [
+            ("fused", CrossEntropyKernel::Fused),
+            ("composed", CrossEntropyKernel::Composed),
+        ] {
+            let c = load(BASE, &[format!("run.cross_entropy={name}").as_str()]).unwrap();
+            assert_eq!(c.run.cross_entropy, want);
+            assert_eq!(load(&c.to_toml(), &[]).unwrap().run.cross_entropy, want);
+        }
+        let model = GptConfig::cpu_tiny();
+        let fused = load(BASE, &["run.cross_entropy=fused"]).unwrap();
+        let composed = load(BASE, &["run.cross_entropy=composed"]).unwrap();
+        assert_eq!(
+            crate::trainer::trajectory_hash(&fused, &model),
+            crate::trainer::trajectory_hash(&composed, &model)
+        );
+        let e = load(BASE, &["run.cross_entropy=sparse"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cross_entropy") && e.contains("sparse"), "{e}");
     }
 
     #[test]

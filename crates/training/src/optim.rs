@@ -12,7 +12,8 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{DType, ElementConversion, Tensor, TensorData};
+use hyperclone_model::ops::cast_to;
 use hyperclone_model::Gpt;
 
 use crate::config::OptimizerConfig;
@@ -109,7 +110,8 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for GradCollector<'_, AB> {
 struct Updater<'a, AB: AutodiffBackend> {
     opt: &'a mut AdamW<AB>,
     lr: f64,
-    grad_scale: f64,
+    /// `[1]`, f32: the mean over micro-batches times the clip factor.
+    grad_scale: Tensor<AB::InnerBackend, 1>,
     path: PathStack,
 }
 
@@ -130,7 +132,8 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Updater<'_, AB> {
         let shape = tensor.shape();
         let n = shape.num_elements();
         let w = tensor.inner().reshape([n]); // [numel]
-        let g = grad * self.grad_scale;
+        let dtype = grad.dtype();
+        let g = grad * cast_to(self.grad_scale.clone(), dtype); // [numel]
         let (m, v) = match self.opt.moments.remove(&path) {
             Some(Moments { m, v }) => (
                 m * c.beta1 + g.clone() * (1.0 - c.beta1),
@@ -182,30 +185,50 @@ impl<AB: AutodiffBackend> AdamW<AB> {
         self.micro_batches += 1;
     }
 
-    /// L2 norm of the mean gradient over the accumulated micro-batches (one device sync).
-    pub fn grad_norm(&self) -> f64 {
+    /// L2 norm of the mean gradient over the accumulated micro-batches, computed in f32 on the
+    /// device without waiting for it (`[1]`); `None` before any gradient was accumulated.
+    pub fn grad_norm_tensor(&self) -> Option<Tensor<AB::InnerBackend, 1>> {
         let mut total: Option<Tensor<AB::InnerBackend, 1>> = None;
         for g in self.accumulated.values() {
-            let s = g.clone().square().sum(); // [1]
+            let s = to_f32(g.clone()).square().sum(); // [1]
             total = Some(match total {
                 Some(t) => t + s,
                 None => s,
             });
         }
-        let Some(total) = total else { return 0.0 };
-        let sum_sq: f64 = total.into_scalar().elem();
-        sum_sq.sqrt() / self.micro_batches.max(1) as f64
+        total.map(|t| t.sqrt() / self.micro_batches.max(1) as f64)
+    }
+
+    /// [`AdamW::grad_norm_tensor`] read back (waits for the device); 0 with no gradient.
+    pub fn grad_norm(&self) -> f64 {
+        self.grad_norm_tensor()
+            .map_or(0.0, |n| n.into_scalar().elem::<f64>())
     }
 
     /// Applies one AdamW update with learning rate `lr` from the accumulated gradients
     /// (averaged over micro-batches, clipped to `grad_clip` global norm) and clears them.
-    /// Returns the updated model and the pre-clip gradient norm.
-    pub fn step(&mut self, model: Gpt<AB>, lr: f64) -> (Gpt<AB>, f64) {
-        let norm = self.grad_norm();
-        let mut scale = 1.0 / self.micro_batches.max(1) as f64;
-        if self.config.grad_clip > 0.0 && norm > self.config.grad_clip {
-            scale *= self.config.grad_clip / (norm + 1e-6);
-        }
+    /// Returns the updated model and the pre-clip gradient norm (`[1]`, f32, still on the device).
+    ///
+    /// Nothing here waits for the device: the clip factor is computed there. A training step
+    /// thus queues its forward, backward and update back to back, and the trainer reads the loss
+    /// and this norm once at the end of the step (a read in the middle would leave the GPU idle
+    /// while the host queues the rest of the step).
+    pub fn step(&mut self, model: Gpt<AB>, lr: f64) -> (Gpt<AB>, Tensor<AB::InnerBackend, 1>) {
+        let device = model.wte.weight.val().device();
+        let norm = self
+            .grad_norm_tensor()
+            .unwrap_or_else(|| Tensor::zeros([1], &device));
+        // scale = (norm > clip ? clip / (norm + 1e-6) : 1) / micro_batches, as a `[1]` tensor
+        // that every gradient is multiplied by (broadcast).
+        let mean = 1.0 / self.micro_batches.max(1) as f64;
+        let scale = if self.config.grad_clip > 0.0 {
+            let clip = self.config.grad_clip;
+            let clipped = (norm.clone() + 1e-6).recip() * clip;
+            let keep = norm.clone().lower_equal_elem(clip);
+            clipped.mask_fill(keep, 1.0) * mean
+        } else {
+            Tensor::ones([1], &device) * mean
+        };
         self.updates += 1;
         let mut updater = Updater {
             opt: self,
@@ -322,6 +345,20 @@ impl OptError {
     }
 }
 
+fn to_f32<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 1> {
+    cast_to(t, DType::F32)
+}
+
+/// Reads `[1]` tensors back to the host together: one wait for the device instead of one each.
+pub fn read_scalars<B: Backend>(values: Vec<Tensor<B, 1>>) -> Vec<f64> {
+    let values: Vec<Tensor<B, 1>> = values.into_iter().map(to_f32).collect();
+    Tensor::cat(values, 0)
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("f64 data after convert")
+}
+
 fn to_vec<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
@@ -432,7 +469,7 @@ mod tests {
         let n = opt.grad_norm();
         assert!(n > 1e-3, "{n}");
         let (_, reported) = opt.step(model, 1e-3);
-        assert_eq!(reported, n);
+        assert_eq!(read_scalars(vec![reported]), vec![n]);
         // After clipping, the stored first moment is (1 - β1)·g·clip/n: its norm is
         // (1 - β1)·clip.
         let m_norm: f64 = opt

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
-use burn::tensor::ElementConversion;
+use burn::tensor::{DType, Tensor};
 use hyperclone_data::{validation_batches, Batch, BatchSampler, PreparedData};
 use hyperclone_model::checkpoint::{load_model, save_model, sha256_hex, write_dir_atomically};
+use hyperclone_model::ops::cast_to;
 use hyperclone_model::{tokens_tensor, Gpt, GptConfig};
 use hyperclone_model::{GptAutodiffBackend, GptBackend};
 
@@ -17,7 +18,7 @@ use crate::config::TrainConfig;
 use crate::metrics::{
     peak_flops, peak_rss_bytes, EvalLine, MetricsWriter, RunInfo, SymmetryLine, TrainLine,
 };
-use crate::optim::AdamW;
+use crate::optim::{read_scalars, AdamW};
 use crate::schedule::learning_rate;
 
 /// Why training stopped with an error.
@@ -193,16 +194,20 @@ fn warm_up<AB: GptAutodiffBackend>(
     Ok(())
 }
 
-/// Mean loss of `model` over the fixed validation batches.
+/// Mean loss of `model` over the fixed validation batches, summed on the device and read back
+/// once (one wait for the device, not one per batch).
 pub fn evaluate<B: GptBackend>(model: &Gpt<B>, batches: &[Batch], device: &B::Device) -> f64 {
-    let mut total = 0.0;
+    let mut total: Option<Tensor<B, 1>> = None;
     for b in batches {
         let x = tokens_tensor::<B>(&b.inputs(), b.batch_size, b.seq_len, device);
         let y = tokens_tensor::<B>(&b.targets(), b.batch_size, b.seq_len, device);
-        let loss: f64 = model.forward_loss(x, y).into_scalar().elem();
-        total += loss;
+        let loss = cast_to(model.forward_loss(x, y), DType::F32); // [1]
+        total = Some(match total {
+            Some(t) => t + loss,
+            None => loss,
+        });
     }
-    total / batches.len().max(1) as f64
+    total.map_or(0.0, |t| read_scalars(vec![t])[0]) / batches.len().max(1) as f64
 }
 
 /// Width and FFN factors recorded in `expand.json` of a model folder made by
@@ -370,7 +375,8 @@ pub fn train<AB: GptAutodiffBackend>(
     // path (fresh, --init-from, resume).
     let mut model = model
         .with_compute_dtype(precision.compute_dtype())
-        .with_attention_kernel(config.run.attention);
+        .with_attention_kernel(config.run.attention)
+        .with_cross_entropy_kernel(config.run.cross_entropy);
     let info = RunInfo {
         backend: options.backend_name.clone(),
         device: if options.device_name.starts_with("cpu") {
@@ -508,7 +514,9 @@ pub fn train<AB: GptAutodiffBackend>(
         // process at a time (the CLI's case) keeps this exact.
         AB::seed(device, step_seed(config.run.seed, step));
         let mut data_time = 0.0;
-        let mut loss_sum = 0.0;
+        // The losses stay on the device until the step's end: reading one back here would make
+        // the host wait for the forward before it could queue the backward.
+        let mut loss_sum: Option<Tensor<AB::InnerBackend, 1>> = None;
         for micro in 0..config.run.grad_accum {
             let td = Instant::now();
             let index = (step - 1) * config.run.grad_accum as u64 + micro as u64;
@@ -517,22 +525,29 @@ pub fn train<AB: GptAutodiffBackend>(
             let y = tokens_tensor::<AB>(&batch.targets(), batch.batch_size, batch.seq_len, device);
             data_time += td.elapsed().as_secs_f64();
             let loss = model.forward_loss(x, y);
-            let value: f64 = loss.clone().into_scalar().elem();
-            if !value.is_finite() {
-                return Err(TrainError::NonFiniteLoss {
-                    step,
-                    loss: value,
-                    run_dir: run_dir.clone(),
-                });
-            }
-            loss_sum += value;
+            let value = loss.clone().inner();
+            loss_sum = Some(match loss_sum {
+                Some(sum) => sum + value,
+                None => value,
+            });
             let grads = loss.backward();
             optimizer.accumulate(&model, &grads);
         }
         let lr = learning_rate(&config.schedule, config.optimizer.lr, step, sched_total);
         let (updated, grad_norm) = optimizer.step(model, lr);
         model = updated;
-        let loss = loss_sum / config.run.grad_accum as f64;
+        // The step's one wait for the device: its summed loss and gradient norm, read together.
+        let loss_sum = loss_sum.expect("run.grad_accum >= 1 (validated)");
+        let read = read_scalars(vec![loss_sum, grad_norm]);
+        let (loss, grad_norm) = (read[0] / config.run.grad_accum as f64, read[1]);
+        if !loss.is_finite() {
+            // The update from this loss has been applied in memory only: nothing is saved.
+            return Err(TrainError::NonFiniteLoss {
+                step,
+                loss,
+                run_dir: run_dir.clone(),
+            });
+        }
         let step_time = t0.elapsed().as_secs_f64();
         state.step = step;
         state.tokens += tokens_per_step;

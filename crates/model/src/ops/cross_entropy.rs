@@ -21,11 +21,63 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 use super::{accumulation_dtype, cast_to, float_tensor, GptBackend};
+
+/// How a training step differentiates the loss (a run-time choice, not part of the model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrossEntropyKernel {
+    /// [`GptBackend::cross_entropy`]: one operation, log-sum-exp kept, one-pass backward.
+    #[default]
+    Fused,
+    /// burn 0.21's own: `log_softmax` then `gather`, each differentiated. Kept to measure
+    /// [`CrossEntropyKernel::Fused`] against.
+    Composed,
+}
+
+impl CrossEntropyKernel {
+    /// The name used in configs and on the command line (`fused`, `composed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrossEntropyKernel::Fused => "fused",
+            CrossEntropyKernel::Composed => "composed",
+        }
+    }
+}
+
+impl std::str::FromStr for CrossEntropyKernel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fused" => Ok(CrossEntropyKernel::Fused),
+            "composed" => Ok(CrossEntropyKernel::Composed),
+            other => Err(format!(
+                "unknown cross-entropy kernel {other:?} (expected \"fused\" or \"composed\")"
+            )),
+        }
+    }
+}
+
+/// Mean cross-entropy composed of burn's differentiable ops (`log_softmax`, `gather`), in the
+/// logits' dtype: [`CrossEntropyKernel::Composed`].
+///
+/// # Shapes
+/// `logits: [N, V]`, `targets: [N]` → `[1]`
+pub fn composed_cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
+    let n = targets.dims()[0];
+    let log_probs = log_softmax(logits, 1); // [N, V]
+    let picked = log_probs.gather(1, targets.reshape([n, 1])); // [N, 1]
+    picked.mean().neg()
+}
 
 /// The mean loss (in the logits' dtype) and each row's log-sum-exp (in f32 at least).
 ///
@@ -134,17 +186,9 @@ mod tests {
     use crate::rng::SplitMix64;
     use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
     use burn::backend::Flex;
-    use burn::tensor::activation::log_softmax;
     use burn::tensor::{DType, TensorData, TensorPrimitive};
 
     type AB = Autodiff<Flex>;
-
-    /// burn's composed loss: `log_softmax`, `gather`, mean, negate.
-    fn composed<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
-        let [n, _] = logits.dims();
-        let picked = log_softmax(logits, 1).gather(1, targets.reshape([n, 1])); // [N, 1]
-        picked.mean().neg()
-    }
 
     fn ours<B: GptBackend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
         let loss = B::cross_entropy(logits.into_primitive().tensor(), targets.into_primitive());
@@ -179,7 +223,7 @@ mod tests {
         let loss = if use_ours {
             ours(x.clone(), targets.clone())
         } else {
-            composed(x.clone(), targets.clone())
+            composed_cross_entropy(x.clone(), targets.clone())
         };
         assert_eq!(
             loss.dtype(),
@@ -290,7 +334,7 @@ mod tests {
     #[test]
     fn untracked_logits_give_the_loss() {
         let (logits, targets) = case::<AB>(6, 9, 1.0, 1);
-        let want = composed(logits.clone(), targets.clone()).into_scalar();
+        let want = composed_cross_entropy(logits.clone(), targets.clone()).into_scalar();
         let got = ours(logits, targets).into_scalar();
         assert!((want - got).abs() <= 1e-6 * want.abs());
     }
@@ -307,7 +351,7 @@ mod tests {
             let loss = if use_ours {
                 ours(y, targets.clone())
             } else {
-                composed(y, targets.clone())
+                composed_cross_entropy(y, targets.clone())
             };
             let grads = loss.backward();
             x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap()

@@ -89,7 +89,7 @@ impl GptBackend for burn::backend::Cuda<burn::tensor::bf16> {}
 impl GptBackend for burn::backend::Wgpu<f32> {}
 
 /// `x` in `dtype`; no operation (and no autodiff node) when it already is.
-pub(crate) fn cast_to<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+pub fn cast_to<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
     if x.dtype() == dtype {
         x
     } else {
