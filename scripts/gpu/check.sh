@@ -114,11 +114,14 @@ mfu = v.get("mfu")
 res, rss = v.get("gpu_memory_reserved_bytes"), v.get("peak_memory_bytes")
 mem = "%.0f MiB reserved" % (res / 2**20) if res else ("%.0f MiB peak" % (rss / 2**20) if rss else "n/a")
 att = " (%s attention%s)" % (v["attention"], ", %s cross-entropy" % v["cross_entropy"] if "cross_entropy" in v else "") if "attention" in v else ""
-print("%.0f tok/s, %.1f ms/step, %.2f TFLOP/s, MFU %s, memory %s%s" % (v["tokens_per_s"], v["step_ms"], v["tflops_per_s"], "n/a" if mfu is None else "%.1f%%" % (100 * mfu), mem, att))'
+print("%.0f tok/s, %.1f ms/step, %.2f TFLOP/s, MFU %s, memory %s%s" % (v["tokens_per_s"], v["step_ms"], v["tflops_per_s"], "n/a" if mfu is None else "%.1f%%" % (100 * mfu), mem, att))
+if v.get("host_ms") is not None:
+    ph = v.get("phases_ms")
+    print("        host queues a step in %.1f ms%s" % (v["host_ms"], "; synced phases: forward %.1f, backward %.1f, optimizer %.1f ms" % (ph["forward"], ph["backward"], ph["optimizer"]) if ph else ""))'
 }
 bench_ours() { # preset batch seq precision steps [attention: auto (default), fused, composed] [cross-entropy: fused (default), composed]
   local line att="${6:-auto}" ce="${7:-fused}" log="$out/bench-$1-B$2-$4-${6:-auto}${7:+-ce-$7}.log"
-  line=$(timeout 150 "$bin" bench --backend $gpu --preset "$1" --batch "$2" --seq "$3" --precision "$4" --attention "$att" --cross-entropy "$ce" --steps "$5" --warmup 2 2>"$log" | tail -1)
+  line=$(timeout 150 "$bin" bench --backend $gpu --preset "$1" --batch "$2" --seq "$3" --precision "$4" --attention "$att" --cross-entropy "$ce" --steps "$5" --warmup 2 ${PHASES:+--phases} 2>"$log" | tail -1)
   if [ -n "$line" ]; then echo "$line" >> "$results"; note "ours    $1 B=$2 T=$3 $4: $(echo "$line" | fmt_line)"
   else note "ours    $1 B=$2 $4 $att attention, $ce cross-entropy: failed ($(why "$log"))"; status=1; fi
 }
@@ -126,7 +129,7 @@ bench_torch() { # preset batch seq dtype steps
   local line dev=cuda
   [ $cpu_only = 1 ] && dev=cpu
   python3 -c "import torch" 2>/dev/null || { note "pytorch $1 $4: skipped (no torch)"; return 0; }
-  line=$(timeout 150 python3 scripts/reference/gpt_bench.py --preset "$1" --batch "$2" --seq "$3" --dtype "$4" --device $dev --steps "$5" --warmup-steps 2 ${TORCH_THREADS:+--threads $TORCH_THREADS} 2>"$out/torch-$1-B$2-$4.log" | tail -1)
+  line=$(timeout 150 python3 scripts/reference/gpt_bench.py --preset "$1" --batch "$2" --seq "$3" --dtype "$4" --device $dev --steps "$5" --warmup-steps 2 ${TORCH_THREADS:+--threads $TORCH_THREADS} ${PHASES:+--phases} 2>"$out/torch-$1-B$2-$4.log" | tail -1)
   if [ -n "$line" ]; then echo "$line" >> "$results"; note "pytorch $1 B=$2 T=$3 $4: $(echo "$line" | fmt_line)"
   else note "pytorch $1 $4: failed ($(why "$out/torch-$1-B$2-$4.log"))"; fi
 }
@@ -158,17 +161,19 @@ PY
 }
 if [ $cpu_only = 1 ]; then
   bench_ours cpu-tiny 8 64 f32 5 composed
-  bench_ours cpu-tiny 8 64 f32 5 fused
+  PHASES=1 bench_ours cpu-tiny 8 64 f32 5 fused
   same_loss cpu-tiny 8 f32 attention
   bench_ours cpu-tiny 8 64 f32 5 fused composed
   same_loss cpu-tiny 8 f32 cross_entropy
-  TORCH_THREADS=2 bench_torch cpu-tiny 8 64 f32 5
+  PHASES=1 TORCH_THREADS=2 bench_torch cpu-tiny 8 64 f32 5
 else
   # Most wanted first: a lease can end mid-script, and each line of the table is kept as it comes.
   # ours bf16 = mixed (f32 master weights), like PyTorch's autocast `bf16`; `bf16-pure` on both
   # sides keeps weights and optimiser state in bf16.
-  bench_ours gpt2-124m 8 1024 bf16 10
-  bench_torch gpt2-124m 8 1024 bf16 10
+  # --phases: where the step's time goes (forward, backward, optimizer, and how long the host
+  # takes to queue a step), to aim the next change at the largest gap.
+  PHASES=1 bench_ours gpt2-124m 8 1024 bf16 10
+  PHASES=1 bench_torch gpt2-124m 8 1024 bf16 10
   # The fused attention's effect, measured: the same step with burn's composed attention.
   bench_ours gpt2-124m 8 1024 bf16 10 composed
   same_loss gpt2-124m 8 bf16 attention

@@ -348,6 +348,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
                    help="allow TF32 tensor-core matmuls for f32 on CUDA (MFU then uses the TF32 peak)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager)")
+    p.add_argument("--phases", action="store_true",
+                   help="then time --steps more steps with a sync after forward, backward and optimizer "
+                        "(phases_ms in the JSON; the syncs stop queuing ahead, so they add up to more than step_ms)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--attention", choices=["sdpa", "naive"], default="sdpa")
     p.add_argument("--seed", type=int, default=1337)
@@ -454,13 +457,35 @@ def main(argv: list[str] | None = None) -> int:
     times = []
     loss = None
     start = time.perf_counter()
+    host = []  # how long the host takes to queue a step: close to the step time = bound by the host
     for _ in range(args.steps):
         t0 = time.perf_counter()
         loss = step()
+        host.append(time.perf_counter() - t0)
         sync()
         times.append(time.perf_counter() - t0)
     total = time.perf_counter() - start
     final_loss = float(loss.item())
+    phases = None
+    if args.phases:
+        fwd, bwd, opt = [], [], []
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            with autocast:
+                phase_loss = loss_fn(forward(inputs), targets)
+            sync()
+            t1 = time.perf_counter()
+            phase_loss.backward()
+            sync()
+            t2 = time.perf_counter()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync()
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+            opt.append(time.perf_counter() - t2)
+        phases = {name: round(statistics.median(v) * 1e3, 4)
+                  for name, v in (("forward", fwd), ("backward", bwd), ("optimizer", opt))}
 
     step_s = total / args.steps
     tokens_per_s = args.batch * seq / step_s
@@ -495,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         # Extra context (not part of the shared result schema):
         "step_ms_median": round(statistics.median(times) * 1e3, 4),
         "step_ms_min": round(min(times) * 1e3, 4),
+        "host_ms": round(statistics.median(host) * 1e3, 4),
+        "phases_ms": phases,
         "steps": args.steps,
         "warmup_steps": warmup,
         "attention": args.attention,

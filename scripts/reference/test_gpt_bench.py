@@ -208,6 +208,16 @@ class BenchTests(unittest.TestCase):
         self.assertIsNone(r["mfu"])  # CPU
         self.assertIsNone(r["peak_memory_bytes"])
         self.assertIsNone(r["gpu_memory_reserved_bytes"])
+        self.assertGreater(r["host_ms"], 0)
+        self.assertIsNone(r["phases_ms"])
+
+    def test_phases_time_forward_backward_and_optimizer(self):
+        rc, r = self.run_main("--preset", "cpu-tiny", "--batch", "2", "--seq", "32", "--steps", "2",
+                              "--warmup-steps", "1", "--threads", "1", "--phases")
+        self.assertEqual(rc, 0)
+        self.assertEqual(sorted(r["phases_ms"]), ["backward", "forward", "optimizer"])
+        for name, ms in r["phases_ms"].items():
+            self.assertGreater(ms, 0, name)
 
     def test_shape_flags_override_the_preset(self):
         rc, r = self.run_main("--preset", "llama-small", "--vocab-size", "128", "--context-length", "16",

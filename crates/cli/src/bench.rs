@@ -50,6 +50,11 @@ pub struct BenchArgs {
     /// composed (burn's log_softmax and gather).
     #[arg(long, default_value = "fused", value_parser = str::parse::<CrossEntropyKernel>)]
     pub cross_entropy: CrossEntropyKernel,
+    /// Then time as many steps again with a device sync after the forward, the backward and
+    /// the optimizer, and report each phase's median (`phases_ms` in the JSON). The syncs stop
+    /// the host from queuing ahead, so the phases add up to more than `step_ms`.
+    #[arg(long)]
+    pub phases: bool,
 }
 
 struct BenchJob {
@@ -78,7 +83,10 @@ impl Job for BenchJob {
         let targets: Vec<u32> = (0..batch)
             .flat_map(|r| ids[r * (seq + 1) + 1..(r + 1) * (seq + 1)].to_vec())
             .collect();
-        let mut times = Vec::with_capacity(args.steps);
+        let sync = || AB::sync(device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"));
+        // `host`: how long the host takes to queue a step (all of it on a synchronous CPU
+        // backend); close to `step` on a GPU means the step is bound by the host, not the GPU.
+        let (mut times, mut host) = (Vec::new(), Vec::new());
         let mut last_loss = f64::NAN;
         for i in 0..args.warmup + args.steps {
             let t0 = Instant::now();
@@ -90,17 +98,47 @@ impl Job for BenchJob {
             // The step queues everything and the sync below is its only wait, as in `train`.
             let (m, _grad_norm) = optimizer.step(model, 1e-4);
             model = m;
-            AB::sync(device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
+            let queued = t0.elapsed().as_secs_f64();
+            sync()?;
             if i >= args.warmup {
                 times.push(t0.elapsed().as_secs_f64());
+                host.push(queued);
             }
             if i + 1 == args.warmup + args.steps {
                 use burn::tensor::ElementConversion;
                 last_loss = loss.into_scalar().elem::<f64>();
             }
         }
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
+        let phases = if args.phases {
+            let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..args.steps {
+                let t0 = Instant::now();
+                let x = tokens_tensor::<AB>(&inputs, batch, seq, device);
+                let y = tokens_tensor::<AB>(&targets, batch, seq, device);
+                let loss = model.forward_loss(x, y);
+                sync()?;
+                let t1 = Instant::now();
+                let grads = loss.backward();
+                optimizer.accumulate(&model, &grads);
+                sync()?;
+                let t2 = Instant::now();
+                let (m, _grad_norm) = optimizer.step(model, 1e-4);
+                model = m;
+                sync()?;
+                fwd.push((t1 - t0).as_secs_f64());
+                bwd.push((t2 - t1).as_secs_f64());
+                opt.push(t2.elapsed().as_secs_f64());
+            }
+            Some(serde_json::json!({
+                "forward": median(&mut fwd) * 1e3,
+                "backward": median(&mut bwd) * 1e3,
+                "optimizer": median(&mut opt) * 1e3,
+            }))
+        } else {
+            None
+        };
+        let host_median = median(&mut host);
+        let median = median(&mut times);
         let tokens = (batch * seq) as f64;
         let flops_per_token = config.flops_per_token(seq);
         let achieved = flops_per_token * tokens / median;
@@ -124,6 +162,8 @@ impl Job for BenchJob {
             "params": config.param_count(),
             "step_ms": median * 1e3,
             "step_ms_min": times[0] * 1e3,
+            "host_ms": host_median * 1e3,
+            "phases_ms": phases,
             "step_ms_max": times[times.len() - 1] * 1e3,
             "tokens_per_s": tokens / median,
             "flops_per_token": flops_per_token,
@@ -140,6 +180,12 @@ impl Job for BenchJob {
             "final_loss": last_loss,
         }))
     }
+}
+
+/// The median of `values` (sorted in place; the upper one of an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// `hyperclone bench`.
@@ -191,6 +237,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 ""
             }
         ))
+    );
+    let phases = &json["phases_ms"];
+    println!(
+        "  host queues a step in {:.1} ms{}",
+        json["host_ms"].as_f64().unwrap_or(f64::NAN),
+        if phases.is_object() {
+            format!(
+                "; with a sync after each phase: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
+                phases["forward"].as_f64().unwrap_or(f64::NAN),
+                phases["backward"].as_f64().unwrap_or(f64::NAN),
+                phases["optimizer"].as_f64().unwrap_or(f64::NAN)
+            )
+        } else {
+            String::new()
+        }
     );
     println!("{json}");
     Ok(())

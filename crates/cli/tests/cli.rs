@@ -328,6 +328,13 @@ fn bench_reports_json_figures_and_refuses_bf16_pure_on_the_cpu() {
         assert_eq!(v["backend"], "flex");
         assert_eq!(v["steps"], 2);
         assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
+        // flex computes while it queues: the host's share is the whole step.
+        let (host, step) = (
+            v["host_ms"].as_f64().unwrap(),
+            v["step_ms"].as_f64().unwrap(),
+        );
+        assert!(host > 0.0 && host <= step, "host {host} ms, step {step} ms");
+        assert!(v["phases_ms"].is_null(), "{v}");
         // Random tokens over cpu-tiny's 512-word vocabulary: the loss stays near ln(512) = 6.24.
         let loss = v["final_loss"].as_f64().unwrap();
         assert!((5.5..7.0).contains(&loss), "{loss}");
@@ -347,7 +354,8 @@ fn bench_reports_json_figures_and_refuses_bf16_pure_on_the_cpu() {
 }
 
 /// `bench --attention` and `--cross-entropy` pick the kernels the step differentiates with, record
-/// them in the JSON, and, from the same weights and tokens, end at the same loss.
+/// them in the JSON, and, from the same weights and tokens, end at the same loss; `--phases`
+/// adds each phase's time.
 #[test]
 fn bench_kernel_choices_are_recorded_and_agree() {
     let mut runs = Vec::new();
@@ -370,11 +378,14 @@ fn bench_kernel_choices_are_recorded_and_agree() {
             attention,
             "--cross-entropy",
             cross_entropy,
+            "--phases",
         ]));
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let mut lines = stdout.lines().rev();
-        let v: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
-        let human = lines.next().unwrap();
+        let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        let human = stdout
+            .lines()
+            .find(|l| l.starts_with("flex cpu-tiny"))
+            .unwrap();
         assert_eq!(v["attention"], attention, "{v}");
         assert_eq!(v["cross_entropy"], cross_entropy, "{v}");
         assert!(
@@ -382,6 +393,16 @@ fn bench_kernel_choices_are_recorded_and_agree() {
                 "{attention} attention, {cross_entropy} cross-entropy"
             )),
             "{human}"
+        );
+        for phase in ["forward", "backward", "optimizer"] {
+            assert!(
+                v["phases_ms"][phase].as_f64().unwrap() > 0.0,
+                "{phase}: {v}"
+            );
+        }
+        assert!(
+            stdout.contains("with a sync after each phase: forward"),
+            "{stdout}"
         );
         runs.push(v["final_loss"].as_f64().unwrap());
     }
