@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{HfArchitecture, HfConfig};
 use crate::error::{io_err, InteropError};
 use crate::import::{CONFIG_FILE, TOKENIZER_FILE};
-use crate::tensors::{serialize_f32, transpose, NamedTensors, WEIGHTS_FILE};
+use crate::tensors::{transpose, F32Safetensors, NamedTensors, WEIGHTS_FILE};
 
 /// What [`export_hf`] wrote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,7 +200,9 @@ pub fn export_hf<B: Backend>(
     tokenizer: Option<&Path>,
 ) -> Result<ExportInfo, InteropError> {
     let (hf, tensors) = hf_tensors(model)?;
-    let weights = serialize_f32(&tensors, &dir.join(WEIGHTS_FILE))?;
+    // Laid out (and checked) up front; the values are streamed into the file below, so the
+    // peak memory is the model plus `tensors`, not another copy or two of the weights.
+    let weights = F32Safetensors::new(&tensors, &dir.join(WEIGHTS_FILE))?;
     let tokenizer_bytes = match tokenizer {
         Some(p) => Some(fs::read(p).map_err(io_err(p))?),
         None => None,
@@ -222,8 +224,9 @@ pub fn export_hf<B: Backend>(
     }
     let mut config = serde_json::to_vec_pretty(&json).expect("JSON value serialises");
     config.push(b'\n');
+    let mut weights_sha256 = String::new();
     write_dir_atomically::<InteropError>(dir, |tmp| {
-        write_file_atomically(&tmp.join(WEIGHTS_FILE), &weights)?;
+        weights_sha256 = weights.write_atomically(&tmp.join(WEIGHTS_FILE))?;
         write_file_atomically(&tmp.join(CONFIG_FILE), &config)?;
         if let Some(bytes) = &tokenizer_bytes {
             write_file_atomically(&tmp.join(TOKENIZER_FILE), bytes)?;
@@ -235,7 +238,7 @@ pub fn export_hf<B: Backend>(
         architecture: hf.architecture(),
         dir: dir.to_path_buf(),
         tensors: tensors.len(),
-        weights_sha256: sha256_hex(&weights),
+        weights_sha256,
         config_sha256: sha256_hex(&config),
         tokenizer: tokenizer_bytes.is_some(),
     })

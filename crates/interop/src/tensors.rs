@@ -3,10 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::error::{io_err, InteropError};
 
@@ -293,33 +295,202 @@ pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Serialises f32 tensors to safetensors bytes with `{"format": "pt"}` metadata (which
-/// transformers expects). The output is a pure function of the input (tensors sorted by name).
-pub fn serialize_f32(tensors: &NamedTensors, path: &Path) -> Result<Vec<u8>, InteropError> {
-    let err = |e: safetensors::SafeTensorError| InteropError::Safetensors {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let bytes: Vec<(&String, &Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(name, (shape, data))| {
-            (
-                name,
+/// f32 tensors laid out as a safetensors file with `{"format": "pt"}` metadata (which
+/// transformers expects), byte-identical to `safetensors::serialize` (0.7) of the same tensors:
+/// an 8-byte little-endian header length, the compact JSON header (`__metadata__`, then each
+/// tensor's `dtype`, `shape` and `data_offsets` in name order) padded with spaces to a multiple
+/// of 8 bytes, then the tensors' little-endian bytes in name order.
+///
+/// Only the header is built in memory: [`F32Safetensors::write_to`] and
+/// [`F32Safetensors::write_atomically`] stream the values, so writing a checkpoint costs no copy
+/// of its weights. The output is a pure function of the input.
+#[derive(Debug)]
+pub struct F32Safetensors<'a> {
+    tensors: &'a NamedTensors,
+    header: Vec<u8>,
+    data_len: u64,
+}
+
+/// The safetensors crate's limit on the header length (it refuses larger ones).
+const MAX_HEADER_LEN: usize = 100_000_000;
+
+/// Values converted to bytes per write (64 KiB of output).
+const CHUNK_VALUES: usize = 16 * 1024;
+
+/// The JSON header: `__metadata__` first, then the tensors in name order.
+struct Header<'a> {
+    tensors: &'a NamedTensors,
+    offsets: Vec<[usize; 2]>,
+}
+
+#[derive(serde::Serialize)]
+struct HeaderEntry<'a> {
+    dtype: &'static str,
+    shape: &'a [usize],
+    data_offsets: [usize; 2],
+}
+
+impl serde::Serialize for Header<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.tensors.len() + 1))?;
+        map.serialize_entry("__metadata__", &BTreeMap::from([("format", "pt")]))?;
+        for ((name, (shape, _)), offsets) in self.tensors.iter().zip(&self.offsets) {
+            let entry = HeaderEntry {
+                dtype: "F32",
                 shape,
-                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
+                data_offsets: *offsets,
+            };
+            map.serialize_entry(name, &entry)?;
+        }
+        map.end()
+    }
+}
+
+impl<'a> F32Safetensors<'a> {
+    /// Lays out `tensors`, checking that each one's values fill its shape; errors name `path`
+    /// (the file to be written) and the tensor.
+    pub fn new(tensors: &'a NamedTensors, path: &Path) -> Result<Self, InteropError> {
+        let err = |reason: String| InteropError::Safetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut offsets = Vec::with_capacity(tensors.len());
+        let mut offset = 0usize;
+        for (name, (shape, data)) in tensors {
+            let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            if elements != Some(data.len()) {
+                return Err(err(format!(
+                    "tensor {name} has {} values but shape {shape:?}",
+                    data.len()
+                )));
+            }
+            let end = data
+                .len()
+                .checked_mul(4)
+                .and_then(|n| n.checked_add(offset))
+                .ok_or_else(|| err(format!("tensor {name}: data offsets overflow")))?;
+            offsets.push([offset, end]);
+            offset = end;
+        }
+        let json = serde_json::to_vec(&Header { tensors, offsets })
+            .map_err(|e| err(format!("writing the header: {e}")))?;
+        let padded = json.len().next_multiple_of(8);
+        if padded > MAX_HEADER_LEN {
+            return Err(err(format!(
+                "header of {padded} bytes ({} tensors) exceeds the format's limit of {MAX_HEADER_LEN}",
+                tensors.len()
+            )));
+        }
+        let mut header = Vec::with_capacity(8 + padded);
+        header.extend_from_slice(&(padded as u64).to_le_bytes());
+        header.extend_from_slice(&json);
+        header.resize(8 + padded, b' ');
+        Ok(F32Safetensors {
+            tensors,
+            header,
+            data_len: offset as u64,
         })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(name, shape, b)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.to_vec(), b)
-                .map(|v| (name.as_str(), v))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(err)?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize(views, Some(metadata)).map_err(err)
+    }
+
+    /// The length of the file in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.header.len() as u64 + self.data_len
+    }
+
+    /// Writes the file to `w` (unbuffered writers should be wrapped in a `BufWriter`).
+    pub fn write_to<W: Write>(&self, w: &mut W) -> io::Result<()> {
+        w.write_all(&self.header)?;
+        let mut chunk = Vec::with_capacity(CHUNK_VALUES * 4);
+        for (_, data) in self.tensors.values() {
+            for values in data.chunks(CHUNK_VALUES) {
+                chunk.clear();
+                chunk.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+                w.write_all(&chunk)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the file to `path` atomically (a temp file in the same folder, fsynced, then
+    /// renamed over `path`) and returns the lower-case hex SHA-256 of its bytes, computed as
+    /// they are written. On failure the temp file is removed; errors name the file.
+    pub fn write_atomically(&self, path: &Path) -> Result<String, InteropError> {
+        let mut sha256 = String::new();
+        write_file_streaming(path, |w| {
+            let mut hashing = HashingWriter {
+                inner: w,
+                hasher: Sha256::new(),
+            };
+            self.write_to(&mut hashing)?;
+            sha256 = hex(&hashing.hasher.finalize());
+            Ok(())
+        })?;
+        Ok(sha256)
+    }
+}
+
+/// A writer that hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The streaming sibling of `hyperclone_model::checkpoint::write_file_atomically`: `fill`
+/// writes the contents through a buffered writer into a temp file next to `path`
+/// (`.{name}.tmp-{pid}`), which is fsynced and renamed to `path` only when `fill` succeeds; on
+/// failure the temp file is removed and `path` is untouched. I/O errors name the temp file
+/// (writing) or `path` (renaming).
+pub fn write_file_streaming(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<fs::File>) -> io::Result<()>,
+) -> Result<(), InteropError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written = (|| {
+        let file = fs::File::create(&tmp)?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        fill(&mut w)?;
+        let file = w.into_inner().map_err(io::IntoInnerError::into_error)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err(path)(e)
+    })
+}
+
+/// Serialises f32 tensors to safetensors bytes in memory (see [`F32Safetensors`], which writes
+/// a file without this copy); errors name `path`.
+pub fn serialize_f32(tensors: &NamedTensors, path: &Path) -> Result<Vec<u8>, InteropError> {
+    let st = F32Safetensors::new(tensors, path)?;
+    let mut out = Vec::with_capacity(usize::try_from(st.file_len()).unwrap_or(0));
+    st.write_to(&mut out).map_err(io_err(path))?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -349,6 +520,136 @@ mod tests {
     fn transpose_swaps_axes() {
         let m = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // [2, 3]
         assert_eq!(transpose(&m, 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    }
+
+    /// The reference: `safetensors::serialize` with `{"format": "pt"}` metadata (what
+    /// `serialize_f32` used before it streamed).
+    fn reference_serialize(tensors: &NamedTensors) -> Vec<u8> {
+        let bytes: Vec<(&str, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(name, (shape, data))| {
+                let b = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (name.as_str(), shape.clone(), b)
+            })
+            .collect();
+        let views: Vec<_> = bytes
+            .iter()
+            .map(|(name, shape, b)| {
+                let view =
+                    safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b).unwrap();
+                (*name, view)
+            })
+            .collect();
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize(views, Some(metadata)).unwrap()
+    }
+
+    /// Tensors of several shapes (2-D, 1-D, 0-D, empty), inserted out of name order, with a
+    /// name that JSON must escape; `pad` varies the header length across all 8 residues.
+    fn sample_tensors(pad: usize) -> NamedTensors {
+        let ramp = |n: usize, scale: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 - 3.5) * scale).collect()
+        };
+        let mut t = NamedTensors::new();
+        t.insert("zeta.weight".into(), (vec![3, 4], ramp(12, 0.37)));
+        t.insert("h.10.bias".into(), (vec![5], ramp(5, -1.25e-7)));
+        t.insert(
+            "h.9.bias".into(),
+            (vec![2], vec![f32::MAX, f32::MIN_POSITIVE]),
+        );
+        t.insert("Alpha".into(), (vec![0, 7], Vec::new()));
+        t.insert("scalar".into(), (Vec::new(), vec![-0.0]));
+        t.insert("odd \"name\" é\t".into(), (vec![1, 1, 3], ramp(3, 1e30)));
+        t.insert(format!("b{}", "x".repeat(pad)), (vec![1], vec![42.5]));
+        t
+    }
+
+    #[test]
+    fn streamed_safetensors_are_byte_identical_to_the_safetensors_crate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut header_residues = BTreeSet::new();
+        for pad in 0..8 {
+            let tensors = sample_tensors(pad);
+            let reference = reference_serialize(&tensors);
+            let header_len = u64::from_le_bytes(reference[..8].try_into().unwrap());
+            let header = &reference[8..8 + header_len as usize];
+            let padding = header.iter().rev().take_while(|&&b| b == b' ').count();
+            header_residues.insert(padding);
+
+            let path = tmp.path().join(format!("streamed-{pad}.safetensors"));
+            let st = F32Safetensors::new(&tensors, &path).unwrap();
+            assert_eq!(st.file_len(), reference.len() as u64, "pad {pad}");
+            let sha = st.write_atomically(&path).unwrap();
+            let streamed = fs::read(&path).unwrap();
+            assert!(streamed == reference, "pad {pad}: bytes differ");
+            assert_eq!(sha, hex(&Sha256::digest(&reference)), "pad {pad}");
+            assert!(serialize_f32(&tensors, &path).unwrap() == reference);
+
+            let back = SafeTensors::deserialize(&streamed).unwrap();
+            assert_eq!(back.len(), tensors.len());
+            for (name, (shape, data)) in &tensors {
+                let view = back.tensor(name).unwrap();
+                assert_eq!(view.dtype(), Dtype::F32, "{name}");
+                assert_eq!(view.shape(), shape.as_slice(), "{name}");
+                let values = to_f32(Dtype::F32, view.data(), &path, name).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&values), bits(data), "{name}");
+            }
+            let (_, metadata) = SafeTensors::read_metadata(&streamed).unwrap();
+            let sorted: Vec<_> = tensors.keys().cloned().collect();
+            assert_eq!(
+                metadata.offset_keys(),
+                sorted,
+                "data laid out in name order"
+            );
+            let format = metadata.metadata().as_ref().and_then(|m| m.get("format"));
+            assert_eq!(format.map(String::as_str), Some("pt"));
+        }
+        // The header was padded with each of 0 to 7 spaces.
+        assert_eq!(header_residues.len(), 8, "{header_residues:?}");
+        let leftovers: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn streamed_safetensors_errors_name_the_file_and_leave_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut bad = NamedTensors::new();
+        bad.insert("w".into(), (vec![2, 3], vec![1.0; 5]));
+        let path = tmp.path().join("model.safetensors");
+        let e = F32Safetensors::new(&bad, &path).unwrap_err().to_string();
+        assert!(
+            e.contains("model.safetensors") && e.contains("tensor w") && e.contains("[2, 3]"),
+            "{e}"
+        );
+
+        let good = sample_tensors(0);
+        let st = F32Safetensors::new(&good, &path).unwrap();
+        let missing = tmp.path().join("no-such-folder/model.safetensors");
+        let e = st.write_atomically(&missing).unwrap_err().to_string();
+        assert!(
+            e.contains("no-such-folder") && e.contains("model.safetensors"),
+            "{e}"
+        );
+
+        // A failing writer: the temp file is removed and the target left as it was.
+        fs::write(&path, b"old").unwrap();
+        let e = write_file_streaming(&path, |w| {
+            w.write_all(b"partial")?;
+            Err(io::Error::other("disk full"))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("model.safetensors") && e.contains("disk full"),
+            "{e}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
     }
 
     #[test]
