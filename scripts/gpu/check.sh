@@ -113,17 +113,17 @@ v = json.load(sys.stdin)
 mfu = v.get("mfu")
 res, rss = v.get("gpu_memory_reserved_bytes"), v.get("peak_memory_bytes")
 mem = "%.0f MiB reserved" % (res / 2**20) if res else ("%.0f MiB peak" % (rss / 2**20) if rss else "n/a")
-att = " (%s attention%s)" % (v["attention"], ", %s cross-entropy" % v["cross_entropy"] if "cross_entropy" in v else "") if "attention" in v else ""
+att = " (%s attention%s%s)" % (v["attention"], ", %s cross-entropy" % v["cross_entropy"] if "cross_entropy" in v else "", ", %s norms/GELU" % v["layer_ops"] if "layer_ops" in v else "") if "attention" in v else ""
 print("%.0f tok/s, %.1f ms/step, %.2f TFLOP/s, MFU %s, memory %s%s" % (v["tokens_per_s"], v["step_ms"], v["tflops_per_s"], "n/a" if mfu is None else "%.1f%%" % (100 * mfu), mem, att))
 if v.get("host_ms") is not None:
     ph = v.get("phases_ms")
     print("        host queues a step in %.1f ms%s" % (v["host_ms"], "; synced phases: forward %.1f, backward %.1f, optimizer %.1f ms" % (ph["forward"], ph["backward"], ph["optimizer"]) if ph else ""))'
 }
-bench_ours() { # preset batch seq precision steps [attention: auto (default), fused, composed] [cross-entropy: fused (default), composed]
-  local line att="${6:-auto}" ce="${7:-fused}" log="$out/bench-$1-B$2-$4-${6:-auto}${7:+-ce-$7}.log"
-  line=$(timeout 150 "$bin" bench --backend $gpu --preset "$1" --batch "$2" --seq "$3" --precision "$4" --attention "$att" --cross-entropy "$ce" --steps "$5" --warmup 2 ${PHASES:+--phases} 2>"$log" | tail -1)
+bench_ours() { # preset batch seq precision steps [attention: auto (default), fused, composed] [cross-entropy: fused (default), composed] [norms/GELU: fused (default), composed]
+  local line att="${6:-auto}" ce="${7:-fused}" lo="${8:-fused}" log="$out/bench-$1-B$2-$4-${6:-auto}${7:+-ce-$7}${8:+-ln-$8}.log"
+  line=$(timeout 150 "$bin" bench --backend $gpu --preset "$1" --batch "$2" --seq "$3" --precision "$4" --attention "$att" --cross-entropy "$ce" --layer-ops "$lo" --steps "$5" --warmup 2 ${PHASES:+--phases} 2>"$log" | tail -1)
   if [ -n "$line" ]; then echo "$line" >> "$results"; note "ours    $1 B=$2 T=$3 $4: $(echo "$line" | fmt_line)"
-  else note "ours    $1 B=$2 $4 $att attention, $ce cross-entropy: failed ($(why "$log"))"; status=1; fi
+  else note "ours    $1 B=$2 $4 $att attention, $ce cross-entropy, $lo norms/GELU: failed ($(why "$log"))"; status=1; fi
 }
 bench_torch() { # preset batch seq dtype steps
   local line dev=cuda
@@ -136,7 +136,7 @@ bench_torch() { # preset batch seq dtype steps
 # Benches of ours with a fused and a composed kernel (attention or cross-entropy) start from the
 # same weights and tokens: their final losses must agree (float rounding only). At full size this
 # checks the fused ops where CubeCL may pick other kernels than at the tiny correctness shape.
-same_loss() { # preset batch dtype kernel (attention | cross_entropy)
+same_loss() { # preset batch dtype kernel (attention | cross_entropy | layer_ops)
   python3 - "$results" "$@" <<'PY' | tee -a "$table"
 import json, sys
 path, preset, batch, dtype, kernel = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
@@ -144,11 +144,13 @@ runs = {}
 for line in open(path):
     r = json.loads(line)
     if r.get("impl") == "hyperclone" and (r.get("preset"), r.get("batch"), r.get("dtype")) == (preset, batch, dtype):
-        runs[(r.get("attention"), r.get("cross_entropy", "fused"))] = r
-fused = runs.get(("fused", "fused"))
-composed = runs.get(("composed", "fused") if kernel == "attention" else ("fused", "composed"))
+        runs[(r.get("attention"), r.get("cross_entropy", "fused"), r.get("layer_ops", "fused"))] = r
+fused = runs.get(("fused", "fused", "fused"))
+composed = runs.get({"attention": ("composed", "fused", "fused"),
+                     "cross_entropy": ("fused", "composed", "fused"),
+                     "layer_ops": ("fused", "fused", "composed")}[kernel])
 tol = 1e-2 if dtype != "f32" else 1e-4
-what = kernel.replace("_", "-")
+what = {"attention": "attention", "cross_entropy": "cross-entropy", "layer_ops": "norms/GELU"}[kernel]
 if fused and composed:
     a, b = fused["final_loss"], composed["final_loss"]
     rel = abs(a - b) / abs(b)
@@ -165,6 +167,8 @@ if [ $cpu_only = 1 ]; then
   same_loss cpu-tiny 8 f32 attention
   bench_ours cpu-tiny 8 64 f32 5 fused composed
   same_loss cpu-tiny 8 f32 cross_entropy
+  bench_ours cpu-tiny 8 64 f32 5 fused fused composed
+  same_loss cpu-tiny 8 f32 layer_ops
   PHASES=1 TORCH_THREADS=2 bench_torch cpu-tiny 8 64 f32 5
 else
   # Most wanted first: a lease can end mid-script, and each line of the table is kept as it comes.
@@ -177,6 +181,9 @@ else
   # The fused attention's effect, measured: the same step with burn's composed attention.
   bench_ours gpt2-124m 8 1024 bf16 10 composed
   same_loss gpt2-124m 8 bf16 attention
+  # The norm and GELU ops' effect: the same step with burn's ops.
+  bench_ours gpt2-124m 8 1024 bf16 10 auto fused composed
+  same_loss gpt2-124m 8 bf16 layer_ops
   bench_ours gpt2-124m 8 1024 bf16-pure 10
   bench_torch gpt2-124m 8 1024 bf16-pure 10
 fi

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use hyperclone_model::{
     tokens_tensor, AttentionKernel, CrossEntropyKernel, Gpt, GptAutodiffBackend, GptConfig,
-    SplitMix64,
+    LayerOpsKernel, SplitMix64,
 };
 use hyperclone_training::config::OptimizerConfig;
 use hyperclone_training::metrics::{peak_flops, peak_rss_bytes};
@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// composed (burn's log_softmax and gather).
     #[arg(long, default_value = "fused", value_parser = str::parse::<CrossEntropyKernel>)]
     pub cross_entropy: CrossEntropyKernel,
+    /// How the training step differentiates the norms and the GELU: fused (one op each) or
+    /// composed (burn's ops).
+    #[arg(long, default_value = "fused", value_parser = str::parse::<LayerOpsKernel>)]
+    pub layer_ops: LayerOpsKernel,
     /// Then time as many steps again with a device sync after the forward, the backward and
     /// the optimizer, and report each phase's median (`phases_ms` in the JSON). The syncs stop
     /// the host from queuing ahead, so the phases add up to more than `step_ms`.
@@ -71,7 +75,8 @@ impl Job for BenchJob {
         let mut model = Gpt::<AB>::init(&config, 0, device)?
             .with_compute_dtype(args.precision.compute_dtype())
             .with_attention_kernel(args.attention)
-            .with_cross_entropy_kernel(args.cross_entropy);
+            .with_cross_entropy_kernel(args.cross_entropy)
+            .with_layer_ops_kernel(args.layer_ops);
         let mut optimizer = AdamW::<AB>::new(OptimizerConfig::default());
         let mut rng = SplitMix64::new(1);
         let ids: Vec<u32> = (0..batch * (seq + 1))
@@ -156,6 +161,7 @@ impl Job for BenchJob {
             "dtype": args.precision.as_str(),
             "attention": args.attention.resolved_name::<AB>(seq),
             "cross_entropy": args.cross_entropy.as_str(),
+            "layer_ops": args.layer_ops.as_str(),
             "backend": env.backend_name,
             "device": if env.backend_name == "flex" { "cpu" } else { "cuda" },
             "device_name": env.device_name,
@@ -217,7 +223,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         },
     )?;
     println!(
-        "{} {} B={} T={} {} ({} attention, {} cross-entropy): {:.1} ms/step, {:.0} tokens/s, {:.2} TFLOP/s, MFU {}",
+        "{} {} B={} T={} {} ({} attention, {} cross-entropy, {} norms/GELU): {:.1} ms/step, {:.0} tokens/s, {:.2} TFLOP/s, MFU {}",
         json["backend"].as_str().unwrap_or(""),
         args.preset,
         args.batch,
@@ -225,6 +231,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         json["dtype"].as_str().unwrap_or(""),
         json["attention"].as_str().unwrap_or(""),
         json["cross_entropy"].as_str().unwrap_or(""),
+        json["layer_ops"].as_str().unwrap_or(""),
         json["step_ms"].as_f64().unwrap_or(f64::NAN),
         json["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
         json["tflops_per_s"].as_f64().unwrap_or(f64::NAN),

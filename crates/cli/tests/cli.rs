@@ -353,13 +353,16 @@ fn bench_reports_json_figures_and_refuses_bf16_pure_on_the_cpu() {
     assert!(err.contains("bf16-pure") && err.contains("flex"), "{err}");
 }
 
-/// `bench --attention` and `--cross-entropy` pick the kernels the step differentiates with, record
+/// `bench --attention`, `--cross-entropy` and `--layer-ops` pick the kernels the step differentiates with, record
 /// them in the JSON, and, from the same weights and tokens, end at the same loss; `--phases`
 /// adds each phase's time.
 #[test]
 fn bench_kernel_choices_are_recorded_and_agree() {
     let mut runs = Vec::new();
-    for (attention, cross_entropy) in [("fused", "fused"), ("composed", "composed")] {
+    for (attention, cross_entropy, layer_ops) in [
+        ("fused", "fused", "fused"),
+        ("composed", "composed", "composed"),
+    ] {
         let out = run_ok(bin().args([
             "bench",
             "--backend",
@@ -378,6 +381,8 @@ fn bench_kernel_choices_are_recorded_and_agree() {
             attention,
             "--cross-entropy",
             cross_entropy,
+            "--layer-ops",
+            layer_ops,
             "--phases",
         ]));
         let stdout = String::from_utf8_lossy(&out.stdout);

@@ -21,7 +21,8 @@ use burn::tensor::{FloatDType, Int, Tensor, TensorData, TensorPrimitive};
 use crate::config::{ConfigError, GptConfig, MlpKind, NormKind, Positional};
 use crate::ops::attention::{causal_options, AttentionKernel};
 use crate::ops::cross_entropy::{composed_cross_entropy, CrossEntropyKernel};
-use crate::ops::{cast_to, GptBackend};
+use crate::ops::layer_ops::LayerOpsKernel;
+use crate::ops::{cast_to, float_tensor, GptBackend};
 use crate::rng::SplitMix64;
 
 /// `x` in the compute dtype of mixed precision, or unchanged without one.
@@ -74,12 +75,28 @@ impl<B: Backend> Norm<B> {
             eps: config.norm_eps,
         }
     }
+}
 
-    /// Normalises over the last dimension.
+impl<B: GptBackend> Norm<B> {
+    /// Normalises over the last dimension, as one operation ([`GptBackend::fused_norm`]) or
+    /// composed of burn's ops.
     ///
     /// # Shapes
     /// `[B, T, d]` → `[B, T, d]`
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, kernel: LayerOpsKernel) -> Tensor<B, 3> {
+        if kernel == LayerOpsKernel::Fused {
+            let [b, t, d] = x.dims();
+            let y = B::fused_norm(
+                x.reshape([b * t, d]).into_primitive().tensor(), // [B·T, d]
+                self.weight.val().into_primitive().tensor(),
+                self.bias
+                    .as_ref()
+                    .map(|b| b.val().into_primitive().tensor()),
+                self.eps,
+                self.kind == NormKind::LayerNorm,
+            );
+            return float_tensor::<B, 2>(y).reshape([b, t, d]); // [B, T, d]
+        }
         match self.kind {
             NormKind::LayerNorm => {
                 // burn's layer_norm op: backends may fuse it.
@@ -240,7 +257,7 @@ const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 /// computed as the identical `x·σ(2·√(2/π)·x·(1 + 0.044715·x²))` (since
 /// `(1 + tanh(u))/2 = σ(2u)`): one fused sigmoid (with its own backward) replaces tanh and the
 /// cubic `powf`, the two costliest elementwise ops of a CPU training step.
-fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+pub(crate) fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let a = 2.0 * SQRT_2_OVER_PI;
     let u = (x.clone() * x.clone() * (a * 0.044_715) + a) * x.clone(); // 2·√(2/π)·(x + 0.044715·x³)
     x * sigmoid(u)
@@ -258,15 +275,23 @@ pub struct Mlp<B: Backend> {
     pub c_proj: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: GptBackend> Mlp<B> {
     /// Runs in `compute` (mixed precision) when given, and returns `x`'s dtype.
     ///
     /// # Shapes
     /// `[B, T, d_model]` → `[B, T, d_model]`
-    pub fn forward(&self, x: Tensor<B, 3>, compute: Option<FloatDType>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        compute: Option<FloatDType>,
+        kernel: LayerOpsKernel,
+    ) -> Tensor<B, 3> {
         let residual_dtype = x.dtype();
         let x = to_compute(x, compute);
         let hidden = match &self.c_gate {
+            None if kernel == LayerOpsKernel::Fused => float_tensor(B::fused_gelu_tanh(
+                project(&self.c_fc, x).into_primitive().tensor(),
+            )),
             None => gelu_tanh(project(&self.c_fc, x)),
             Some(gate) => silu(project(gate, x.clone())) * project(&self.c_fc, x),
         }; // [B, T, d_ff]
@@ -299,13 +324,19 @@ impl<B: GptBackend> Block<B> {
         x: Tensor<B, 3>,
         rope: Option<&RopeTables<B>>,
         compute: Option<FloatDType>,
-        kernel: AttentionKernel,
+        attention: AttentionKernel,
+        layer_ops: LayerOpsKernel,
     ) -> Tensor<B, 3> {
-        let attn = self
-            .attn
-            .forward(self.ln_1.forward(x.clone()), rope, compute, kernel);
+        let attn = self.attn.forward(
+            self.ln_1.forward(x.clone(), layer_ops),
+            rope,
+            compute,
+            attention,
+        );
         let x = x + self.drop.forward(attn);
-        let mlp = self.mlp.forward(self.ln_2.forward(x.clone()), compute);
+        let mlp = self
+            .mlp
+            .forward(self.ln_2.forward(x.clone(), layer_ops), compute, layer_ops);
         x + self.drop.forward(mlp)
     }
 }
@@ -338,6 +369,10 @@ pub struct Gpt<B: Backend> {
     /// either way. A run-time choice, not part of the checkpoint.
     #[module(skip)]
     cross_entropy_kernel: CrossEntropyKernel,
+    /// How training differentiates the norms and the GELU ([`LayerOpsKernel`]). A run-time
+    /// choice, not part of the checkpoint.
+    #[module(skip)]
+    layer_ops_kernel: LayerOpsKernel,
 }
 
 /// `[rows, cols]` weights drawn from `rng` (host-side, backend-independent), or zeros when
@@ -450,6 +485,7 @@ impl<B: Backend> Gpt<B> {
             compute_dtype: None,
             attention_kernel: AttentionKernel::default(),
             cross_entropy_kernel: CrossEntropyKernel::default(),
+            layer_ops_kernel: LayerOpsKernel::default(),
         })
     }
 
@@ -492,6 +528,17 @@ impl<B: Backend> Gpt<B> {
     /// How [`Gpt::forward_loss`] differentiates the loss.
     pub fn cross_entropy_kernel(&self) -> CrossEntropyKernel {
         self.cross_entropy_kernel
+    }
+
+    /// The same weights running the norms and the GELU with `kernel`.
+    pub fn with_layer_ops_kernel(mut self, kernel: LayerOpsKernel) -> Self {
+        self.layer_ops_kernel = kernel;
+        self
+    }
+
+    /// How the norms and the GELU run.
+    pub fn layer_ops_kernel(&self) -> LayerOpsKernel {
+        self.layer_ops_kernel
     }
 
     /// The mixed-precision compute dtype, if any.
@@ -552,9 +599,15 @@ impl<B: GptBackend> Gpt<B> {
             .then(|| RopeTables::new(t, self.config.head_dim(), self.config.rope_theta, &device));
         let mut x = self.drop.forward(x);
         for block in &self.h {
-            x = block.forward(x, rope.as_ref(), self.compute_dtype, self.attention_kernel);
+            x = block.forward(
+                x,
+                rope.as_ref(),
+                self.compute_dtype,
+                self.attention_kernel,
+                self.layer_ops_kernel,
+            );
         }
-        self.ln_f.forward(x)
+        self.ln_f.forward(x, self.layer_ops_kernel)
     }
 
     /// Mean cross-entropy of `logits` against `targets` over all B·T positions, as one
@@ -825,6 +878,22 @@ mod tests {
                 CrossEntropyKernel::Composed
             );
             assert_train_alike(composed, model, "cross-entropy");
+        }
+    }
+
+    /// And the norms and the GELU: `ops/layer_ops.rs` against burn's ops
+    /// ([`Gpt::with_layer_ops_kernel`]), for LayerNorm + GELU and RMSNorm + SwiGLU models.
+    #[test]
+    fn fused_and_composed_norms_and_gelu_train_alike() {
+        let device = Default::default();
+        for config in gpt2_and_llama_tiny(2) {
+            let model = Gpt::<AB>::init(&config, 5, &device).unwrap();
+            assert_eq!(model.layer_ops_kernel(), LayerOpsKernel::Fused);
+            let composed = model
+                .clone()
+                .with_layer_ops_kernel(LayerOpsKernel::Composed);
+            assert_eq!(composed.layer_ops_kernel(), LayerOpsKernel::Composed);
+            assert_train_alike(composed, model, "norms and GELU");
         }
     }
 

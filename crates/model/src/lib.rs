@@ -17,5 +17,6 @@ pub use generate::{generate, sample_token, SampleOptions};
 pub use gpt::{tokens_tensor, Attention, Block, Gpt, Mlp, Norm, RopeTables};
 pub use ops::attention::AttentionKernel;
 pub use ops::cross_entropy::CrossEntropyKernel;
+pub use ops::layer_ops::LayerOpsKernel;
 pub use ops::{GptAutodiffBackend, GptBackend};
 pub use rng::SplitMix64;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use hyperclone_data::PrepareOptions;
-use hyperclone_model::{AttentionKernel, CrossEntropyKernel, GptConfig};
+use hyperclone_model::{AttentionKernel, CrossEntropyKernel, GptConfig, LayerOpsKernel};
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration could not be read.
@@ -296,6 +296,12 @@ pub struct RunConfig {
     /// for comparison). The same function; losses differ only by float rounding.
     #[serde(default)]
     pub cross_entropy: CrossEntropyKernel,
+    /// How training differentiates the norms (LayerNorm, RMSNorm) and the GELU: `fused` (one
+    /// operation each, keeping only its input and row statistics, with a one-pass backward) or
+    /// `composed` (burn's ops, each recorded; kept for comparison). The same functions; losses
+    /// differ only by float rounding.
+    #[serde(default)]
+    pub layer_ops: LayerOpsKernel,
 }
 
 fn default_backend() -> BackendKind {
@@ -678,30 +684,31 @@ mod tests {
     }
 
     #[test]
-    fn cross_entropy_kernel_defaults_to_fused_and_parses_with_a_clear_error() {
-        assert_eq!(
-            load(BASE, &[]).unwrap().run.cross_entropy,
-            CrossEntropyKernel::Fused
-        );
-        for (name, want) in [
-            ("fused", CrossEntropyKernel::Fused),
-            ("composed", CrossEntropyKernel::Composed),
-        ] {
-            let c = load(BASE, &[format!("run.cross_entropy={name}").as_str()]).unwrap();
-            assert_eq!(c.run.cross_entropy, want);
-            assert_eq!(load(&c.to_toml(), &[]).unwrap().run.cross_entropy, want);
-        }
+    fn fused_or_composed_kernels_default_to_fused_and_parse_with_a_clear_error() {
+        let base = load(BASE, &[]).unwrap();
+        assert_eq!(base.run.cross_entropy, CrossEntropyKernel::Fused);
+        assert_eq!(base.run.layer_ops, LayerOpsKernel::Fused);
         let model = GptConfig::cpu_tiny();
-        let fused = load(BASE, &["run.cross_entropy=fused"]).unwrap();
-        let composed = load(BASE, &["run.cross_entropy=composed"]).unwrap();
-        assert_eq!(
-            crate::trainer::trajectory_hash(&fused, &model),
-            crate::trainer::trajectory_hash(&composed, &model)
-        );
-        let e = load(BASE, &["run.cross_entropy=sparse"])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("cross_entropy") && e.contains("sparse"), "{e}");
+        for key in ["cross_entropy", "layer_ops"] {
+            let read = |c: &TrainConfig| match key {
+                "cross_entropy" => c.run.cross_entropy.as_str(),
+                _ => c.run.layer_ops.as_str(),
+            };
+            for name in ["fused", "composed"] {
+                let c = load(BASE, &[format!("run.{key}={name}").as_str()]).unwrap();
+                assert_eq!(read(&c), name);
+                assert_eq!(read(&load(&c.to_toml(), &[]).unwrap()), name);
+                // Not part of the trajectory: a run may resume with the other kernel.
+                assert_eq!(
+                    crate::trainer::trajectory_hash(&c, &model),
+                    crate::trainer::trajectory_hash(&base, &model)
+                );
+            }
+            let e = load(BASE, &[format!("run.{key}=sparse").as_str()])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("sparse"), "{e}");
+        }
     }
 
     #[test]

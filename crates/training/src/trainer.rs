@@ -376,7 +376,8 @@ pub fn train<AB: GptAutodiffBackend>(
     let mut model = model
         .with_compute_dtype(precision.compute_dtype())
         .with_attention_kernel(config.run.attention)
-        .with_cross_entropy_kernel(config.run.cross_entropy);
+        .with_cross_entropy_kernel(config.run.cross_entropy)
+        .with_layer_ops_kernel(config.run.layer_ops);
     let info = RunInfo {
         backend: options.backend_name.clone(),
         device: if options.device_name.starts_with("cpu") {

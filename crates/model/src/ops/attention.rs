@@ -194,7 +194,7 @@ pub fn causal_attention_backward<B: Backend>(
         .matmul(grad_out.clone()); // [B, nh, T, hs]
     let grad_probs = cast_to(grad_out.clone().matmul(v.swap_dims(2, 3)), acc); // [B, nh, T, T]
     let row_dot = (cast_to(grad_out, acc) * cast_to(out, acc)).sum_dim(3); // [B, nh, T, 1]
-                                                                           // [B, nh, T, T]; 0 where masked
+                                                                           // [B, nh, T, T]; 0 where masked (P is)
     let grad_scores = cast_to(probs * (grad_probs - row_dot), dtype);
     let grad_q = grad_scores.clone().matmul(k * scale); // [B, nh, T, hs]
     let grad_k = grad_scores.swap_dims(2, 3).matmul(q_scaled); // [B, nh, T, hs]

@@ -9,6 +9,7 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod layer_ops;
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::Autodiff;
@@ -53,6 +54,25 @@ pub trait GptBackend: Backend {
     /// `logits: [N, V]`, `targets: [N]` → `[1]`
     fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
         cross_entropy::cross_entropy_forward::<Self>(logits, targets).0
+    }
+
+    /// LayerNorm (`centered`) or RMSNorm over the last dimension: `x̂·γ + β`.
+    ///
+    /// # Shapes
+    /// `x: [N, d]`, `gamma, beta: [d]` → `[N, d]`
+    fn fused_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: Option<FloatTensor<Self>>,
+        eps: f64,
+        centered: bool,
+    ) -> FloatTensor<Self> {
+        layer_ops::norm_forward::<Self>(x, gamma, beta, eps, centered).0
+    }
+
+    /// The tanh GELU, `x·σ(2·√(2/π)·x·(1 + 0.044715·x²))`, elementwise (any shape).
+    fn fused_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        layer_ops::gelu_tanh_forward::<Self>(x)
     }
 }
 
@@ -107,7 +127,7 @@ pub(crate) fn accumulation_dtype(dtype: DType) -> DType {
 }
 
 /// A backend's float primitive as a tensor.
-pub(crate) fn float_tensor<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
+pub fn float_tensor<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(x))
 }
 
@@ -126,5 +146,19 @@ impl<B: GptBackend, C: CheckpointStrategy> GptBackend for Autodiff<B, C> {
 
     fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
         cross_entropy::autodiff_cross_entropy::<B, C>(logits, targets)
+    }
+
+    fn fused_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: Option<FloatTensor<Self>>,
+        eps: f64,
+        centered: bool,
+    ) -> FloatTensor<Self> {
+        layer_ops::autodiff_norm::<B, C>(x, gamma, beta, eps, centered)
+    }
+
+    fn fused_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        layer_ops::autodiff_gelu_tanh::<B, C>(x)
     }
 }
