@@ -15,7 +15,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorMetadata, TensorPrimitive};
 
 use attention::causal_options;
 
@@ -67,6 +67,11 @@ pub trait GptBackend: Backend {
         eps: f64,
         centered: bool,
     ) -> FloatTensor<Self> {
+        // burn's own LayerNorm op where it is exact enough: backends may have a kernel for it
+        // (flex has one); in half precision the statistics are kept in f32 here.
+        if centered && accumulation_dtype(x.dtype()) == x.dtype() {
+            return Self::layer_norm(x, gamma, beta, eps);
+        }
         layer_ops::norm_forward::<Self>(x, gamma, beta, eps, centered).0
     }
 
