@@ -63,6 +63,7 @@ pub fn run_job<J: Job>(kind: BackendKind, precision: Precision, job: J) -> Resul
                 device_name: gpu_name(),
             };
             let device = burn::backend::cuda::CudaDevice::default();
+            preflight::<burn::backend::Cuda>(&device, "cuda", "an NVIDIA GPU with its driver (libcuda)")?;
             match precision {
                 Precision::F32 | Precision::Bf16 => job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(&device, env),
                 Precision::Bf16Pure => job.run::<burn::backend::Autodiff<burn::backend::Cuda<burn::tensor::bf16>>>(&device, env),
@@ -75,6 +76,7 @@ pub fn run_job<J: Job>(kind: BackendKind, precision: Precision, job: J) -> Resul
                 device_name: gpu_name(),
             };
             let device = burn::backend::wgpu::WgpuDevice::default();
+            preflight::<burn::backend::Wgpu>(&device, "wgpu", "a GPU with a Vulkan, Metal or DX12 driver")?;
             match precision {
                 Precision::F32 => job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(&device, env),
                 Precision::Bf16 | Precision::Bf16Pure => bail!("run.precision = {:?} is not supported on wgpu; use f32 or the cuda backend", precision.as_str()),
@@ -100,6 +102,31 @@ pub fn check_available(kind: BackendKind, precision: Precision) -> Result<()> {
         }
     }
     run_job(kind, precision, Noop)
+}
+
+/// Fails with a clear error when `device` cannot run a tensor operation (no driver, no GPU):
+/// burn panics inside its device thread then, which would otherwise reach the user as a bare
+/// `RecvError` panic after hours of set-up. Its own panic message (which library could not be
+/// loaded) is printed above the error.
+#[allow(dead_code)]
+fn preflight<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+    backend: &str,
+    needs: &str,
+) -> Result<()> {
+    let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        burn::tensor::Tensor::<B, 1>::ones([1], device)
+            .into_data()
+            .to_vec::<f32>()
+    }));
+    match probe {
+        Ok(Ok(v)) if v == [1.0] => Ok(()),
+        Ok(Ok(v)) => bail!("the {backend} backend is broken on this machine: a tensor of ones read back as {v:?}"),
+        Ok(Err(e)) => bail!("the {backend} backend is broken on this machine: {e:?}"),
+        Err(_) => bail!(
+            "the {backend} backend cannot start on this machine: it needs {needs} (see the panic message above); use --backend flex / run.backend = \"flex\" for the CPU"
+        ),
+    }
 }
 
 /// The first GPU's name from `nvidia-smi`, or `gpu: unknown`.
@@ -158,6 +185,11 @@ fn memory_of_pid(csv: &str, pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preflight_passes_on_a_working_backend() {
+        preflight::<burn::backend::Flex>(&Default::default(), "flex", "nothing").unwrap();
+    }
 
     #[test]
     fn nvidia_smi_memory_line_of_our_pid() {
