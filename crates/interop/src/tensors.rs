@@ -3,12 +3,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use hyperclone_model::checkpoint::write_file_streaming;
 
 use crate::error::{io_err, InteropError};
 
@@ -450,38 +452,6 @@ impl<W: Write> Write for HashingWriter<W> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The streaming sibling of `hyperclone_model::checkpoint::write_file_atomically`: `fill`
-/// writes the contents through a buffered writer into a temp file next to `path`
-/// (`.{name}.tmp-{pid}`), which is fsynced and renamed to `path` only when `fill` succeeds; on
-/// failure the temp file is removed and `path` is untouched. I/O errors name the temp file
-/// (writing) or `path` (renaming).
-pub fn write_file_streaming(
-    path: &Path,
-    fill: impl FnOnce(&mut BufWriter<fs::File>) -> io::Result<()>,
-) -> Result<(), InteropError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let written = (|| {
-        let file = fs::File::create(&tmp)?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        fill(&mut w)?;
-        let file = w.into_inner().map_err(io::IntoInnerError::into_error)?;
-        file.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(&tmp)(e));
-    }
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_err(path)(e)
-    })
 }
 
 /// Serialises f32 tensors to safetensors bytes in memory (see [`F32Safetensors`], which writes

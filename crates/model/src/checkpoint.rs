@@ -6,7 +6,7 @@
 //! are made atomic by [`write_dir_atomically`] (temp folder + rename).
 
 use std::fs;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleMapper, Param};
@@ -122,17 +122,40 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename.
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    write_file_streaming(path, |w| w.write_all(bytes))
+}
+
+/// Writes a file at `path` atomically from a stream: `fill` writes the contents through a
+/// buffered writer into a temp file next to `path` (`.{name}.tmp-{pid}`), which is fsynced and
+/// renamed to `path` only when `fill` succeeds; on failure the temp file is removed and `path`
+/// is untouched. I/O errors name the temp file (writing) or `path` (renaming).
+pub fn write_file_streaming(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<fs::File>) -> std::io::Result<()>,
+) -> Result<(), CheckpointError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path))
+    let written = (|| {
+        let file = fs::File::create(&tmp)?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        fill(&mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err(path)(e)
+    })
 }
 
 /// Builds a folder at `dest` atomically: `fill` writes into a fresh temp folder next to it,
