@@ -298,32 +298,29 @@ fn bad_configs_fail_with_the_file_and_key() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/exp.toml"));
 }
 
+/// `hyperclone bench` of cpu-tiny on flex (B = 2, T = 32, 2 steps after 1) with `extra`
+/// arguments: its JSON line and all of its stdout.
+fn bench_tiny(extra: &[&str]) -> (serde_json::Value, String) {
+    let out = run_ok(
+        bin()
+            .args(["bench", "--backend", "flex", "--preset", "cpu-tiny"])
+            .args([
+                "--batch", "2", "--seq", "32", "--steps", "2", "--warmup", "1",
+            ])
+            .args(extra),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    (json, stdout)
+}
+
 /// `bench` prints one JSON line of figures per run; mixed bf16 runs on the CPU backend (as a
 /// check of the numbers), pure bf16 is refused there with the reason.
 #[test]
 fn bench_reports_json_figures_and_refuses_bf16_pure_on_the_cpu() {
     let mut final_losses = Vec::new();
     for precision in ["f32", "bf16"] {
-        let out = run_ok(bin().args([
-            "bench",
-            "--backend",
-            "flex",
-            "--preset",
-            "cpu-tiny",
-            "--batch",
-            "2",
-            "--seq",
-            "32",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--precision",
-            precision,
-        ]));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout.lines().last().unwrap();
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (v, _) = bench_tiny(&["--precision", precision]);
         assert_eq!(v["dtype"], precision);
         assert_eq!(v["backend"], "flex");
         assert_eq!(v["steps"], 2);
@@ -363,20 +360,7 @@ fn bench_kernel_choices_are_recorded_and_agree() {
         ("fused", "fused", "fused"),
         ("composed", "composed", "composed"),
     ] {
-        let out = run_ok(bin().args([
-            "bench",
-            "--backend",
-            "flex",
-            "--preset",
-            "cpu-tiny",
-            "--batch",
-            "2",
-            "--seq",
-            "32",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
+        let (v, stdout) = bench_tiny(&[
             "--attention",
             attention,
             "--cross-entropy",
@@ -384,9 +368,7 @@ fn bench_kernel_choices_are_recorded_and_agree() {
             "--layer-ops",
             layer_ops,
             "--phases",
-        ]));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        ]);
         let human = stdout
             .lines()
             .find(|l| l.starts_with("flex cpu-tiny"))
