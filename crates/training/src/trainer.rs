@@ -526,7 +526,7 @@ pub fn train<AB: GptAutodiffBackend>(
             let y = tokens_tensor::<AB>(&batch.targets(), batch.batch_size, batch.seq_len, device);
             data_time += td.elapsed().as_secs_f64();
             let loss = model.forward_loss(x, y);
-            let value = loss.clone().inner();
+            let value = cast_to(loss.clone().inner(), DType::F32); // [1], summed in f32 (bf16-pure)
             loss_sum = Some(match loss_sum {
                 Some(sum) => sum + value,
                 None => value,
