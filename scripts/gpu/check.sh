@@ -133,7 +133,7 @@ bench_torch() { # preset batch seq dtype steps
   if [ -n "$line" ]; then echo "$line" >> "$results"; note "pytorch $1 B=$2 T=$3 $4: $(echo "$line" | fmt_line)"
   else note "pytorch $1 $4: failed ($(why "$out/torch-$1-B$2-$4.log"))"; fi
 }
-# Benches of ours with a fused and a composed kernel (attention or cross-entropy) start from the
+# Benches of ours with a fused and a composed kernel (attention, cross-entropy or norms/GELU) start from the
 # same weights and tokens: their final losses must agree (float rounding only). At full size this
 # checks the fused ops where CubeCL may pick other kernels than at the tiny correctness shape.
 same_loss() { # preset batch dtype kernel (attention | cross_entropy | layer_ops)

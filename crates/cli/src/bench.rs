@@ -143,10 +143,10 @@ impl Job for BenchJob {
             None
         };
         let host_median = median(&mut host);
-        let median = median(&mut times);
+        let step_median = median(&mut times);
         let tokens = (batch * seq) as f64;
         let flops_per_token = config.flops_per_token(seq);
-        let achieved = flops_per_token * tokens / median;
+        let achieved = flops_per_token * tokens / step_median;
         let peak = peak_flops(&env.device_name, args.precision.matmuls_in_bf16());
         let peak_memory = if env.backend_name == "flex" {
             peak_rss_bytes()
@@ -166,12 +166,12 @@ impl Job for BenchJob {
             "device": if env.backend_name == "flex" { "cpu" } else { "cuda" },
             "device_name": env.device_name,
             "params": config.param_count(),
-            "step_ms": median * 1e3,
+            "step_ms": step_median * 1e3,
             "step_ms_min": times[0] * 1e3,
             "host_ms": host_median * 1e3,
             "phases_ms": phases,
             "step_ms_max": times[times.len() - 1] * 1e3,
-            "tokens_per_s": tokens / median,
+            "tokens_per_s": tokens / step_median,
             "flops_per_token": flops_per_token,
             "tflops_per_s": achieved / 1e12,
             "mfu": peak.map(|(p, _)| achieved / p),

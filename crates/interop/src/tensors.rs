@@ -425,7 +425,7 @@ impl<'a> F32Safetensors<'a> {
                 hasher: Sha256::new(),
             };
             self.write_to(&mut hashing)?;
-            sha256 = hex(&hashing.hasher.finalize());
+            sha256 = format!("{:x}", hashing.hasher.finalize());
             Ok(())
         })?;
         Ok(sha256)
@@ -448,10 +448,6 @@ impl<W: Write> Write for HashingWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Serialises f32 tensors to safetensors bytes in memory (see [`F32Safetensors`], which writes
@@ -552,7 +548,11 @@ mod tests {
             let sha = st.write_atomically(&path).unwrap();
             let streamed = fs::read(&path).unwrap();
             assert!(streamed == reference, "pad {pad}: bytes differ");
-            assert_eq!(sha, hex(&Sha256::digest(&reference)), "pad {pad}");
+            assert_eq!(
+                sha,
+                hyperclone_model::checkpoint::sha256_hex(&reference),
+                "pad {pad}"
+            );
             assert!(serialize_f32(&tensors, &path).unwrap() == reference);
 
             let back = SafeTensors::deserialize(&streamed).unwrap();

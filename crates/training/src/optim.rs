@@ -110,7 +110,7 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for GradCollector<'_, AB> {
 struct Updater<'a, AB: AutodiffBackend> {
     opt: &'a mut AdamW<AB>,
     lr: f64,
-    /// `[1]`, f32: the mean over micro-batches times the clip factor.
+    /// `[1]`, in the gradients' dtype: the mean over micro-batches times the clip factor.
     grad_scale: Tensor<AB::InnerBackend, 1>,
     path: PathStack,
 }
@@ -132,8 +132,7 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Updater<'_, AB> {
         let shape = tensor.shape();
         let n = shape.num_elements();
         let w = tensor.inner().reshape([n]); // [numel]
-        let dtype = grad.dtype();
-        let g = grad * cast_to(self.grad_scale.clone(), dtype); // [numel]
+        let g = grad * self.grad_scale.clone(); // [numel]
         let (m, v) = match self.opt.moments.remove(&path) {
             Some(Moments { m, v }) => (
                 m * c.beta1 + g.clone() * (1.0 - c.beta1),
@@ -217,7 +216,7 @@ impl<AB: AutodiffBackend> AdamW<AB> {
         let device = model.wte.weight.val().device();
         let norm = self
             .grad_norm_tensor()
-            .unwrap_or_else(|| Tensor::zeros([1], &device));
+            .unwrap_or_else(|| to_f32(Tensor::zeros([1], &device)));
         // scale = (norm > clip ? clip / (norm + 1e-6) : 1) / micro_batches, as a `[1]` tensor
         // that every gradient is multiplied by (broadcast).
         let mean = 1.0 / self.micro_batches.max(1) as f64;
@@ -227,7 +226,12 @@ impl<AB: AutodiffBackend> AdamW<AB> {
             let keep = norm.clone().lower_equal_elem(clip);
             clipped.mask_fill(keep, 1.0) * mean
         } else {
-            Tensor::ones([1], &device) * mean
+            to_f32(Tensor::ones([1], &device)) * mean
+        };
+        // Cast once to the gradients' dtype (all alike), not once per parameter.
+        let scale = match self.accumulated.values().next() {
+            Some(g) => cast_to(scale, g.dtype()),
+            None => scale,
         };
         self.updates += 1;
         let mut updater = Updater {

@@ -83,13 +83,15 @@ pub enum TrainError {
         /// The checkpoint's tokenizer hash.
         ckpt_hash: String,
     },
-    /// The loss became NaN or infinite.
-    #[error("loss is {loss} at step {step}: training stopped; the last good checkpoint in {run_dir} is intact (lower optimizer.lr, raise warm-up, or check the data)")]
+    /// The loss or the gradient norm became NaN or infinite.
+    #[error("loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped; the last good checkpoint in {run_dir} is intact (lower optimizer.lr, raise warm-up, or check the data)")]
     NonFiniteLoss {
         /// The step.
         step: u64,
         /// The loss value.
         loss: f64,
+        /// The gradient norm (before clipping).
+        grad_norm: f64,
         /// The run directory.
         run_dir: PathBuf,
     },
@@ -541,11 +543,13 @@ pub fn train<AB: GptAutodiffBackend>(
         let loss_sum = loss_sum.expect("run.grad_accum >= 1 (validated)");
         let read = read_scalars(vec![loss_sum, grad_norm]);
         let (loss, grad_norm) = (read[0] / config.run.grad_accum as f64, read[1]);
-        if !loss.is_finite() {
-            // The update from this loss has been applied in memory only: nothing is saved.
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            // The update from this step has been applied in memory only: nothing is saved.
+            // A non-finite gradient norm would make the clip factor, and so every weight, NaN.
             return Err(TrainError::NonFiniteLoss {
                 step,
                 loss,
+                grad_norm,
                 run_dir: run_dir.clone(),
             });
         }

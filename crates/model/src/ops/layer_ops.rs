@@ -110,18 +110,19 @@ pub fn norm_forward<B: Backend>(
     )
 }
 
-/// The gradients of a norm with respect to `x`, `γ` and `β` (each in its input's dtype) from
-/// the statistics of [`norm_forward`] and the output's gradient `grad`.
+/// The gradients of a norm with respect to `x`, `γ` and, `with_beta`, `β` (each in its input's
+/// dtype) from the statistics of [`norm_forward`] and the output's gradient `grad`.
 ///
 /// # Shapes
-/// `x, grad: [N, d]`, `gamma: [d]`, `mean, rstd: [N, 1]` → `[N, d]`, `[d]`, `[d]`
+/// `x, grad: [N, d]`, `gamma: [d]`, `mean, rstd: [N, 1]` → `[N, d]`, `[d]`(, `[d]`)
 pub fn norm_backward<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     mean: Option<FloatTensor<B>>,
     rstd: FloatTensor<B>,
     grad: FloatTensor<B>,
-) -> [FloatTensor<B>; 3] {
+    with_beta: bool,
+) -> Vec<FloatTensor<B>> {
     let x: Tensor<B, 2> = float_tensor(x);
     let gamma: Tensor<B, 1> = float_tensor(gamma);
     let (dtype, gamma_dtype) = (x.dtype(), gamma.dtype());
@@ -136,7 +137,7 @@ pub fn norm_backward<B: Backend>(
     let rstd: Tensor<B, 2> = float_tensor(rstd);
     let x_hat = centred * rstd.clone(); // [N, d]
     let grad = cast_to(float_tensor::<B, 2>(grad), acc); // [N, d]
-    let grad_beta = grad.clone().sum_dim(0).reshape([d]); // [d]
+    let grad_beta = with_beta.then(|| grad.clone().sum_dim(0).reshape([d])); // [d]
     let grad_gamma = (grad.clone() * x_hat.clone()).sum_dim(0).reshape([d]); // [d]
     let grad_x_hat = grad * cast_to(gamma, acc).unsqueeze::<2>(); // [N, d]
     let projection = (grad_x_hat.clone() * x_hat.clone()).mean_dim(1); // [N, 1]
@@ -147,11 +148,11 @@ pub fn norm_backward<B: Backend>(
         grad_x_hat - x_hat * projection
     }; // [N, d]
     let grad_x = cast_to(inner * rstd, dtype);
-    [
-        grad_x.into_primitive().tensor(),
-        cast_to(grad_gamma, gamma_dtype).into_primitive().tensor(),
-        cast_to(grad_beta, gamma_dtype).into_primitive().tensor(),
-    ]
+    // β shares γ's dtype (both are the norm's parameters).
+    let as_param = |g: Tensor<B, 1>| cast_to(g, gamma_dtype).into_primitive().tensor();
+    let mut grads = vec![grad_x.into_primitive().tensor(), as_param(grad_gamma)];
+    grads.extend(grad_beta.map(as_param));
+    grads
 }
 
 /// `x` as a flat `[numel]` tensor, and its shape to restore.
@@ -218,7 +219,7 @@ pub(crate) fn autodiff_norm<B: GptBackend, C: CheckpointStrategy>(
             let x = checkpointer.retrieve_node_output(x);
             let gamma = checkpointer.retrieve_node_output(gamma);
             let grad = grads.consume::<B>(&ops.node);
-            let computed = norm_backward::<B>(x, gamma, mean, rstd, grad);
+            let computed = norm_backward::<B>(x, gamma, mean, rstd, grad, N == 3);
             for (parent, grad) in ops.parents.into_iter().zip(computed) {
                 if let Some(node) = parent {
                     grads.register::<B>(node.id, grad);
