@@ -144,7 +144,7 @@ pub(crate) fn autodiff_cross_entropy<B: GptBackend, C: CheckpointStrategy>(
     #[derive(Debug)]
     struct CrossEntropyBackward;
 
-    impl<B: Backend> Backward<B, 1> for CrossEntropyBackward {
+    impl<B: GptBackend> Backward<B, 1> for CrossEntropyBackward {
         type State = (NodeId, FloatTensor<B>, IntTensor<B>);
 
         fn backward(
@@ -158,7 +158,7 @@ pub(crate) fn autodiff_cross_entropy<B: GptBackend, C: CheckpointStrategy>(
             let grad = grads.consume::<B>(&ops.node);
             let [parent] = ops.parents;
             if let Some(node) = parent {
-                let grad_logits = cross_entropy_backward::<B>(logits, lse, targets, grad);
+                let grad_logits = B::cross_entropy_backward(logits, lse, targets, grad);
                 grads.register::<B>(node.id, grad_logits);
             }
         }
@@ -171,12 +171,10 @@ pub(crate) fn autodiff_cross_entropy<B: GptBackend, C: CheckpointStrategy>(
     {
         OpsKind::Tracked(mut prep) => {
             let state_logits = prep.checkpoint(&logits);
-            let (loss, lse) = cross_entropy_forward::<B>(logits.primitive, targets.clone());
+            let (loss, lse) = B::cross_entropy_forward(logits.primitive, targets.clone());
             prep.finish((state_logits, lse, targets), loss)
         }
-        OpsKind::UnTracked(prep) => {
-            prep.finish(cross_entropy_forward::<B>(logits.primitive, targets).0)
-        }
+        OpsKind::UnTracked(prep) => prep.finish(B::cross_entropy(logits.primitive, targets)),
     }
 }
 

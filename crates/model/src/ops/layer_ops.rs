@@ -273,7 +273,7 @@ pub(crate) fn autodiff_gelu_tanh<B: GptBackend, C: CheckpointStrategy>(
     #[derive(Debug)]
     struct GeluBackward;
 
-    impl<B: Backend> Backward<B, 1> for GeluBackward {
+    impl<B: GptBackend> Backward<B, 1> for GeluBackward {
         type State = NodeId;
 
         fn backward(
@@ -286,7 +286,7 @@ pub(crate) fn autodiff_gelu_tanh<B: GptBackend, C: CheckpointStrategy>(
             let grad = grads.consume::<B>(&ops.node);
             let [parent] = ops.parents;
             if let Some(node) = parent {
-                grads.register::<B>(node.id, gelu_tanh_backward::<B>(x, grad));
+                grads.register::<B>(node.id, B::gelu_tanh_backward(x, grad));
             }
         }
     }

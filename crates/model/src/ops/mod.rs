@@ -8,6 +8,7 @@
 //! hand-written backward on [`Autodiff`] that recomputes what it needs from the inputs instead.
 
 pub mod attention;
+pub mod cpu_kernels;
 pub mod cross_entropy;
 pub mod layer_ops;
 
@@ -53,7 +54,33 @@ pub trait GptBackend: Backend {
     /// # Shapes
     /// `logits: [N, V]`, `targets: [N]` → `[1]`
     fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
-        cross_entropy::cross_entropy_forward::<Self>(logits, targets).0
+        Self::cross_entropy_forward(logits, targets).0
+    }
+
+    /// The mean cross-entropy and each row's log-sum-exp (kept for the backward); by default
+    /// [`cross_entropy::cross_entropy_forward`].
+    ///
+    /// # Shapes
+    /// `logits: [N, V]`, `targets: [N]` → (`[1]`, `[N, 1]`)
+    fn cross_entropy_forward(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        cross_entropy::cross_entropy_forward::<Self>(logits, targets)
+    }
+
+    /// The gradient of the mean cross-entropy with respect to the logits, given the incoming
+    /// gradient `grad`; by default [`cross_entropy::cross_entropy_backward`].
+    ///
+    /// # Shapes
+    /// `logits: [N, V]`, `lse: [N, 1]`, `targets: [N]`, `grad: [1]` → `[N, V]`
+    fn cross_entropy_backward(
+        logits: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cross_entropy::cross_entropy_backward::<Self>(logits, lse, targets, grad)
     }
 
     /// LayerNorm (`centered`) or RMSNorm over the last dimension: `x̂·γ + β`.
@@ -79,6 +106,12 @@ pub trait GptBackend: Backend {
     fn fused_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
         layer_ops::gelu_tanh_forward::<Self>(x)
     }
+
+    /// The tanh GELU's input gradient from its input and the output's gradient; by default
+    /// [`layer_ops::gelu_tanh_backward`]. Any shape.
+    fn gelu_tanh_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        layer_ops::gelu_tanh_backward::<Self>(x, grad)
+    }
 }
 
 /// A training backend: autodiff over a [`GptBackend`], itself a [`GptBackend`].
@@ -99,6 +132,39 @@ impl GptBackend for burn::backend::Flex {
     /// 17–20 % faster at T = 512 and 1024 (with 3.3 GiB less peak memory at B = 2, T = 1024).
     fn fused_attention_pays(seq_len: usize) -> bool {
         seq_len >= 256
+    }
+
+    // The loss and the GELU in f32 as plain-Rust loops ([`cpu_kernels`]): 4–8× faster than
+    // flex running the generic ops (benches/results/cpu-throughput.md, section 9). Other
+    // dtypes run the generic ops.
+
+    fn cross_entropy_forward(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        cpu_kernels::flex::cross_entropy_forward(&logits, &targets)
+            .unwrap_or_else(|| cross_entropy::cross_entropy_forward::<Self>(logits, targets))
+    }
+
+    fn cross_entropy_backward(
+        logits: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cpu_kernels::flex::cross_entropy_backward(&logits, &lse, &targets, &grad).unwrap_or_else(
+            || cross_entropy::cross_entropy_backward::<Self>(logits, lse, targets, grad),
+        )
+    }
+
+    fn fused_gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        cpu_kernels::flex::gelu_tanh_forward(&x)
+            .unwrap_or_else(|| layer_ops::gelu_tanh_forward::<Self>(x))
+    }
+
+    fn gelu_tanh_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        cpu_kernels::flex::gelu_tanh_backward(&x, &grad)
+            .unwrap_or_else(|| layer_ops::gelu_tanh_backward::<Self>(x, grad))
     }
 }
 

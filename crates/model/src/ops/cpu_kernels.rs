@@ -1,0 +1,600 @@
+//! The loss and the GELU as plain-Rust loops for the CPU backend (flex), in f32.
+//!
+//! burn's flex backend runs the generic versions of these ops ([`super::cross_entropy`],
+//! [`super::layer_ops`]) as one pass per tensor op, each calling libm's scalar `expf` and
+//! writing a temporary: on 2 cores the loss of cpu-small (`[1024, 4096]` logits) took 24 ms of
+//! a 270 ms step and its four GELUs 29 ms (`benches/results/cpu-throughput.md`, section 9).
+//! Here each is one or two passes over rows or chunks, in parallel (rayon, flex's own thread
+//! pool), with an `exp` written so that the compiler vectorises it.
+//!
+//! Every kernel uses only `+ − × ÷` and comparisons, no fused multiply-add, so its result is
+//! the same bit for bit whichever SIMD width the CPU offers ([`with_simd`] picks AVX2 at run
+//! time where there is one). NaN and ±∞ in the inputs propagate to the outputs as in the
+//! generic ops, so a diverging run still stops on a non-finite loss.
+
+use rayon::prelude::*;
+
+/// Elements one parallel task handles at least (below this, splitting costs more than it saves).
+const MIN_TASK_ELEMENTS: usize = 1 << 14;
+
+/// `e^x` in f32, within 2 ulp of the exact value over the normal range (Cephes `expf`):
+/// `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by a degree-6 polynomial, `2^n` built in the
+/// exponent bits. Inputs below −87 give `e^−87` (≈ 1.6e−38) instead of a denormal or zero,
+/// inputs above 88 give `e^88`: both far beyond what a softmax or a sigmoid can resolve. NaN
+/// gives NaN.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that n·LN2_HI is exact for |n| < 2^9.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5·2^23: adding it rounds to an integer, kept in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    // Comparisons, not `min`/`max`, so that NaN passes through.
+    let x = if x < -87.0 { -87.0 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND; // round(x / ln 2)
+    let n_bits = shifted.to_bits() as i32 - ROUND.to_bits() as i32; // the same n, as an integer
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_2e-4_f32;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let e_r = p * r * r + r + 1.0;
+    // 2^n for n in [−126, 127]: the biased exponent alone.
+    let two_n = f32::from_bits(((n_bits + 127) << 23) as u32);
+    e_r * two_n
+}
+
+/// Defines `fn $name(args) -> R` that runs the `#[inline(always)]` function `$body` compiled
+/// for AVX2 where the CPU has it (8 f32 lanes instead of SSE2's 4), else as compiled.
+macro_rules! with_simd {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$meta])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+/// Rows per parallel task for rows of `width` elements.
+fn rows_per_task(width: usize) -> usize {
+    MIN_TASK_ELEMENTS.div_ceil(width.max(1)).max(1)
+}
+
+/// Maximum and `Σ exp(x − max)` of a row, in eight lanes so that both vectorise. NaN in the
+/// row makes the sum NaN.
+#[inline(always)]
+fn row_max_and_sum_exp(row: &[f32]) -> (f32, f32) {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = if v > *lane { v } else { *lane };
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &v in lanes.iter().chain(tail) {
+        max = if v > max { v } else { max };
+    }
+    let mut sums = [0.0_f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (sum, &v) in sums.iter_mut().zip(chunk) {
+            *sum += exp(v - max);
+        }
+    }
+    let mut sum = sums.iter().sum::<f32>();
+    for &v in tail {
+        sum += exp(v - max);
+    }
+    (max, sum)
+}
+
+/// The target's index in a row of `vocab` logits.
+///
+/// # Panics
+/// On a target outside the vocabulary (the data pipeline checks ids against the model's
+/// vocabulary before training; the generic op's `gather` panics likewise).
+fn target_index(target: i64, vocab: usize) -> usize {
+    match usize::try_from(target) {
+        Ok(t) if t < vocab => t,
+        _ => panic!("cross-entropy: target id {target} outside the vocabulary of {vocab}"),
+    }
+}
+
+#[inline(always)]
+fn cross_entropy_forward_rows_body(
+    rows: &[f32],
+    vocab: usize,
+    lse: &mut [f32],
+    picked: &mut [f32],
+    targets: &[i64],
+) {
+    for (((row, lse), picked), &target) in
+        rows.chunks_exact(vocab).zip(lse).zip(picked).zip(targets)
+    {
+        let (max, sum) = row_max_and_sum_exp(row);
+        *lse = max + sum.ln();
+        *picked = row[target_index(target, vocab)];
+    }
+}
+
+with_simd! {
+    /// Each row's log-sum-exp and target logit.
+    fn cross_entropy_forward_rows(
+        rows: &[f32],
+        vocab: usize,
+        lse: &mut [f32],
+        picked: &mut [f32],
+        targets: &[i64],
+    ) => cross_entropy_forward_rows_body
+}
+
+/// Mean cross-entropy of `[rows, vocab]` logits (row-major) against one target per row, and
+/// each row's log-sum-exp. The mean is summed in f64 in row order.
+pub fn cross_entropy_forward(logits: &[f32], vocab: usize, targets: &[i64]) -> (f32, Vec<f32>) {
+    assert_eq!(
+        logits.len(),
+        vocab * targets.len(),
+        "cross-entropy: logits and targets disagree"
+    );
+    let mut lse = vec![0.0_f32; targets.len()];
+    let mut picked = vec![0.0_f32; targets.len()];
+    let per_task = rows_per_task(vocab);
+    logits
+        .par_chunks(vocab * per_task)
+        .zip(lse.par_chunks_mut(per_task))
+        .zip(picked.par_chunks_mut(per_task))
+        .zip(targets.par_chunks(per_task))
+        .for_each(|(((rows, lse), picked), targets)| {
+            cross_entropy_forward_rows(rows, vocab, lse, picked, targets)
+        });
+    let total: f64 = lse
+        .iter()
+        .zip(&picked)
+        .map(|(&l, &p)| f64::from(l - p))
+        .sum();
+    ((total / targets.len() as f64) as f32, lse)
+}
+
+#[inline(always)]
+fn cross_entropy_backward_rows_body(
+    out: &mut [f32],
+    rows: &[f32],
+    vocab: usize,
+    lse: &[f32],
+    targets: &[i64],
+    scale: f32,
+) {
+    for (((out, row), &lse), &target) in out
+        .chunks_exact_mut(vocab)
+        .zip(rows.chunks_exact(vocab))
+        .zip(lse)
+        .zip(targets)
+    {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o = exp(v - lse) * scale;
+        }
+        out[target_index(target, vocab)] -= scale;
+    }
+}
+
+with_simd! {
+    /// Rows of `(exp(logits − lse) − onehot(target)) · scale`.
+    fn cross_entropy_backward_rows(
+        out: &mut [f32],
+        rows: &[f32],
+        vocab: usize,
+        lse: &[f32],
+        targets: &[i64],
+        scale: f32,
+    ) => cross_entropy_backward_rows_body
+}
+
+/// The gradient of [`cross_entropy_forward`]'s mean loss with respect to the logits, given
+/// each row's log-sum-exp and the incoming gradient `grad` of the loss:
+/// `(exp(logits − lse) − onehot(target)) · grad / rows`.
+pub fn cross_entropy_backward(
+    logits: &[f32],
+    vocab: usize,
+    lse: &[f32],
+    targets: &[i64],
+    grad: f32,
+) -> Vec<f32> {
+    assert_eq!(
+        logits.len(),
+        vocab * targets.len(),
+        "cross-entropy: logits and targets disagree"
+    );
+    assert_eq!(
+        lse.len(),
+        targets.len(),
+        "cross-entropy: one log-sum-exp per row"
+    );
+    let scale = grad / targets.len() as f32;
+    let mut out = vec![0.0_f32; logits.len()];
+    let per_task = rows_per_task(vocab);
+    out.par_chunks_mut(vocab * per_task)
+        .zip(logits.par_chunks(vocab * per_task))
+        .zip(lse.par_chunks(per_task))
+        .zip(targets.par_chunks(per_task))
+        .for_each(|(((out, rows), lse), targets)| {
+            cross_entropy_backward_rows(out, rows, vocab, lse, targets, scale)
+        });
+    out
+}
+
+/// The GELU's constants: `a = 2·√(2/π)`, `b = 0.044715` (as in [`super::layer_ops`]).
+const GELU_A: f32 = (2.0 * 0.797_884_560_802_865_4) as f32;
+const GELU_AB: f32 = (2.0 * 0.797_884_560_802_865_4 * 0.044_715) as f32;
+
+/// `σ(u)` with `u = a·x·(1 + b·x²)`.
+#[inline(always)]
+fn gelu_gate(x: f32) -> f32 {
+    let u = (x * x * GELU_AB + GELU_A) * x;
+    1.0 / (1.0 + exp(-u))
+}
+
+#[inline(always)]
+fn gelu_tanh_forward_body(out: &mut [f32], x: &[f32]) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o = x * gelu_gate(x);
+    }
+}
+
+#[inline(always)]
+fn gelu_tanh_backward_body(out: &mut [f32], x: &[f32], grad: &[f32]) {
+    for ((o, &x), &g) in out.iter_mut().zip(x).zip(grad) {
+        let s = gelu_gate(x);
+        let du = x * x * (3.0 * GELU_AB) + GELU_A;
+        *o = g * (s + x * s * (1.0 - s) * du);
+    }
+}
+
+with_simd! {
+    fn gelu_tanh_forward_chunk(out: &mut [f32], x: &[f32]) => gelu_tanh_forward_body
+}
+
+with_simd! {
+    fn gelu_tanh_backward_chunk(out: &mut [f32], x: &[f32], grad: &[f32]) => gelu_tanh_backward_body
+}
+
+/// The tanh GELU `x·σ(a·x·(1 + b·x²))`, elementwise.
+pub fn gelu_tanh_forward(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0_f32; x.len()];
+    out.par_chunks_mut(MIN_TASK_ELEMENTS)
+        .zip(x.par_chunks(MIN_TASK_ELEMENTS))
+        .for_each(|(out, x)| gelu_tanh_forward_chunk(out, x));
+    out
+}
+
+/// The tanh GELU's input gradient from its input and the output's gradient:
+/// `grad·(s + x·s·(1 − s)·a·(1 + 3·b·x²))`, `s = σ(u)`.
+pub fn gelu_tanh_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
+    assert_eq!(
+        x.len(),
+        grad.len(),
+        "GELU backward: input and gradient disagree"
+    );
+    let mut out = vec![0.0_f32; x.len()];
+    out.par_chunks_mut(MIN_TASK_ELEMENTS)
+        .zip(x.par_chunks(MIN_TASK_ELEMENTS))
+        .zip(grad.par_chunks(MIN_TASK_ELEMENTS))
+        .for_each(|((out, x), grad)| gelu_tanh_backward_chunk(out, x, grad));
+    out
+}
+
+/// The flex backend's tensors in and out of the kernels above. Each returns `None` where a
+/// kernel does not apply (inputs not in f32), and the caller then runs the generic op.
+pub(crate) mod flex {
+    use burn::backend::flex::FlexTensor;
+    use burn::tensor::{DType, Shape, TensorData, TensorMetadata};
+
+    /// A contiguous f32 copy of `x` (no copy when it already is one), or `None` for another dtype.
+    fn contiguous_f32(x: &FlexTensor) -> Option<FlexTensor> {
+        (x.dtype() == DType::F32).then(|| x.to_contiguous())
+    }
+
+    fn values(x: &FlexTensor) -> &[f32] {
+        x.as_slice::<f32>()
+            .expect("a contiguous f32 tensor has an f32 slice")
+    }
+
+    /// Integer ids as i64, whatever integer dtype holds them.
+    fn ids(x: &FlexTensor) -> Option<Vec<i64>> {
+        let x = x.to_contiguous();
+        Some(match x.dtype() {
+            DType::I64 => x.as_slice::<i64>()?.to_vec(),
+            DType::I32 => x.as_slice::<i32>()?.iter().map(|&v| i64::from(v)).collect(),
+            _ => return None,
+        })
+    }
+
+    fn tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, shape.into()))
+    }
+
+    /// [`super::cross_entropy_forward`]: `[N, V]` logits, `[N]` targets → (`[1]`, `[N, 1]`).
+    pub fn cross_entropy_forward(
+        logits: &FlexTensor,
+        targets: &FlexTensor,
+    ) -> Option<(FlexTensor, FlexTensor)> {
+        let logits = contiguous_f32(logits)?;
+        let targets = ids(targets)?;
+        let vocab = logits.shape().dims::<2>()[1];
+        let (loss, lse) = super::cross_entropy_forward(values(&logits), vocab, &targets);
+        let rows = lse.len();
+        Some((tensor(vec![loss], [1]), tensor(lse, [rows, 1])))
+    }
+
+    /// [`super::cross_entropy_backward`]: the logits' gradient, `[N, V]`.
+    pub fn cross_entropy_backward(
+        logits: &FlexTensor,
+        lse: &FlexTensor,
+        targets: &FlexTensor,
+        grad: &FlexTensor,
+    ) -> Option<FlexTensor> {
+        let logits = contiguous_f32(logits)?;
+        let lse = contiguous_f32(lse)?;
+        let grad = contiguous_f32(grad)?;
+        let targets = ids(targets)?;
+        let shape = logits.shape();
+        let vocab = shape.dims::<2>()[1];
+        let out = super::cross_entropy_backward(
+            values(&logits),
+            vocab,
+            values(&lse),
+            &targets,
+            values(&grad)[0],
+        );
+        Some(tensor(out, shape))
+    }
+
+    /// [`super::gelu_tanh_forward`], any shape.
+    pub fn gelu_tanh_forward(x: &FlexTensor) -> Option<FlexTensor> {
+        let x = contiguous_f32(x)?;
+        Some(tensor(super::gelu_tanh_forward(values(&x)), x.shape()))
+    }
+
+    /// [`super::gelu_tanh_backward`], any shape.
+    pub fn gelu_tanh_backward(x: &FlexTensor, grad: &FlexTensor) -> Option<FlexTensor> {
+        let x = contiguous_f32(x)?;
+        let grad = contiguous_f32(grad)?;
+        Some(tensor(
+            super::gelu_tanh_backward(values(&x), values(&grad)),
+            x.shape(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    /// Distance between two f32 in units in the last place.
+    fn ulps(a: f32, b: f32) -> u32 {
+        let key = |v: f32| {
+            let bits = v.to_bits() as i32;
+            if bits < 0 {
+                i32::MIN.wrapping_sub(bits)
+            } else {
+                bits
+            }
+        };
+        key(a).abs_diff(key(b))
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_the_exact_value_over_the_normal_range() {
+        let mut worst = 0;
+        let mut x = -87.0_f32;
+        while x <= 88.0 {
+            let exact = f64::from(x).exp() as f32;
+            worst = worst.max(ulps(exp(x), exact));
+            x += 0.001_3;
+        }
+        assert!(worst <= 2, "worst error {worst} ulp");
+        for x in [0.0_f32, 1.0, -1.0, 0.5, 1e-8, -1e-8] {
+            assert!(ulps(exp(x), f64::from(x).exp() as f32) <= 1, "exp({x})");
+        }
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_saturates_at_the_ends_and_passes_nan_through() {
+        assert_eq!(exp(-1000.0), exp(-87.0));
+        assert!(exp(-1000.0) > 0.0 && exp(-1000.0) < 2e-38);
+        assert_eq!(exp(f32::NEG_INFINITY), exp(-87.0));
+        assert_eq!(exp(1000.0), exp(88.0));
+        assert!(exp(f32::INFINITY).is_finite());
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    /// `rows × vocab` logits N(0, 3²) (wide enough that rows have clear winners and losers),
+    /// vocab not a multiple of 8 so that the tail loops run.
+    fn logits(rows: usize, vocab: usize) -> (Vec<f32>, Vec<i64>) {
+        let mut rng = SplitMix64::new(11);
+        let logits = rng.normal_vec(rows * vocab, 3.0);
+        let targets = (0..rows).map(|i| ((i * 7919) % vocab) as i64).collect();
+        (logits, targets)
+    }
+
+    /// The loss and gradient in f64, straight from the definitions.
+    fn reference(logits: &[f32], vocab: usize, targets: &[i64]) -> (f64, Vec<f64>) {
+        let rows = targets.len();
+        let mut loss = 0.0;
+        let mut grad = vec![0.0; logits.len()];
+        for (i, row) in logits.chunks(vocab).enumerate() {
+            let max = row
+                .iter()
+                .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+            let sum: f64 = row.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+            let lse = max + sum.ln();
+            let t = targets[i] as usize;
+            loss += lse - f64::from(row[t]);
+            for (j, &v) in row.iter().enumerate() {
+                let onehot = if j == t { 1.0 } else { 0.0 };
+                grad[i * vocab + j] = ((f64::from(v) - lse).exp() - onehot) / rows as f64;
+            }
+        }
+        (loss / rows as f64, grad)
+    }
+
+    #[test]
+    fn cross_entropy_matches_the_f64_definition() {
+        let (rows, vocab) = (37, 1003);
+        let (logits, targets) = logits(rows, vocab);
+        let (loss, lse) = cross_entropy_forward(&logits, vocab, &targets);
+        let (want_loss, want_grad) = reference(&logits, vocab, &targets);
+        assert!(
+            ((f64::from(loss) - want_loss) / want_loss).abs() < 1e-6,
+            "{loss} vs {want_loss}"
+        );
+        let grad = cross_entropy_backward(&logits, vocab, &lse, &targets, 1.0);
+        let worst = grad
+            .iter()
+            .zip(&want_grad)
+            .map(|(&g, &w)| (f64::from(g) - w).abs())
+            .fold(0.0, f64::max);
+        // Gradients are at most 1/rows ≈ 0.027 in size.
+        assert!(worst < 1e-8, "worst gradient error {worst}");
+        // The incoming gradient scales linearly.
+        let doubled = cross_entropy_backward(&logits, vocab, &lse, &targets, 2.0);
+        assert!(doubled.iter().zip(&grad).all(|(&d, &g)| d == 2.0 * g));
+    }
+
+    #[test]
+    fn cross_entropy_propagates_nan_and_refuses_an_unknown_target() {
+        let (mut logits, targets) = logits(4, 16);
+        logits[20] = f32::NAN; // row 1
+        let (loss, lse) = cross_entropy_forward(&logits, 16, &targets);
+        assert!(loss.is_nan());
+        assert!(lse[1].is_nan() && lse[0].is_finite() && lse[2].is_finite());
+        let bad = std::panic::catch_unwind(|| cross_entropy_forward(&logits, 16, &[0, 1, 2, 16]));
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn gelu_matches_the_tanh_formula_and_its_derivative_in_f64() {
+        let xs: Vec<f32> = (0..4001).map(|i| -10.0 + i as f32 * 0.005).collect();
+        let grad: Vec<f32> = (0..xs.len()).map(|i| 1.0 + (i % 3) as f32).collect();
+        let y = gelu_tanh_forward(&xs);
+        let dx = gelu_tanh_backward(&xs, &grad);
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        for ((&x, (&y, &dx)), &g) in xs.iter().zip(y.iter().zip(&dx)).zip(&grad) {
+            let x = f64::from(x);
+            let inner = c * (x + 0.044_715 * x.powi(3));
+            let want = 0.5 * x * (1.0 + inner.tanh());
+            let sech2 = 1.0 - inner.tanh().powi(2);
+            let slope =
+                0.5 * (1.0 + inner.tanh()) + 0.5 * x * sech2 * c * (1.0 + 3.0 * 0.044_715 * x * x);
+            assert!(
+                (f64::from(y) - want).abs() < 2e-6 * (1.0 + want.abs()),
+                "gelu({x}) = {y}, want {want}"
+            );
+            let want_dx = f64::from(g) * slope;
+            assert!(
+                (f64::from(dx) - want_dx).abs() < 4e-6 * (1.0 + want_dx.abs()),
+                "gelu'({x}) = {dx}, want {want_dx}"
+            );
+        }
+        assert!(gelu_tanh_forward(&[f32::NAN])[0].is_nan());
+        assert!(gelu_tanh_backward(&[f32::NAN], &[1.0])[0].is_nan());
+    }
+
+    /// The flex hooks (these kernels) and the generic ops that GPU backends run agree, and
+    /// bf16 inputs fall back to the generic ops.
+    #[test]
+    fn flex_hooks_agree_with_the_generic_ops() {
+        use crate::ops::{cross_entropy, layer_ops, GptBackend};
+        use burn::backend::Flex;
+        use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive};
+
+        fn values(x: burn::tensor::ops::FloatTensor<Flex>) -> Vec<f32> {
+            Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(x))
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap()
+        }
+        fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
+        }
+
+        let device = Default::default();
+        let (rows, vocab) = (9, 300);
+        let (logits, targets) = logits(rows, vocab);
+        let logits = Tensor::<Flex, 2>::from_data(TensorData::new(logits, [rows, vocab]), &device);
+        let targets = Tensor::<Flex, 1, Int>::from_data(
+            TensorData::new(
+                targets.iter().map(|&t| t as i32).collect::<Vec<_>>(),
+                [rows],
+            ),
+            &device,
+        );
+        let grad = Tensor::<Flex, 1>::from_data(TensorData::new(vec![0.7_f32], [1]), &device);
+        let prim = |t: &Tensor<Flex, 2>| t.clone().into_primitive().tensor();
+
+        let (loss, lse) =
+            Flex::cross_entropy_forward(prim(&logits), targets.clone().into_primitive());
+        let (want_loss, want_lse) = cross_entropy::cross_entropy_forward::<Flex>(
+            prim(&logits),
+            targets.clone().into_primitive(),
+        );
+        assert!(close(&values(loss), &values(want_loss), 1e-6));
+        assert!(close(&values(lse.clone()), &values(want_lse.clone()), 1e-6));
+        let dlogits = Flex::cross_entropy_backward(
+            prim(&logits),
+            lse,
+            targets.clone().into_primitive(),
+            grad.clone().into_primitive().tensor(),
+        );
+        let want = cross_entropy::cross_entropy_backward::<Flex>(
+            prim(&logits),
+            want_lse,
+            targets.into_primitive(),
+            grad.into_primitive().tensor(),
+        );
+        assert!(close(&values(dlogits), &values(want), 1e-6));
+
+        let x = Tensor::<Flex, 2>::from_data(
+            TensorData::new(SplitMix64::new(5).normal_vec(6 * 70, 2.0), [6, 70]),
+            &device,
+        );
+        let dy = x.clone().sin();
+        let y = Flex::fused_gelu_tanh(prim(&x));
+        assert!(close(
+            &values(y),
+            &values(layer_ops::gelu_tanh_forward::<Flex>(prim(&x))),
+            1e-6
+        ));
+        let dx = Flex::gelu_tanh_backward(prim(&x), prim(&dy));
+        let want = layer_ops::gelu_tanh_backward::<Flex>(prim(&x), prim(&dy));
+        assert!(close(&values(dx), &values(want), 1e-6));
+
+        // bf16 takes the generic path and keeps its dtype.
+        let y = Flex::fused_gelu_tanh(prim(&x.clone().cast(DType::BF16)));
+        assert_eq!(y.dtype(), DType::BF16);
+    }
+}
