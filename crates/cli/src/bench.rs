@@ -42,8 +42,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "f32", value_parser = str::parse::<Precision>)]
     pub precision: Precision,
     /// How the training step differentiates attention: fused (the backend's kernel, a
-    /// recomputing backward), composed (burn's op-by-op autodiff) or auto (fused on GPUs and
-    /// on the CPU from 256 tokens).
+    /// recomputing backward), composed (burn's op-by-op autodiff) or auto (the faster one:
+    /// fused on every backend so far).
     #[arg(long, default_value = "auto", value_parser = str::parse::<AttentionKernel>)]
     pub attention: AttentionKernel,
     /// How the training step differentiates the loss: fused (one op, one-pass backward) or
@@ -159,7 +159,7 @@ impl Job for BenchJob {
             "batch": batch,
             "seq": seq,
             "dtype": args.precision.as_str(),
-            "attention": args.attention.resolved_name::<AB>(seq),
+            "attention": args.attention.resolved_name(),
             "cross_entropy": args.cross_entropy.as_str(),
             "layer_ops": args.layer_ops.as_str(),
             "backend": env.backend_name,

@@ -232,7 +232,7 @@ impl<B: GptBackend> Attention<B> {
         };
         // Fused: one autodiff op whose backward recomputes the attention matrix (ops/attention.rs);
         // composed: burn's attention, differentiated op by op, keeping its [B, nh, T, T] inputs.
-        let y = if kernel.is_fused_on::<B>(t) {
+        let y = if kernel.is_fused() {
             let y = B::causal_attention(
                 q.into_primitive().tensor(),
                 k.into_primitive().tensor(),

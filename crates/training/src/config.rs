@@ -286,9 +286,9 @@ pub struct RunConfig {
     pub precision: Precision,
     /// How training differentiates attention: `fused` (the backend's attention kernel, flash
     /// attention on GPUs, with a backward that recomputes the attention matrix), `composed`
-    /// (burn's op-by-op autodiff; more memory, kept for comparison) or `auto` (fused on GPUs,
-    /// and on the CPU from 256 tokens, where it is faster). Each computes the same function;
-    /// losses differ only by float rounding.
+    /// (burn's op-by-op autodiff; more memory, kept for comparison) or `auto` (the faster one
+    /// on the backend: fused everywhere so far). Each computes the same function; losses differ
+    /// only by float rounding.
     #[serde(default)]
     pub attention: AttentionKernel,
     /// How training differentiates the loss: `fused` (one operation whose backward is a single

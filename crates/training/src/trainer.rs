@@ -393,11 +393,7 @@ pub fn train<AB: GptAutodiffBackend>(
         flops_per_token,
         seed: config.run.seed,
         precision: precision.as_str().into(),
-        attention: config
-            .run
-            .attention
-            .resolved_name::<AB>(config.run.seq_len)
-            .into(),
+        attention: config.run.attention.resolved_name().into(),
         init: init_kind.into(),
         peak_flops: peak.map(|p| p.0),
         peak_estimated: peak.is_none_or(|p| p.1),

@@ -36,8 +36,9 @@ use super::{accumulation_dtype, cast_to, float_tensor, GptBackend};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttentionKernel {
-    /// [`AttentionKernel::Fused`] where it pays on the backend for the sequence length
-    /// ([`GptBackend::fused_attention_pays`]), else [`AttentionKernel::Composed`].
+    /// The faster of the two on every backend and length measured so far:
+    /// [`AttentionKernel::Fused`]. (Until the CPU got an attention kernel of its own
+    /// ([`super::cpu_kernels`]), flex trained sequences shorter than 256 tokens composed.)
     #[default]
     Auto,
     /// [`GptBackend::causal_attention`]: the backend's attention kernel forward (on CUDA and
@@ -60,19 +61,17 @@ impl AttentionKernel {
         }
     }
 
-    /// Whether training on backend `B` with sequences of `seq_len` tokens runs the fused
-    /// attention (`Auto` asks the backend).
-    pub fn is_fused_on<B: GptBackend>(self, seq_len: usize) -> bool {
+    /// Whether training runs the fused attention.
+    pub fn is_fused(self) -> bool {
         match self {
-            AttentionKernel::Auto => B::fused_attention_pays(seq_len),
-            AttentionKernel::Fused => true,
+            AttentionKernel::Auto | AttentionKernel::Fused => true,
             AttentionKernel::Composed => false,
         }
     }
 
-    /// The name of what runs on backend `B` for `seq_len` tokens: `fused` or `composed`.
-    pub fn resolved_name<B: GptBackend>(self, seq_len: usize) -> &'static str {
-        if self.is_fused_on::<B>(seq_len) {
+    /// The name of what runs: `fused` or `composed`.
+    pub fn resolved_name(self) -> &'static str {
+        if self.is_fused() {
             AttentionKernel::Fused.as_str()
         } else {
             AttentionKernel::Composed.as_str()
@@ -115,7 +114,7 @@ pub(crate) fn autodiff_causal_attention<B: GptBackend, C: CheckpointStrategy>(
     #[derive(Debug)]
     struct CausalAttentionBackward;
 
-    impl<B: Backend> Backward<B, 3> for CausalAttentionBackward {
+    impl<B: GptBackend> Backward<B, 3> for CausalAttentionBackward {
         type State = (NodeId, NodeId, NodeId, FloatTensor<B>);
 
         fn backward(
@@ -129,7 +128,7 @@ pub(crate) fn autodiff_causal_attention<B: GptBackend, C: CheckpointStrategy>(
             let k = checkpointer.retrieve_node_output(k);
             let v = checkpointer.retrieve_node_output(v);
             let grad_out = grads.consume::<B>(&ops.node);
-            let [grad_q, grad_k, grad_v] = causal_attention_backward::<B>(q, k, v, out, grad_out);
+            let [grad_q, grad_k, grad_v] = B::causal_attention_backward(q, k, v, out, grad_out);
             let [parent_q, parent_k, parent_v] = ops.parents;
             for (parent, grad) in [(parent_q, grad_q), (parent_k, grad_k), (parent_v, grad_v)] {
                 if let Some(node) = parent {
@@ -305,7 +304,7 @@ mod tests {
 
     #[test]
     fn fused_attention_matches_composed_autodiff_in_f32() {
-        // Short sequence (flex's naive kernel) and one past its flash threshold (T² > 256 Ki).
+        // A short sequence and a longer one, neither a multiple of 8.
         compare(inputs::<AB>([2, 3, 17, 8], 7, DType::F32), 1e-5, "T=17");
         compare(inputs::<AB>([1, 2, 520, 16], 7, DType::F32), 1e-5, "T=520");
     }

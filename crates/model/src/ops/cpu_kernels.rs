@@ -1,15 +1,20 @@
-//! The loss and the GELU as plain-Rust loops for the CPU backend (flex), in f32.
+//! Causal attention, the loss and the GELU as plain-Rust loops for the CPU backend (flex), in
+//! f32: what `GptBackend` runs on flex (module `flex` converts its tensors).
 //!
-//! burn's flex backend runs the generic versions of these ops ([`super::cross_entropy`],
-//! [`super::layer_ops`]) as one pass per tensor op, each calling libm's scalar `expf` and
-//! writing a temporary: on 2 cores the loss of cpu-small (`[1024, 4096]` logits) took 24 ms of
-//! a 270 ms step and its four GELUs 29 ms (`benches/results/cpu-throughput.md`, section 9).
-//! Here each is one or two passes over rows or chunks, in parallel (rayon, flex's own thread
-//! pool), with an `exp` written so that the compiler vectorises it.
+//! burn's flex backend runs the generic versions of these ops ([`super::attention`],
+//! [`super::cross_entropy`], [`super::layer_ops`]) as one pass per tensor op, each writing a
+//! temporary and the exponentials calling libm's scalar `expf`: on 2 cores the loss of
+//! cpu-small (`[1024, 4096]` logits) took 24 ms of a 270 ms step, its four GELUs 29 ms and its
+//! four attentions 70–80 ms (`benches/results/cpu-throughput.md`, section 9). Here each is one
+//! or two passes over rows, chunks or heads, in parallel (rayon, flex's own thread pool), with
+//! an `exp` written so that the compiler vectorises it. Attention runs head by head, row by
+//! row, without a `[T, T]` matrix: scores and output as `axpy` loops over transposed keys and
+//! values, the backward recomputing each softmax row.
 //!
 //! Every kernel uses only `+ − × ÷` and comparisons, no fused multiply-add, so its result is
-//! the same bit for bit whichever SIMD width the CPU offers ([`with_simd`] picks AVX2 at run
-//! time where there is one). NaN and ±∞ in the inputs propagate to the outputs as in the
+//! the same bit for bit whichever SIMD width the CPU offers (`with_simd!` picks AVX2 at run
+//! time where there is one) and whatever the number of threads (the work is split by rows or
+//! heads, never by a reduction). NaN and ±∞ in the inputs propagate to the outputs as in the
 //! generic ops, so a diverging run still stops on a non-finite loss.
 
 use rayon::prelude::*;
@@ -241,6 +246,215 @@ pub fn cross_entropy_backward(
     out
 }
 
+/// `y += a·x`, elementwise (vectorises).
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// `Σ a·b` in eight lanes (vectorises; the lanes are summed in a fixed order).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0_f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (ca, cb) in ca.zip(cb) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(ca).zip(cb) {
+            *lane += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `[t, hs]` row-major into `[hs, t]`.
+#[inline(always)]
+fn transpose_into(x: &[f32], t: usize, hs: usize, out: &mut [f32]) {
+    for (i, row) in x.chunks_exact(hs).enumerate() {
+        for (d, &v) in row.iter().enumerate() {
+            out[d * t + i] = v;
+        }
+    }
+}
+
+/// Row `i` of the causal softmax `P = softmax(q·kᵀ·scale)`, keys `0..=i`, into `p[..=i]`,
+/// from the transposed keys `kt: [hs, t]`.
+#[inline(always)]
+fn causal_softmax_row(q_row: &[f32], kt: &[f32], t: usize, i: usize, scale: f32, p: &mut [f32]) {
+    let p = &mut p[..=i];
+    p.fill(0.0);
+    for (d, &q) in q_row.iter().enumerate() {
+        axpy(p, q * scale, &kt[d * t..d * t + i + 1]);
+    }
+    let (max, sum) = row_max_and_sum_exp(p);
+    let inv = 1.0 / sum;
+    for v in p.iter_mut() {
+        *v = exp(*v - max) * inv;
+    }
+}
+
+#[inline(always)]
+fn causal_attention_forward_head_body(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    hs: usize,
+    out: &mut [f32],
+) {
+    let scale = 1.0 / (hs as f32).sqrt();
+    let mut kt = vec![0.0_f32; hs * t];
+    transpose_into(k, t, hs, &mut kt);
+    let mut p = vec![0.0_f32; t];
+    for (i, (q_row, out_row)) in q.chunks_exact(hs).zip(out.chunks_exact_mut(hs)).enumerate() {
+        causal_softmax_row(q_row, &kt, t, i, scale, &mut p);
+        out_row.fill(0.0);
+        for (&p, v_row) in p[..=i].iter().zip(v.chunks_exact(hs)) {
+            axpy(out_row, p, v_row);
+        }
+    }
+}
+
+with_simd! {
+    /// One head of causal attention: `softmax(q·kᵀ/√hs + causal mask)·v`, `[t, hs]` each.
+    fn causal_attention_forward_head(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        t: usize,
+        hs: usize,
+        out: &mut [f32],
+    ) => causal_attention_forward_head_body
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn causal_attention_backward_head_body(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    grad_out: &[f32],
+    t: usize,
+    hs: usize,
+    grads: &mut [f32],
+) {
+    let scale = 1.0 / (hs as f32).sqrt();
+    let (grad_q, rest) = grads.split_at_mut(t * hs);
+    let (grad_k, grad_v) = rest.split_at_mut(t * hs);
+    grad_k.fill(0.0);
+    grad_v.fill(0.0);
+    let mut kt = vec![0.0_f32; hs * t];
+    let mut vt = vec![0.0_f32; hs * t];
+    transpose_into(k, t, hs, &mut kt);
+    transpose_into(v, t, hs, &mut vt);
+    let (mut p, mut grad_s) = (vec![0.0_f32; t], vec![0.0_f32; t]);
+    for i in 0..t {
+        let rows = i * hs..(i + 1) * hs;
+        let (q_row, grad_out_row) = (&q[rows.clone()], &grad_out[rows.clone()]);
+        causal_softmax_row(q_row, &kt, t, i, scale, &mut p);
+        // dP_ij = dO_i·v_j, then dS_ij = P_ij·(dP_ij − dO_i·O_i)
+        let grad_s = &mut grad_s[..=i];
+        grad_s.fill(0.0);
+        for (d, &g) in grad_out_row.iter().enumerate() {
+            axpy(grad_s, g, &vt[d * t..d * t + i + 1]);
+        }
+        let row_dot = dot(grad_out_row, &out[rows.clone()]);
+        for (ds, &p) in grad_s.iter_mut().zip(&p[..=i]) {
+            *ds = p * (*ds - row_dot);
+        }
+        let grad_q_row = &mut grad_q[rows];
+        grad_q_row.fill(0.0);
+        for (j, (&ds, &p)) in grad_s.iter().zip(&p[..=i]).enumerate() {
+            let key = j * hs..(j + 1) * hs;
+            axpy(grad_q_row, ds * scale, &k[key.clone()]);
+            axpy(&mut grad_k[key.clone()], ds * scale, q_row);
+            axpy(&mut grad_v[key], p, grad_out_row);
+        }
+    }
+}
+
+with_simd! {
+    /// The gradients of one head of causal attention with respect to q, k and v, written to
+    /// `grads = [dq; dk; dv]` (`[3·t, hs]`), the softmax recomputed row by row.
+    #[allow(clippy::too_many_arguments)]
+    fn causal_attention_backward_head(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &[f32],
+        grad_out: &[f32],
+        t: usize,
+        hs: usize,
+        grads: &mut [f32],
+    ) => causal_attention_backward_head_body
+}
+
+/// Causal attention `softmax(q·kᵀ/√hs + causal mask)·v` over `heads` independent heads of
+/// `[t, hs]` (row-major, head after head), one parallel task per head.
+pub fn causal_attention_forward(q: &[f32], k: &[f32], v: &[f32], t: usize, hs: usize) -> Vec<f32> {
+    let head = t * hs;
+    assert!(q.len() == k.len() && q.len() == v.len() && q.len().is_multiple_of(head));
+    let mut out = vec![0.0_f32; q.len()];
+    out.par_chunks_mut(head)
+        .zip(q.par_chunks(head))
+        .zip(k.par_chunks(head))
+        .zip(v.par_chunks(head))
+        .for_each(|(((out, q), k), v)| causal_attention_forward_head(q, k, v, t, hs, out));
+    out
+}
+
+/// The gradients of [`causal_attention_forward`] with respect to q, k and v, from its inputs,
+/// its output and the output's gradient: one pass per head, `P` recomputed from q and k (as
+/// in [`super::attention::causal_attention_backward`], without the `[t, t]` matrices).
+pub fn causal_attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    grad_out: &[f32],
+    t: usize,
+    hs: usize,
+) -> [Vec<f32>; 3] {
+    let head = t * hs;
+    let n = q.len();
+    assert!(
+        [k.len(), v.len(), out.len(), grad_out.len()]
+            .iter()
+            .all(|&l| l == n)
+            && n.is_multiple_of(head)
+    );
+    // Per head [dq; dk; dv] side by side, split after.
+    let mut grads = vec![0.0_f32; 3 * n];
+    grads
+        .par_chunks_mut(3 * head)
+        .zip(q.par_chunks(head))
+        .zip(k.par_chunks(head))
+        .zip(v.par_chunks(head))
+        .zip(out.par_chunks(head))
+        .zip(grad_out.par_chunks(head))
+        .for_each(|(((((grads, q), k), v), out), grad_out)| {
+            causal_attention_backward_head(q, k, v, out, grad_out, t, hs, grads)
+        });
+    let mut split = [
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    ];
+    for head_grads in grads.chunks_exact(3 * head) {
+        for (part, g) in split.iter_mut().zip(head_grads.chunks_exact(head)) {
+            part.extend_from_slice(g);
+        }
+    }
+    split
+}
+
 /// The GELU's constants: `a = 2·√(2/π)`, `b = 0.044715` (as in [`super::layer_ops`]).
 const GELU_A: f32 = (2.0 * 0.797_884_560_802_865_4) as f32;
 const GELU_AB: f32 = (2.0 * 0.797_884_560_802_865_4 * 0.044_715) as f32;
@@ -365,6 +579,50 @@ pub(crate) mod flex {
             values(&grad)[0],
         );
         Some(tensor(out, shape))
+    }
+
+    /// [`super::causal_attention_forward`]: `q, k, v: [B, nh, T, hs]` → `[B, nh, T, hs]`.
+    pub fn causal_attention_forward(
+        q: &FlexTensor,
+        k: &FlexTensor,
+        v: &FlexTensor,
+    ) -> Option<FlexTensor> {
+        let [q, k, v] = [q, k, v].map(contiguous_f32);
+        let (q, k, v) = (q?, k?, v?);
+        let shape = q.shape();
+        let [_, _, t, hs] = shape.dims::<4>();
+        if k.shape() != shape || v.shape() != shape {
+            return None;
+        }
+        let out = super::causal_attention_forward(values(&q), values(&k), values(&v), t, hs);
+        Some(tensor(out, shape))
+    }
+
+    /// [`super::causal_attention_backward`]: three `[B, nh, T, hs]` gradients.
+    pub fn causal_attention_backward(
+        q: &FlexTensor,
+        k: &FlexTensor,
+        v: &FlexTensor,
+        out: &FlexTensor,
+        grad_out: &FlexTensor,
+    ) -> Option<[FlexTensor; 3]> {
+        let [q, k, v, out, grad_out] = [q, k, v, out, grad_out].map(contiguous_f32);
+        let (q, k, v, out, grad_out) = (q?, k?, v?, out?, grad_out?);
+        let shape = q.shape();
+        let [_, _, t, hs] = shape.dims::<4>();
+        if [&k, &v, &out, &grad_out].iter().any(|x| x.shape() != shape) {
+            return None;
+        }
+        let grads = super::causal_attention_backward(
+            values(&q),
+            values(&k),
+            values(&v),
+            values(&out),
+            values(&grad_out),
+            t,
+            hs,
+        );
+        Some(grads.map(|g| tensor(g, shape.clone())))
     }
 
     /// [`super::gelu_tanh_forward`], any shape.
@@ -526,10 +784,12 @@ mod tests {
     fn flex_hooks_agree_with_the_generic_ops() {
         use crate::ops::{cross_entropy, layer_ops, GptBackend};
         use burn::backend::Flex;
-        use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive};
+        use burn::tensor::{DType, Int, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
         fn values(x: burn::tensor::ops::FloatTensor<Flex>) -> Vec<f32> {
+            let n = x.shape().num_elements();
             Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(x))
+                .reshape([n])
                 .into_data()
                 .convert::<f32>()
                 .to_vec()
@@ -592,6 +852,38 @@ mod tests {
         let dx = Flex::gelu_tanh_backward(prim(&x), prim(&dy));
         let want = layer_ops::gelu_tanh_backward::<Flex>(prim(&x), prim(&dy));
         assert!(close(&values(dx), &values(want), 1e-6));
+
+        // Causal attention: 2 × 3 heads of T = 13, hs = 20 (not a multiple of 8: the tails
+        // run), against burn's attention forward and the generic backward.
+        let normal = |seed: u64| {
+            let shape = [2, 3, 13, 20];
+            let values = SplitMix64::new(seed).normal_vec(shape.iter().product(), 1.0);
+            Tensor::<Flex, 4>::from_data(TensorData::new(values, shape), &device)
+                .into_primitive()
+                .tensor()
+        };
+        let [q, k, v, grad_out] = [21, 22, 23, 24].map(normal);
+        let out = Flex::causal_attention(q.clone(), k.clone(), v.clone());
+        let want = <Flex as burn::tensor::ops::ModuleOps<Flex>>::attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            None,
+            None,
+            crate::ops::attention::causal_options(),
+        );
+        assert!(close(&values(out.clone()), &values(want), 1e-5));
+        let grads = Flex::causal_attention_backward(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            out.clone(),
+            grad_out.clone(),
+        );
+        let want = crate::ops::attention::causal_attention_backward::<Flex>(q, k, v, out, grad_out);
+        for (got, want) in grads.into_iter().zip(want) {
+            assert!(close(&values(got), &values(want), 1e-5));
+        }
 
         // bf16 takes the generic path and keeps its dtype.
         let y = Flex::fused_gelu_tanh(prim(&x.clone().cast(DType::BF16)));

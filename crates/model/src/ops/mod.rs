@@ -41,12 +41,20 @@ pub trait GptBackend: Backend {
         Self::attention(q, k, v, None, None, causal_options())
     }
 
-    /// Whether [`attention::AttentionKernel::Auto`] trains with the fused attention at this sequence
-    /// length. Yes by default: on GPUs the composed attention writes and keeps several
-    /// `[B, nh, T, T]` tensors per layer.
-    fn fused_attention_pays(seq_len: usize) -> bool {
-        let _ = seq_len;
-        true
+    /// The gradients of [`GptBackend::causal_attention`] with respect to q, k and v, from its
+    /// inputs, its output and the output's gradient; by default
+    /// [`attention::causal_attention_backward`].
+    ///
+    /// # Shapes
+    /// `q, k, v, out, grad_out: [B, nh, T, hs]` → three `[B, nh, T, hs]`
+    fn causal_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 3] {
+        attention::causal_attention_backward::<Self>(q, k, v, out, grad_out)
     }
 
     /// Mean cross-entropy of `logits` against the target ids.
@@ -125,18 +133,39 @@ where
 }
 
 impl GptBackend for burn::backend::Flex {
-    /// Measured on 2 cores (benches/results/cpu-throughput.md, section 6): flex's attention
-    /// kernel copies its strided q, k, v and the recomputing backward costs a matmul more than
-    /// the composed one, which short sequences do not win back: a training step of cpu-tiny
-    /// (T = 64) is 8 % slower fused, cpu-small (T = 128) even, gpt2-124m even at T = 256 and
-    /// 17–20 % faster at T = 512 and 1024 (with 3.3 GiB less peak memory at B = 2, T = 1024).
-    fn fused_attention_pays(seq_len: usize) -> bool {
-        seq_len >= 256
+    // Attention, the loss and the GELU in f32 as plain-Rust loops ([`cpu_kernels`]); other
+    // dtypes run the generic ops. Measured on 2 cores (benches/results/cpu-throughput.md,
+    // section 9): attention forward + backward 2–3× faster than burn's composed attention and
+    // 1.6–1.9× faster than flex's attention kernel with the generic backward, at every length
+    // tried (T = 64 to 1024).
+
+    fn causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cpu_kernels::flex::causal_attention_forward(&q, &k, &v).unwrap_or_else(|| {
+            <Self as burn::tensor::ops::ModuleOps<Self>>::attention(
+                q,
+                k,
+                v,
+                None,
+                None,
+                causal_options(),
+            )
+        })
     }
 
-    // The loss and the GELU in f32 as plain-Rust loops ([`cpu_kernels`]): 4–8× faster than
-    // flex running the generic ops (benches/results/cpu-throughput.md, section 9). Other
-    // dtypes run the generic ops.
+    fn causal_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        grad_out: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 3] {
+        cpu_kernels::flex::causal_attention_backward(&q, &k, &v, &out, &grad_out)
+            .unwrap_or_else(|| attention::causal_attention_backward::<Self>(q, k, v, out, grad_out))
+    }
 
     fn cross_entropy_forward(
         logits: FloatTensor<Self>,
@@ -209,10 +238,6 @@ impl<B: GptBackend, C: CheckpointStrategy> GptBackend for Autodiff<B, C> {
         v: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         attention::autodiff_causal_attention::<B, C>(q, k, v)
-    }
-
-    fn fused_attention_pays(seq_len: usize) -> bool {
-        B::fused_attention_pays(seq_len)
     }
 
     fn cross_entropy(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
