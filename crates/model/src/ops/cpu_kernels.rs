@@ -5,7 +5,7 @@
 //! [`super::cross_entropy`], [`super::layer_ops`]) as one pass per tensor op, each writing a
 //! temporary and the exponentials calling libm's scalar `expf`: on 2 cores the loss of
 //! cpu-small (`[1024, 4096]` logits) took 24 ms of a 270 ms step, its four GELUs 29 ms and its
-//! four attentions 70–80 ms (`benches/results/cpu-throughput.md`, section 9). Here each is one
+//! four attentions 66–80 ms (`benches/results/cpu-throughput.md`, section 9). Here each is one
 //! or two passes over rows, chunks or heads, in parallel (rayon, flex's own thread pool), with
 //! an `exp` written so that the compiler vectorises it. Attention runs head by head, row by
 //! row, without a `[T, T]` matrix: scores and output as `axpy` loops over transposed keys and
