@@ -302,6 +302,38 @@ mod tests {
         }
     }
 
+    /// The generic backward (what GPU backends run; flex has kernels of its own) against
+    /// burn's composed autodiff, in f32, at a short and a long sequence.
+    #[test]
+    fn generic_backward_matches_composed_autodiff_in_f32() {
+        for shape in [[2, 3, 17, 8], [1, 2, 520, 16]] {
+            let qkv = inputs::<AB>(shape, 5, DType::F32);
+            let weights = normal::<AB>(shape, 98, DType::F32);
+            let reference = run(&qkv, &weights, false);
+            let out = reference[0].clone().unwrap();
+            let [q, k, v] = qkv.map(|x| x.inner().into_primitive().tensor());
+            let grads = causal_attention_backward::<Flex>(
+                q,
+                k,
+                v,
+                out.into_primitive().tensor(),
+                weights.inner().into_primitive().tensor(),
+            );
+            for (name, (ours, want)) in ["grad_q", "grad_k", "grad_v"]
+                .iter()
+                .zip(grads.into_iter().zip(&reference[1..]))
+            {
+                let want = want.clone().unwrap();
+                let scale = max_abs(want.clone());
+                let diff = max_abs_diff(float_tensor::<Flex, 4>(ours), want);
+                assert!(
+                    diff <= 1e-5 * scale.max(1.0),
+                    "{shape:?} {name}: {diff} (scale {scale})"
+                );
+            }
+        }
+    }
+
     #[test]
     fn fused_attention_matches_composed_autodiff_in_f32() {
         // A short sequence and a longer one, neither a multiple of 8.

@@ -14,10 +14,14 @@
 //! Every kernel uses only `+ − × ÷` and comparisons, no fused multiply-add, so its result is
 //! the same bit for bit whichever SIMD width the CPU offers (`with_simd!` picks AVX2 at run
 //! time where there is one) and whatever the number of threads (the work is split by rows or
-//! heads, never by a reduction). NaN and ±∞ in the inputs propagate to the outputs as in the
-//! generic ops, so a diverging run still stops on a non-finite loss.
+//! heads, never by a reduction). NaN in the inputs propagates to the outputs (a NaN logit gives
+//! a NaN loss), so a diverging run still stops on a non-finite loss. Two harmless differences
+//! from the generic ops: `exp` saturates at `e^−87` instead of reaching 0 (a logit at −∞ gets a
+//! probability of ~1e−38, not 0), and the GELU of −∞ is −∞ rather than NaN.
 
 use rayon::prelude::*;
+
+use super::layer_ops;
 
 /// Elements one parallel task handles at least (below this, splitting costs more than it saves).
 const MIN_TASK_ELEMENTS: usize = 1 << 14;
@@ -54,24 +58,29 @@ pub fn exp(x: f32) -> f32 {
     e_r * two_n
 }
 
-/// Defines `fn $name(args) -> R` that runs the `#[inline(always)]` function `$body` compiled
-/// for AVX2 where the CPU has it (8 f32 lanes instead of SSE2's 4), else as compiled.
+/// Defines `fn $name(args) { body }` so that its body runs compiled for AVX2 where the CPU has
+/// it (8 f32 lanes instead of SSE2's 4), else as compiled. Only AVX2, not FMA: no contraction.
 macro_rules! with_simd {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
         fn $name($($arg: $ty),*) {
+            #[allow(clippy::too_many_arguments)]
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2")]
                 fn avx2($($arg: $ty),*) {
-                    $body($($arg),*)
+                    body($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU has AVX2 (checked just above).
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            $body($($arg),*)
+            body($($arg),*)
         }
     };
 }
@@ -124,23 +133,6 @@ fn target_index(target: i64, vocab: usize) -> usize {
     }
 }
 
-#[inline(always)]
-fn cross_entropy_forward_rows_body(
-    rows: &[f32],
-    vocab: usize,
-    lse: &mut [f32],
-    picked: &mut [f32],
-    targets: &[i64],
-) {
-    for (((row, lse), picked), &target) in
-        rows.chunks_exact(vocab).zip(lse).zip(picked).zip(targets)
-    {
-        let (max, sum) = row_max_and_sum_exp(row);
-        *lse = max + sum.ln();
-        *picked = row[target_index(target, vocab)];
-    }
-}
-
 with_simd! {
     /// Each row's log-sum-exp and target logit.
     fn cross_entropy_forward_rows(
@@ -149,11 +141,22 @@ with_simd! {
         lse: &mut [f32],
         picked: &mut [f32],
         targets: &[i64],
-    ) => cross_entropy_forward_rows_body
+    ) {
+        for (((row, lse), picked), &target) in
+            rows.chunks_exact(vocab).zip(lse).zip(picked).zip(targets)
+        {
+            let (max, sum) = row_max_and_sum_exp(row);
+            *lse = max + sum.ln();
+            *picked = row[target_index(target, vocab)];
+        }
+    }
 }
 
 /// Mean cross-entropy of `[rows, vocab]` logits (row-major) against one target per row, and
 /// each row's log-sum-exp. The mean is summed in f64 in row order.
+///
+/// # Panics
+/// If `vocab` is 0 or the lengths disagree, or on a target outside the vocabulary.
 pub fn cross_entropy_forward(logits: &[f32], vocab: usize, targets: &[i64]) -> (f32, Vec<f32>) {
     assert_eq!(
         logits.len(),
@@ -179,28 +182,6 @@ pub fn cross_entropy_forward(logits: &[f32], vocab: usize, targets: &[i64]) -> (
     ((total / targets.len() as f64) as f32, lse)
 }
 
-#[inline(always)]
-fn cross_entropy_backward_rows_body(
-    out: &mut [f32],
-    rows: &[f32],
-    vocab: usize,
-    lse: &[f32],
-    targets: &[i64],
-    scale: f32,
-) {
-    for (((out, row), &lse), &target) in out
-        .chunks_exact_mut(vocab)
-        .zip(rows.chunks_exact(vocab))
-        .zip(lse)
-        .zip(targets)
-    {
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o = exp(v - lse) * scale;
-        }
-        out[target_index(target, vocab)] -= scale;
-    }
-}
-
 with_simd! {
     /// Rows of `(exp(logits − lse) − onehot(target)) · scale`.
     fn cross_entropy_backward_rows(
@@ -210,7 +191,19 @@ with_simd! {
         lse: &[f32],
         targets: &[i64],
         scale: f32,
-    ) => cross_entropy_backward_rows_body
+    ) {
+        for (((out, row), &lse), &target) in out
+            .chunks_exact_mut(vocab)
+            .zip(rows.chunks_exact(vocab))
+            .zip(lse)
+            .zip(targets)
+        {
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = exp(v - lse) * scale;
+            }
+            out[target_index(target, vocab)] -= scale;
+        }
+    }
 }
 
 /// The gradient of [`cross_entropy_forward`]'s mean loss with respect to the logits, given
@@ -273,12 +266,73 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// `[t, hs]` row-major into `[hs, t]`.
-#[inline(always)]
-fn transpose_into(x: &[f32], t: usize, hs: usize, out: &mut [f32]) {
-    for (i, row) in x.chunks_exact(hs).enumerate() {
-        for (d, &v) in row.iter().enumerate() {
-            out[d * t + i] = v;
+/// A `[B, nh, T, hs]` f32 tensor read where it lies: any strides for the first three
+/// dimensions, rows of `hs` contiguous values. The q, k and v of a GPT block are views into
+/// its `[B, T, 3·d]` projection (heads split off, then swapped with time); reading them in
+/// place saves three strided copies per layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads<'a> {
+    /// The storage the view reads from.
+    pub data: &'a [f32],
+    /// Index of element `[0, 0, 0, 0]` in `data`.
+    pub offset: usize,
+    /// Strides of the batch, head and time dimensions (the last dimension's is 1).
+    pub strides: [usize; 3],
+    /// `[B, nh, T, hs]`.
+    pub shape: [usize; 4],
+}
+
+impl<'a> Heads<'a> {
+    /// A contiguous `[B, nh, T, hs]` tensor.
+    pub fn contiguous(data: &'a [f32], shape: [usize; 4]) -> Self {
+        let [_, nh, t, hs] = shape;
+        assert_eq!(
+            data.len(),
+            shape.iter().product::<usize>(),
+            "heads: shape and data disagree"
+        );
+        Heads {
+            data,
+            offset: 0,
+            strides: [nh * t * hs, t * hs, hs],
+            shape,
+        }
+    }
+
+    /// Head `index` of the `B·nh` heads (batch-major), as `[T, hs]` rows.
+    fn head(&self, index: usize) -> Head<'a> {
+        let [_, nh, t, hs] = self.shape;
+        let start = self.offset + (index / nh) * self.strides[0] + (index % nh) * self.strides[1];
+        let end = start + (t - 1) * self.strides[2] + hs;
+        Head {
+            data: &self.data[start..end],
+            row_stride: self.strides[2],
+            hs,
+        }
+    }
+}
+
+/// One head of [`Heads`]: `T` rows of `hs` values, `row_stride` apart.
+#[derive(Clone, Copy)]
+struct Head<'a> {
+    data: &'a [f32],
+    row_stride: usize,
+    hs: usize,
+}
+
+impl<'a> Head<'a> {
+    #[inline(always)]
+    fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.row_stride..i * self.row_stride + self.hs]
+    }
+
+    /// The head transposed into `out`: `[hs, t]`, row `d` holding dimension `d` of every time step.
+    #[inline(always)]
+    fn transpose_into(&self, t: usize, out: &mut [f32]) {
+        for i in 0..t {
+            for (d, &v) in self.row(i).iter().enumerate() {
+                out[d * t + i] = v;
+            }
         }
     }
 }
@@ -299,165 +353,160 @@ fn causal_softmax_row(q_row: &[f32], kt: &[f32], t: usize, i: usize, scale: f32,
     }
 }
 
-#[inline(always)]
-fn causal_attention_forward_head_body(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    t: usize,
-    hs: usize,
-    out: &mut [f32],
-) {
-    let scale = 1.0 / (hs as f32).sqrt();
-    let mut kt = vec![0.0_f32; hs * t];
-    transpose_into(k, t, hs, &mut kt);
-    let mut p = vec![0.0_f32; t];
-    for (i, (q_row, out_row)) in q.chunks_exact(hs).zip(out.chunks_exact_mut(hs)).enumerate() {
-        causal_softmax_row(q_row, &kt, t, i, scale, &mut p);
-        out_row.fill(0.0);
-        for (&p, v_row) in p[..=i].iter().zip(v.chunks_exact(hs)) {
-            axpy(out_row, p, v_row);
-        }
-    }
-}
-
 with_simd! {
-    /// One head of causal attention: `softmax(q·kᵀ/√hs + causal mask)·v`, `[t, hs]` each.
-    fn causal_attention_forward_head(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        t: usize,
-        hs: usize,
-        out: &mut [f32],
-    ) => causal_attention_forward_head_body
-}
-
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn causal_attention_backward_head_body(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &[f32],
-    grad_out: &[f32],
-    t: usize,
-    hs: usize,
-    grads: &mut [f32],
-) {
-    let scale = 1.0 / (hs as f32).sqrt();
-    let (grad_q, rest) = grads.split_at_mut(t * hs);
-    let (grad_k, grad_v) = rest.split_at_mut(t * hs);
-    grad_k.fill(0.0);
-    grad_v.fill(0.0);
-    let mut kt = vec![0.0_f32; hs * t];
-    let mut vt = vec![0.0_f32; hs * t];
-    transpose_into(k, t, hs, &mut kt);
-    transpose_into(v, t, hs, &mut vt);
-    let (mut p, mut grad_s) = (vec![0.0_f32; t], vec![0.0_f32; t]);
-    for i in 0..t {
-        let rows = i * hs..(i + 1) * hs;
-        let (q_row, grad_out_row) = (&q[rows.clone()], &grad_out[rows.clone()]);
-        causal_softmax_row(q_row, &kt, t, i, scale, &mut p);
-        // dP_ij = dO_i·v_j, then dS_ij = P_ij·(dP_ij − dO_i·O_i)
-        let grad_s = &mut grad_s[..=i];
-        grad_s.fill(0.0);
-        for (d, &g) in grad_out_row.iter().enumerate() {
-            axpy(grad_s, g, &vt[d * t..d * t + i + 1]);
-        }
-        let row_dot = dot(grad_out_row, &out[rows.clone()]);
-        for (ds, &p) in grad_s.iter_mut().zip(&p[..=i]) {
-            *ds = p * (*ds - row_dot);
-        }
-        let grad_q_row = &mut grad_q[rows];
-        grad_q_row.fill(0.0);
-        for (j, (&ds, &p)) in grad_s.iter().zip(&p[..=i]).enumerate() {
-            let key = j * hs..(j + 1) * hs;
-            axpy(grad_q_row, ds * scale, &k[key.clone()]);
-            axpy(&mut grad_k[key.clone()], ds * scale, q_row);
-            axpy(&mut grad_v[key], p, grad_out_row);
+    /// One head of causal attention, `softmax(q·kᵀ/√hs + causal mask)·v`, into `out`
+    /// (`[t, hs]`, contiguous).
+    fn causal_attention_forward_head(q: Head<'_>, k: Head<'_>, v: Head<'_>, out: &mut [f32]) {
+        let (t, hs) = (out.len() / q.hs, q.hs);
+        let scale = 1.0 / (hs as f32).sqrt();
+        let mut kt = vec![0.0_f32; hs * t];
+        k.transpose_into(t, &mut kt);
+        let mut p = vec![0.0_f32; t];
+        for (i, out_row) in out.chunks_exact_mut(hs).enumerate() {
+            causal_softmax_row(q.row(i), &kt, t, i, scale, &mut p);
+            out_row.fill(0.0);
+            for (j, &p) in p[..=i].iter().enumerate() {
+                axpy(out_row, p, v.row(j));
+            }
         }
     }
 }
 
 with_simd! {
     /// The gradients of one head of causal attention with respect to q, k and v, written to
-    /// `grads = [dq; dk; dv]` (`[3·t, hs]`), the softmax recomputed row by row.
-    #[allow(clippy::too_many_arguments)]
+    /// `grads = [dq; dk; dv]` (`[3·t, hs]`, contiguous), the softmax recomputed row by row.
     fn causal_attention_backward_head(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        out: &[f32],
-        grad_out: &[f32],
-        t: usize,
-        hs: usize,
+        q: Head<'_>,
+        k: Head<'_>,
+        v: Head<'_>,
+        out: Head<'_>,
+        grad_out: Head<'_>,
         grads: &mut [f32],
-    ) => causal_attention_backward_head_body
+    ) {
+        let hs = q.hs;
+        let t = grads.len() / (3 * hs);
+        let scale = 1.0 / (hs as f32).sqrt();
+        let (grad_q, rest) = grads.split_at_mut(t * hs);
+        let (grad_k, grad_v) = rest.split_at_mut(t * hs);
+        grad_k.fill(0.0);
+        grad_v.fill(0.0);
+        let mut kt = vec![0.0_f32; hs * t];
+        let mut vt = vec![0.0_f32; hs * t];
+        k.transpose_into(t, &mut kt);
+        v.transpose_into(t, &mut vt);
+        let (mut p, mut grad_s) = (vec![0.0_f32; t], vec![0.0_f32; t]);
+        for i in 0..t {
+            let (q_row, grad_out_row) = (q.row(i), grad_out.row(i));
+            causal_softmax_row(q_row, &kt, t, i, scale, &mut p);
+            // dP_ij = dO_i·v_j, then dS_ij = P_ij·(dP_ij − dO_i·O_i)
+            let grad_s = &mut grad_s[..=i];
+            grad_s.fill(0.0);
+            for (d, &g) in grad_out_row.iter().enumerate() {
+                axpy(grad_s, g, &vt[d * t..d * t + i + 1]);
+            }
+            let row_dot = dot(grad_out_row, out.row(i));
+            for (ds, &p) in grad_s.iter_mut().zip(&p[..=i]) {
+                *ds = p * (*ds - row_dot);
+            }
+            let grad_q_row = &mut grad_q[i * hs..(i + 1) * hs];
+            grad_q_row.fill(0.0);
+            for (j, (&ds, &p)) in grad_s.iter().zip(&p[..=i]).enumerate() {
+                let key = j * hs..(j + 1) * hs;
+                axpy(grad_q_row, ds * scale, k.row(j));
+                axpy(&mut grad_k[key.clone()], ds * scale, q_row);
+                axpy(&mut grad_v[key], p, grad_out_row);
+            }
+        }
+    }
 }
 
-/// Causal attention `softmax(q·kᵀ/√hs + causal mask)·v` over `heads` independent heads of
-/// `[t, hs]` (row-major, head after head), one parallel task per head.
-pub fn causal_attention_forward(q: &[f32], k: &[f32], v: &[f32], t: usize, hs: usize) -> Vec<f32> {
-    let head = t * hs;
-    assert!(q.len() == k.len() && q.len() == v.len() && q.len().is_multiple_of(head));
-    let mut out = vec![0.0_f32; q.len()];
-    out.par_chunks_mut(head)
-        .zip(q.par_chunks(head))
-        .zip(k.par_chunks(head))
-        .zip(v.par_chunks(head))
-        .for_each(|(((out, q), k), v)| causal_attention_forward_head(q, k, v, t, hs, out));
+/// `[B, nh, T, hs]` values laid out head after head (`per_head`, `head_len = T·hs` each, as
+/// the kernels write them) copied into token-major order `[B, T, nh, hs]`, in parallel over
+/// the batch: the layout the block reads the attention output in (`[B, T, nh·hs]`).
+fn token_major(
+    per_head: &[f32],
+    stride: usize,
+    head_len: usize,
+    [b, nh, t, hs]: [usize; 4],
+) -> Vec<f32> {
+    let mut out = vec![0.0_f32; b * t * nh * hs];
+    out.par_chunks_mut(t * nh * hs)
+        .enumerate()
+        .for_each(|(batch, out)| {
+            for h in 0..nh {
+                let head = &per_head[(batch * nh + h) * stride..][..head_len];
+                for (i, row) in head.chunks_exact(hs).enumerate() {
+                    out[(i * nh + h) * hs..][..hs].copy_from_slice(row);
+                }
+            }
+        });
     out
 }
 
-/// The gradients of [`causal_attention_forward`] with respect to q, k and v, from its inputs,
-/// its output and the output's gradient: one pass per head, `P` recomputed from q and k (as
-/// in [`super::attention::causal_attention_backward`], without the `[t, t]` matrices).
-pub fn causal_attention_backward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &[f32],
-    grad_out: &[f32],
-    t: usize,
-    hs: usize,
-) -> [Vec<f32>; 3] {
-    let head = t * hs;
-    let n = q.len();
+/// Causal attention `softmax(q·kᵀ/√hs + causal mask)·v` over the `B·nh` heads of q, k, v
+/// (`[B, nh, T, hs]` each), one parallel task per head. The output comes back token-major,
+/// `[B, T, nh, hs]`.
+///
+/// # Panics
+/// If the shapes disagree or `T·hs` is 0.
+pub fn causal_attention_forward(q: Heads<'_>, k: Heads<'_>, v: Heads<'_>) -> Vec<f32> {
+    let shape = q.shape;
     assert!(
-        [k.len(), v.len(), out.len(), grad_out.len()]
-            .iter()
-            .all(|&l| l == n)
-            && n.is_multiple_of(head)
+        k.shape == shape && v.shape == shape,
+        "attention: q, k and v disagree"
     );
-    // Per head [dq; dk; dv] side by side, split after.
-    let mut grads = vec![0.0_f32; 3 * n];
-    grads
-        .par_chunks_mut(3 * head)
-        .zip(q.par_chunks(head))
-        .zip(k.par_chunks(head))
-        .zip(v.par_chunks(head))
-        .zip(out.par_chunks(head))
-        .zip(grad_out.par_chunks(head))
-        .for_each(|(((((grads, q), k), v), out), grad_out)| {
-            causal_attention_backward_head(q, k, v, out, grad_out, t, hs, grads)
-        });
-    let mut split = [
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    ];
-    for head_grads in grads.chunks_exact(3 * head) {
-        for (part, g) in split.iter_mut().zip(head_grads.chunks_exact(head)) {
-            part.extend_from_slice(g);
-        }
-    }
-    split
+    let [b, nh, t, hs] = shape;
+    let head = t * hs;
+    let mut per_head = vec![0.0_f32; b * nh * head];
+    per_head
+        .par_chunks_mut(head)
+        .enumerate()
+        .for_each(|(h, out)| causal_attention_forward_head(q.head(h), k.head(h), v.head(h), out));
+    token_major(&per_head, head, head, shape)
 }
 
-/// The GELU's constants: `a = 2·√(2/π)`, `b = 0.044715` (as in [`super::layer_ops`]).
-const GELU_A: f32 = (2.0 * 0.797_884_560_802_865_4) as f32;
-const GELU_AB: f32 = (2.0 * 0.797_884_560_802_865_4 * 0.044_715) as f32;
+/// The gradients of [`causal_attention_forward`] with respect to q, k and v, from its inputs,
+/// its output and the output's gradient (`[B, nh, T, hs]` views each): one pass per head, `P`
+/// recomputed from q and k (as in [`super::attention::causal_attention_backward`], without
+/// the `[T, T]` matrices). Each gradient comes back token-major, `[B, T, nh, hs]`.
+pub fn causal_attention_backward(
+    q: Heads<'_>,
+    k: Heads<'_>,
+    v: Heads<'_>,
+    out: Heads<'_>,
+    grad_out: Heads<'_>,
+) -> [Vec<f32>; 3] {
+    let shape = q.shape;
+    assert!(
+        [k.shape, v.shape, out.shape, grad_out.shape]
+            .iter()
+            .all(|&s| s == shape),
+        "attention backward: inputs disagree"
+    );
+    let [b, nh, t, hs] = shape;
+    let head = t * hs;
+    // Per head [dq; dk; dv] side by side, reordered after.
+    let mut grads = vec![0.0_f32; 3 * b * nh * head];
+    grads
+        .par_chunks_mut(3 * head)
+        .enumerate()
+        .for_each(|(h, grads)| {
+            causal_attention_backward_head(
+                q.head(h),
+                k.head(h),
+                v.head(h),
+                out.head(h),
+                grad_out.head(h),
+                grads,
+            )
+        });
+    [0, 1, 2].map(|part| token_major(&grads[part * head..], 3 * head, head, shape))
+}
+
+/// The GELU's constants of [`super::layer_ops`] in f32: `a`, `a·b` and `3·a·b`.
+const GELU_A: f32 = layer_ops::GELU_A as f32;
+const GELU_AB: f32 = (layer_ops::GELU_A * layer_ops::GELU_B) as f32;
+const GELU_3AB: f32 = (3.0 * layer_ops::GELU_A * layer_ops::GELU_B) as f32;
 
 /// `σ(u)` with `u = a·x·(1 + b·x²)`.
 #[inline(always)]
@@ -466,28 +515,22 @@ fn gelu_gate(x: f32) -> f32 {
     1.0 / (1.0 + exp(-u))
 }
 
-#[inline(always)]
-fn gelu_tanh_forward_body(out: &mut [f32], x: &[f32]) {
-    for (o, &x) in out.iter_mut().zip(x) {
-        *o = x * gelu_gate(x);
-    }
-}
-
-#[inline(always)]
-fn gelu_tanh_backward_body(out: &mut [f32], x: &[f32], grad: &[f32]) {
-    for ((o, &x), &g) in out.iter_mut().zip(x).zip(grad) {
-        let s = gelu_gate(x);
-        let du = x * x * (3.0 * GELU_AB) + GELU_A;
-        *o = g * (s + x * s * (1.0 - s) * du);
+with_simd! {
+    fn gelu_tanh_forward_chunk(out: &mut [f32], x: &[f32]) {
+        for (o, &x) in out.iter_mut().zip(x) {
+            *o = x * gelu_gate(x);
+        }
     }
 }
 
 with_simd! {
-    fn gelu_tanh_forward_chunk(out: &mut [f32], x: &[f32]) => gelu_tanh_forward_body
-}
-
-with_simd! {
-    fn gelu_tanh_backward_chunk(out: &mut [f32], x: &[f32], grad: &[f32]) => gelu_tanh_backward_body
+    fn gelu_tanh_backward_chunk(out: &mut [f32], x: &[f32], grad: &[f32]) {
+        for ((o, &x), &g) in out.iter_mut().zip(x).zip(grad) {
+            let s = gelu_gate(x);
+            let du = x * x * GELU_3AB + GELU_A;
+            *o = g * (s + x * s * (1.0 - s) * du);
+        }
+    }
 }
 
 /// The tanh GELU `x·σ(a·x·(1 + b·x²))`, elementwise.
@@ -518,12 +561,13 @@ pub fn gelu_tanh_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
 /// The flex backend's tensors in and out of the kernels above. Each returns `None` where a
 /// kernel does not apply (inputs not in f32), and the caller then runs the generic op.
 pub(crate) mod flex {
-    use burn::backend::flex::FlexTensor;
-    use burn::tensor::{DType, Shape, TensorData, TensorMetadata};
+    use burn::backend::flex::{FlexTensor, Layout};
+    use burn::tensor::{Bytes, DType, Shape, TensorData, TensorMetadata};
 
-    /// A contiguous f32 copy of `x` (no copy when it already is one), or `None` for another dtype.
+    /// A contiguous f32 copy of `x` (no copy when it already is one), or `None` for another
+    /// dtype or an empty tensor (the kernels split work by rows or heads of non-zero size).
     fn contiguous_f32(x: &FlexTensor) -> Option<FlexTensor> {
-        (x.dtype() == DType::F32).then(|| x.to_contiguous())
+        (x.dtype() == DType::F32 && x.shape().num_elements() > 0).then(|| x.to_contiguous())
     }
 
     fn values(x: &FlexTensor) -> &[f32] {
@@ -550,8 +594,8 @@ pub(crate) mod flex {
         logits: &FlexTensor,
         targets: &FlexTensor,
     ) -> Option<(FlexTensor, FlexTensor)> {
-        let logits = contiguous_f32(logits)?;
         let targets = ids(targets)?;
+        let logits = contiguous_f32(logits)?;
         let vocab = logits.shape().dims::<2>()[1];
         let (loss, lse) = super::cross_entropy_forward(values(&logits), vocab, &targets);
         let rows = lse.len();
@@ -565,10 +609,10 @@ pub(crate) mod flex {
         targets: &FlexTensor,
         grad: &FlexTensor,
     ) -> Option<FlexTensor> {
-        let logits = contiguous_f32(logits)?;
+        let targets = ids(targets)?;
         let lse = contiguous_f32(lse)?;
         let grad = contiguous_f32(grad)?;
-        let targets = ids(targets)?;
+        let logits = contiguous_f32(logits)?;
         let shape = logits.shape();
         let vocab = shape.dims::<2>()[1];
         let out = super::cross_entropy_backward(
@@ -581,21 +625,60 @@ pub(crate) mod flex {
         Some(tensor(out, shape))
     }
 
+    /// An f32 `[B, nh, T, hs]` tensor as [`super::Heads`] where its rows are contiguous (copied
+    /// into a contiguous tensor otherwise; `holder` keeps that copy alive), or `None` for
+    /// another dtype, rank or an empty tensor.
+    fn heads<'a>(
+        x: &'a FlexTensor,
+        holder: &'a mut Option<FlexTensor>,
+    ) -> Option<super::Heads<'a>> {
+        if x.dtype() != DType::F32 || x.shape().num_dims() != 4 || x.shape().num_elements() == 0 {
+            return None;
+        }
+        let shape = x.shape().dims::<4>();
+        let layout = x.layout();
+        let strides = layout.strides();
+        let in_place = strides[3] == 1 && strides[..3].iter().all(|&s| s >= 0);
+        if in_place {
+            return Some(super::Heads {
+                data: x.storage::<f32>(),
+                offset: layout.start_offset(),
+                strides: [0, 1, 2].map(|d| strides[d] as usize),
+                shape,
+            });
+        }
+        let copy = holder.insert(x.to_contiguous());
+        Some(super::Heads::contiguous(values(copy), shape))
+    }
+
+    /// Token-major `[B, T, nh, hs]` values as the `[B, nh, T, hs]` tensor they are (heads and
+    /// time swapped in the layout, no copy): the block's `swap_dims(1, 2)` and reshape back to
+    /// `[B, T, nh·hs]` then cost nothing.
+    fn from_token_major(values: Vec<f32>, [b, nh, t, hs]: [usize; 4]) -> FlexTensor {
+        let layout = Layout::new(
+            Shape::new([b, nh, t, hs]),
+            vec![(t * nh * hs) as isize, hs as isize, (nh * hs) as isize, 1],
+            0,
+        );
+        FlexTensor::new(Bytes::from_elems(values), layout, DType::F32)
+    }
+
     /// [`super::causal_attention_forward`]: `q, k, v: [B, nh, T, hs]` → `[B, nh, T, hs]`.
     pub fn causal_attention_forward(
         q: &FlexTensor,
         k: &FlexTensor,
         v: &FlexTensor,
     ) -> Option<FlexTensor> {
-        let [q, k, v] = [q, k, v].map(contiguous_f32);
-        let (q, k, v) = (q?, k?, v?);
-        let shape = q.shape();
-        let [_, _, t, hs] = shape.dims::<4>();
-        if k.shape() != shape || v.shape() != shape {
+        let mut holders: [Option<FlexTensor>; 3] = Default::default();
+        let [hq, hk, hv] = &mut holders;
+        let (q, k, v) = (heads(q, hq)?, heads(k, hk)?, heads(v, hv)?);
+        if k.shape != q.shape || v.shape != q.shape {
             return None;
         }
-        let out = super::causal_attention_forward(values(&q), values(&k), values(&v), t, hs);
-        Some(tensor(out, shape))
+        Some(from_token_major(
+            super::causal_attention_forward(q, k, v),
+            q.shape,
+        ))
     }
 
     /// [`super::causal_attention_backward`]: three `[B, nh, T, hs]` gradients.
@@ -606,23 +689,22 @@ pub(crate) mod flex {
         out: &FlexTensor,
         grad_out: &FlexTensor,
     ) -> Option<[FlexTensor; 3]> {
-        let [q, k, v, out, grad_out] = [q, k, v, out, grad_out].map(contiguous_f32);
-        let (q, k, v, out, grad_out) = (q?, k?, v?, out?, grad_out?);
-        let shape = q.shape();
-        let [_, _, t, hs] = shape.dims::<4>();
-        if [&k, &v, &out, &grad_out].iter().any(|x| x.shape() != shape) {
+        let mut holders: [Option<FlexTensor>; 5] = Default::default();
+        let [hq, hk, hv, ho, hg] = &mut holders;
+        let views = [
+            heads(q, hq)?,
+            heads(k, hk)?,
+            heads(v, hv)?,
+            heads(out, ho)?,
+            heads(grad_out, hg)?,
+        ];
+        let shape = views[0].shape;
+        if views.iter().any(|x| x.shape != shape) {
             return None;
         }
-        let grads = super::causal_attention_backward(
-            values(&q),
-            values(&k),
-            values(&v),
-            values(&out),
-            values(&grad_out),
-            t,
-            hs,
-        );
-        Some(grads.map(|g| tensor(g, shape.clone())))
+        let [q, k, v, out, grad_out] = views;
+        let grads = super::causal_attention_backward(q, k, v, out, grad_out);
+        Some(grads.map(|g| from_token_major(g, shape)))
     }
 
     /// [`super::gelu_tanh_forward`], any shape.
@@ -782,7 +864,7 @@ mod tests {
     /// bf16 inputs fall back to the generic ops.
     #[test]
     fn flex_hooks_agree_with_the_generic_ops() {
-        use crate::ops::{cross_entropy, layer_ops, GptBackend};
+        use crate::ops::{cross_entropy, float_tensor, layer_ops, GptBackend};
         use burn::backend::Flex;
         use burn::tensor::{DType, Int, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
@@ -880,8 +962,56 @@ mod tests {
             out.clone(),
             grad_out.clone(),
         );
-        let want = crate::ops::attention::causal_attention_backward::<Flex>(q, k, v, out, grad_out);
+        let want = crate::ops::attention::causal_attention_backward::<Flex>(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            out.clone(),
+            grad_out,
+        );
         for (got, want) in grads.into_iter().zip(want) {
+            assert!(close(&values(got), &values(want), 1e-5));
+        }
+
+        // The same heads as views: q with its last dimension strided (copied first), k and v
+        // read in place from a packed [B, T, 2·nh·hs] tensor as a GPT block splits its
+        // projection (narrow, reshape, swap time and heads), and the output's gradient taken
+        // from the token-major output layout.
+        let view = |x: &burn::tensor::ops::FloatTensor<Flex>| float_tensor::<Flex, 4>(x.clone());
+        let q_view = view(&q).swap_dims(2, 3).into_data(); // [2, 3, 20, 13] values
+        let q_t = Tensor::<Flex, 4>::from_data(q_view, &device).swap_dims(2, 3); // [2, 3, 13, 20], last stride 13
+        let packed = Tensor::cat(
+            vec![view(&k).swap_dims(1, 2), view(&v).swap_dims(1, 2)], // [2, 13, 3, 20] each
+            2,
+        )
+        .reshape([2, 13, 120])
+        .into_data();
+        let packed = Tensor::<Flex, 3>::from_data(packed, &device);
+        let split = |start: usize| {
+            packed
+                .clone()
+                .narrow(2, start, 60)
+                .reshape([2, 13, 3, 20])
+                .swap_dims(1, 2) // [2, 3, 13, 20], strided
+                .into_primitive()
+                .tensor()
+        };
+        let (q2, k2, v2) = (q_t.into_primitive().tensor(), split(0), split(60));
+        let out2 = Flex::causal_attention(q2.clone(), k2.clone(), v2.clone());
+        assert!(close(&values(out2.clone()), &values(out.clone()), 1e-6));
+        let grad_out2 = float_tensor::<Flex, 4>(out2.clone())
+            .sin()
+            .into_primitive()
+            .tensor();
+        let want = crate::ops::attention::causal_attention_backward::<Flex>(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            out.clone(),
+            grad_out2.clone(),
+        );
+        let got = Flex::causal_attention_backward(q2, k2, v2, out2, grad_out2);
+        for (got, want) in got.into_iter().zip(want) {
             assert!(close(&values(got), &values(want), 1e-5));
         }
 

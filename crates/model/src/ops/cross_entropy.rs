@@ -267,6 +267,35 @@ mod tests {
                 worst <= 1e-5 * scale,
                 "[{n}, {v}]: gradient off by {worst} (scale {scale})"
             );
+            // The generic functions (what GPU backends run; flex has kernels of its own).
+            let to_vec = |x: FloatTensor<Flex>| {
+                float_tensor::<Flex, 2>(x)
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap()
+            };
+            let (logits, targets) = (logits.inner(), targets.inner());
+            let (loss_g, lse) = cross_entropy_forward::<Flex>(
+                logits.clone().into_primitive().tensor(),
+                targets.clone().into_primitive(),
+            );
+            let loss_g = float_tensor::<Flex, 1>(loss_g).into_scalar();
+            assert!(
+                (loss_c - loss_g).abs() <= 1e-5 * loss_c.abs(),
+                "[{n}, {v}]: generic loss {loss_g} vs composed {loss_c}"
+            );
+            let upstream = Tensor::<Flex, 1>::from_floats([2.5], &Default::default());
+            let grad_g = to_vec(cross_entropy_backward::<Flex>(
+                logits.into_primitive().tensor(),
+                lse,
+                targets.into_primitive(),
+                upstream.into_primitive().tensor(),
+            ));
+            let worst = max_abs_diff(&grad_c, &grad_g);
+            assert!(
+                worst <= 1e-5 * scale,
+                "[{n}, {v}]: generic gradient off by {worst} (scale {scale})"
+            );
         }
     }
 

@@ -71,8 +71,8 @@ impl std::str::FromStr for LayerOpsKernel {
 }
 
 /// The GELU's constants: `a = 2·√(2/π)`, `b = 0.044715`.
-const GELU_A: f64 = 2.0 * 0.797_884_560_802_865_4;
-const GELU_B: f64 = 0.044_715;
+pub(crate) const GELU_A: f64 = 2.0 * 0.797_884_560_802_865_4;
+pub(crate) const GELU_B: f64 = 0.044_715;
 
 /// Output and row statistics of a norm: `(y, μ, r)`, `μ` absent for RMSNorm; the statistics
 /// in f32 at least, `y` in `x`'s dtype.

@@ -8,7 +8,7 @@
 //! hand-written backward on [`Autodiff`] that recomputes what it needs from the inputs instead.
 
 pub mod attention;
-pub mod cpu_kernels;
+pub(crate) mod cpu_kernels;
 pub mod cross_entropy;
 pub mod layer_ops;
 
@@ -38,7 +38,7 @@ pub trait GptBackend: Backend {
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        Self::attention(q, k, v, None, None, causal_options())
+        backend_causal_attention::<Self>(q, k, v)
     }
 
     /// The gradients of [`GptBackend::causal_attention`] with respect to q, k and v, from its
@@ -144,16 +144,8 @@ impl GptBackend for burn::backend::Flex {
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        cpu_kernels::flex::causal_attention_forward(&q, &k, &v).unwrap_or_else(|| {
-            <Self as burn::tensor::ops::ModuleOps<Self>>::attention(
-                q,
-                k,
-                v,
-                None,
-                None,
-                causal_options(),
-            )
-        })
+        cpu_kernels::flex::causal_attention_forward(&q, &k, &v)
+            .unwrap_or_else(|| backend_causal_attention::<Self>(q, k, v))
     }
 
     fn causal_attention_backward(
@@ -207,6 +199,18 @@ impl GptBackend for burn::backend::Cuda<f32> {}
 impl GptBackend for burn::backend::Cuda<burn::tensor::bf16> {}
 #[cfg(feature = "wgpu")]
 impl GptBackend for burn::backend::Wgpu<f32> {}
+
+/// The backend's own attention kernel with GPT's options (causal, `1/√hs`).
+///
+/// # Shapes
+/// `q, k, v: [B, nh, T, hs]` → `[B, nh, T, hs]`
+fn backend_causal_attention<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+) -> FloatTensor<B> {
+    B::attention(q, k, v, None, None, causal_options())
+}
 
 /// `x` in `dtype`; no operation (and no autodiff node) when it already is.
 pub fn cast_to<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
