@@ -1,6 +1,7 @@
 //! `hyperclone`: pretrain a small GPT, HyperClone it into a wider one, train that, and compare
 //! against a randomly initialised baseline in measured device-hours.
 
+mod alloc;
 mod backend;
 mod bench;
 mod expand;
@@ -44,12 +45,8 @@ enum Command {
     Report(report::ReportArgs),
 }
 
-/// mimalloc instead of glibc's allocator: a training step allocates and frees many large,
-/// short-lived tensor buffers (see benches/results/cpu-throughput.md for the measured effect).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<()> {
+    alloc::keep_freed_memory();
     init_tracing();
     let cli = Cli::parse();
     match cli.command {

@@ -1,0 +1,57 @@
+//! The binary's allocator: mimalloc, told to keep freed memory for a minute.
+//!
+//! A training step allocates and frees many large, short-lived tensor buffers. glibc's
+//! allocator returned and re-faulted them (benches/results/cpu-throughput.md, section 4).
+//! mimalloc by default gives memory it has not reused for 1 s back to the OS ("purging"), so a
+//! step longer than that (gpt2-124m on the CPU: seconds) faults its activations in again every
+//! step, and the kernel zeroes each page: measured 7.7–8.7 s → 4.8–5.2 s per step at 124M
+//! B2 T256, −6 % at cpu-small (section 10). A 60 s delay keeps everything a training loop
+//! reuses; memory idle for a minute still goes back.
+
+use std::ffi::{c_int, c_long};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc 3's `mi_option_purge_delay` (its `mi_option_t` enum; libmimalloc-sys 0.1.49 names
+/// no constant for it). The test below checks the number against the option's default.
+const MI_OPTION_PURGE_DELAY: c_int = 15;
+
+/// How long freed memory stays with the process before mimalloc returns it to the OS.
+const PURGE_DELAY_MS: c_long = 60_000;
+
+extern "C" {
+    fn mi_option_get(option: c_int) -> c_long;
+    fn mi_option_set(option: c_int, value: c_long);
+}
+
+/// Sets mimalloc's purge delay to [`PURGE_DELAY_MS`] unless the user set `MIMALLOC_PURGE_DELAY`.
+pub fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: plain C calls into the allocator linked in above; the option is an int.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+}
+
+/// The current purge delay in milliseconds.
+pub fn purge_delay_ms() -> i64 {
+    // SAFETY: as above.
+    i64::from(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Option 15 is the purge delay: before it is set it reads mimalloc 3's documented default
+    /// (1000 ms; another option at 15 would read differently), and it reads back what is set.
+    #[test]
+    fn purge_delay_is_option_15_and_is_set() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return; // the user's value; nothing to check against
+        }
+        assert_eq!(purge_delay_ms(), 1000, "mimalloc's default purge delay");
+        keep_freed_memory();
+        assert_eq!(purge_delay_ms(), PURGE_DELAY_MS as i64);
+    }
+}
