@@ -21,7 +21,6 @@ const MI_OPTION_PURGE_DELAY: c_int = 15;
 const PURGE_DELAY_MS: c_long = 60_000;
 
 extern "C" {
-    fn mi_option_get(option: c_int) -> c_long;
     fn mi_option_set(option: c_int, value: c_long);
 }
 
@@ -33,15 +32,19 @@ pub fn keep_freed_memory() {
     }
 }
 
-/// The current purge delay in milliseconds.
-pub fn purge_delay_ms() -> i64 {
-    // SAFETY: as above.
-    i64::from(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    extern "C" {
+        fn mi_option_get(option: c_int) -> c_long;
+    }
+
+    /// The current purge delay in milliseconds.
+    fn purge_delay_ms() -> c_long {
+        // SAFETY: a plain C call into the allocator; the option is an int.
+        unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }
+    }
 
     /// Option 15 is the purge delay: before it is set it reads mimalloc 3's documented default
     /// (1000 ms; another option at 15 would read differently), and it reads back what is set.
@@ -52,6 +55,6 @@ mod tests {
         }
         assert_eq!(purge_delay_ms(), 1000, "mimalloc's default purge delay");
         keep_freed_memory();
-        assert_eq!(purge_delay_ms(), PURGE_DELAY_MS as i64);
+        assert_eq!(purge_delay_ms(), PURGE_DELAY_MS);
     }
 }
