@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use hyperclone_model::GptAutodiffBackend;
-use hyperclone_training::experiment::ExperimentSummary;
-use hyperclone_training::{
-    run_experiment, BackendKind, ExperimentConfig, ExperimentOptions, Precision, Stage,
+use hyperclone_experiment::{
+    run_experiment, ExperimentConfig, ExperimentOptions, ExperimentSummary, Stage,
 };
+use hyperclone_model::GptAutodiffBackend;
+use hyperclone_training::{BackendKind, Precision};
 
 use crate::backend::{check_available, run_job, Env, Job};
 
@@ -20,9 +20,13 @@ pub struct RunArgs {
     /// Override a value, type-checked: `--set small.run.max_steps=100` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// Run only this stage: small, expand, large, baseline or report.
+    /// Run only this stage: small, expand, large, baseline, control or report.
     #[arg(long, value_parser = |s: &str| s.parse::<Stage>())]
     pub stage: Option<Stage>,
+    /// Repeat every stage for seeds 1..=N, each replica in `<out>/seed-N/` (sets
+    /// `experiment.seeds`); the report gives every figure as mean and range over the seeds.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub seeds: Option<u64>,
 }
 
 struct RunJob {
@@ -51,7 +55,12 @@ impl Job for RunJob {
 
 /// `hyperclone run`.
 pub fn run(args: RunArgs) -> Result<()> {
-    let config = ExperimentConfig::load(&args.experiment, &args.overrides)?;
+    let mut overrides = args.overrides.clone();
+    if let Some(n) = args.seeds {
+        let seeds: Vec<String> = (1..=n).map(|s| s.to_string()).collect();
+        overrides.push(format!("experiment.seeds=[{}]", seeds.join(", ")));
+    }
+    let config = ExperimentConfig::load(&args.experiment, &overrides)?;
     let out = config.experiment.out.clone();
     let small = (config.small.run.backend, config.small.run.precision);
     let large = (config.large.run.backend, config.large.run.precision);
@@ -62,16 +71,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(Stage::Small) => vec![(Some(Stage::Small), small)],
         Some(stage) => vec![(Some(stage), large)],
         None if small == large => vec![(None, small)],
-        None => [
-            Stage::Small,
-            Stage::Expand,
-            Stage::Large,
-            Stage::Baseline,
-            Stage::Report,
-        ]
-        .into_iter()
-        .map(|s| (Some(s), if s == Stage::Small { small } else { large }))
-        .collect(),
+        None => Stage::ALL
+            .into_iter()
+            .map(|s| (Some(s), if s == Stage::Small { small } else { large }))
+            .collect(),
     };
     for (_, (backend, precision)) in &plan {
         check_available(*backend, *precision)?;
@@ -94,8 +97,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     for o in &summary.stages {
         println!(
-            "{:<9} {}",
+            "{:<9} {:<8} {}",
             o.stage.dir_name(),
+            o.seed.map_or(String::new(), |s| format!("seed {s}")),
             if o.skipped {
                 "skipped (finished earlier)"
             } else {

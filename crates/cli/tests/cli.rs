@@ -155,6 +155,78 @@ fn pipeline_runs_every_stage_writes_the_report_and_skips_finished_stages() {
     assert!(text.starts_with("The") && text.trim().len() > 3, "{text:?}");
 }
 
+/// The last value of `key` in a run's metrics.jsonl.
+fn last_metric(run: &Path, key: &str) -> f64 {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v[key].as_f64())
+        .last()
+        .unwrap_or_else(|| panic!("no {key} in {}", run.display()))
+}
+
+#[test]
+fn run_with_seeds_repeats_every_stage_and_the_control_for_each_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_experiment(tmp.path());
+    let out = run_ok(bin().arg("run").arg(&cfg).args([
+        "--seeds",
+        "2",
+        "--set",
+        "control.enabled=true",
+        "--set",
+        "large.cloned.optimizer.lr=1e-3",
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let exp = tmp.path().join("exp");
+    for seed in [1u64, 2] {
+        for stage in ["small", "expand", "large", "baseline", "control"] {
+            assert!(
+                stdout.lines().any(|l| l.starts_with(stage)
+                    && l.contains(&format!("seed {seed} "))
+                    && l.ends_with("done")),
+                "{stage} of seed {seed} not done:\n{stdout}"
+            );
+        }
+        let root = exp.join(format!("seed-{seed}"));
+        // The small run has the replica's seed, the wide runs their own stream.
+        let info = |stage: &str| -> serde_json::Value {
+            serde_json::from_str(
+                &std::fs::read_to_string(root.join(stage).join("run_info.json")).unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(info("small")["seed"], seed);
+        for wide in ["large", "baseline", "control"] {
+            assert_eq!(info(wide)["seed"], seed + 1000, "{wide}");
+        }
+        // The cloned arm has its own learning rate; the baseline keeps the shared one.
+        let lr = |stage: &str| {
+            let text = std::fs::read_to_string(root.join(stage).join("config.toml")).unwrap();
+            text.parse::<toml::Table>().unwrap()["optimizer"]["lr"]
+                .as_float()
+                .unwrap()
+        };
+        assert_eq!((lr("large"), lr("baseline")), (1e-3, 2e-3));
+        // Small run + control spent the baseline's FLOPs, to within one control step.
+        let small = last_metric(&root.join("small"), "flops");
+        let control = last_metric(&root.join("control"), "flops");
+        let baseline = last_metric(&root.join("baseline"), "flops");
+        assert!(small + control <= baseline, "{small} + {control} > {baseline}");
+        assert!(
+            (baseline - small - control) / baseline < 0.01,
+            "{small} + {control} vs {baseline}"
+        );
+    }
+    let md = std::fs::read_to_string(exp.join("report.md")).unwrap();
+    assert!(md.contains("2 seeds"), "report header");
+    assert!(md.contains("n=2)"), "no spread over seeds in the report");
+    assert!(md.contains("### Cloned run vs the continued-small control"));
+    assert!(md.contains("control (small, continued) (seed 2)"));
+    assert!(stdout.contains("final val loss control"), "{stdout}");
+}
+
 #[test]
 fn pipeline_killed_during_the_large_stage_resumes_it() {
     let tmp = tempfile::tempdir().unwrap();

@@ -95,6 +95,16 @@ pub fn crossing(curve: &[(f64, f64)], target: f64) -> Option<f64> {
     None
 }
 
+/// The cost on `axis` at which a run first reaches `target`: [`crossing`] on its curve, except
+/// that a run whose step-0 evaluation already meets the target reached it at zero cost (the
+/// step-0 evaluation's own time is logged, but no training was needed).
+pub fn reached_at(points: &[EvalPoint], axis: Axis, target: f64) -> Option<f64> {
+    match points.first() {
+        Some(p) if p.step == 0 && p.loss <= target => Some(0.0),
+        _ => crossing(&curve(points, axis), target),
+    }
+}
+
 /// The curve's y at `x` by linear interpolation; `None` outside the curve's x range.
 pub fn value_at(curve: &[(f64, f64)], x: f64) -> Option<f64> {
     let (first, last) = (curve.first()?, curve.last()?);
@@ -214,6 +224,8 @@ pub struct StageStats {
     pub relogged: usize,
     /// Seconds of warm-up steps, not in `device_hours`.
     pub warmup_s: Option<f64>,
+    /// Median seconds per training step.
+    pub median_step_time_s: Option<f64>,
 }
 
 /// Computes [`StageStats`] from a stage's metrics.
@@ -241,10 +253,11 @@ pub fn stage_stats(metrics: &Metrics) -> StageStats {
         data_share: (has_data_time && step_time > 0.0).then(|| data_time / step_time),
         relogged: metrics.relogged,
         warmup_s: metrics.warmup_s,
+        median_step_time_s: median(train.iter().filter_map(|r| r.step_time_s)),
     }
 }
 
-/// What it cost the baseline and the cloned run to reach one target, on one cost axis.
+/// What it cost each route to reach one target, on one cost axis.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CostComparison {
     /// Baseline cost to first reach the target (`None` when the axis is not logged).
@@ -254,6 +267,12 @@ pub struct CostComparison {
     pub cloned_large_only: Option<f64>,
     /// Cost paid before the large stage: the small run plus the expansion.
     pub prefix: Option<f64>,
+    /// The small run's own cost to first reach the target (its curve from zero); `None` when
+    /// it never did, did not run, or the axis is not logged.
+    pub small_alone: Option<f64>,
+    /// The continued-small control's cost to first reach the target, the small run before it
+    /// included; `None` when it never did, did not run, or the axis is not logged.
+    pub control_total: Option<f64>,
 }
 
 impl CostComparison {
@@ -284,6 +303,35 @@ fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
     }
 }
 
+/// Which of two routes got to a target first, on one cost axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Race {
+    /// Both got there; the cloned route (small + expansion + cloned run) spent less.
+    ClonedFirst,
+    /// Both got there; the continued-small control spent no more than the cloned route.
+    ControlFirst,
+    /// Only the cloned route got there.
+    ControlNever,
+    /// Only the control got there.
+    ClonedNever,
+    /// Neither got there.
+    Neither,
+}
+
+/// A cheaper way to the target than training the wide model: the sign that the budget is too
+/// short for the wide model to pay.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Shortcut {
+    /// `true`: the continued-small control; `false`: the small run on its own.
+    pub control: bool,
+    /// The axis the costs are on.
+    pub axis: Axis,
+    /// What the shortcut spent to reach the target.
+    pub cost: f64,
+    /// What the baseline spent to reach it.
+    pub baseline: f64,
+}
+
 /// One val-loss target taken from the baseline's curve and how both runs fared against it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TargetResult {
@@ -305,6 +353,87 @@ pub struct TargetResult {
     pub flops: CostComparison,
     /// Costs in tokens (large-only; tokens of the small model are not comparable).
     pub tokens: CostComparison,
+    /// Whether the small run has val losses (so `small_alone` can be measured).
+    pub small_ran: bool,
+    /// Whether the continued-small control has val losses.
+    pub control_ran: bool,
+}
+
+impl TargetResult {
+    /// The expanded checkpoint already met the target before any training of the wide model:
+    /// no speedup can be stated as a factor for the large run alone.
+    pub fn met_at_initialisation(&self) -> bool {
+        self.cloned_step == Some(0.0)
+    }
+
+    /// The cheaper ways to this target than the baseline, in FLOPs then device-hours: the small
+    /// run alone, or the continued-small control, reaching it at no more cost than the baseline.
+    pub fn shortcuts(&self) -> Vec<Shortcut> {
+        let mut out = Vec::new();
+        for (axis, c) in [(Axis::Flops, &self.flops), (Axis::DeviceHours, &self.hours)] {
+            let Some(baseline) = c.baseline else {
+                continue;
+            };
+            for (control, cost) in [(false, c.small_alone), (true, c.control_total)] {
+                if let Some(cost) = cost.filter(|&v| v <= baseline) {
+                    out.push(Shortcut {
+                        control,
+                        axis,
+                        cost,
+                        baseline,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The cloned route against the continued-small control on `axis`; `None` without a control.
+    pub fn race(&self, axis: Axis) -> Option<Race> {
+        if !self.control_ran {
+            return None;
+        }
+        let c = match axis {
+            Axis::Flops => &self.flops,
+            Axis::DeviceHours => &self.hours,
+            _ => return None,
+        };
+        Some(match (c.cloned_total(), c.control_total) {
+            (Some(cloned), Some(control)) if cloned < control => Race::ClonedFirst,
+            (Some(_), Some(_)) => Race::ControlFirst,
+            (Some(_), None) => Race::ControlNever,
+            (None, Some(_)) => Race::ClonedNever,
+            (None, None) => Race::Neither,
+        })
+    }
+}
+
+/// The median step times of the two same-shaped wide runs: the cloned run and the baseline
+/// train the same model on the same batches, so their step times should match. When they do
+/// not, the machine disturbed one of them and device-hour comparisons between them are off
+/// (the FLOPs comparisons are not).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepTimeCheck {
+    /// Median seconds per step of the cloned run.
+    pub cloned_s: f64,
+    /// Median seconds per step of the baseline.
+    pub baseline_s: f64,
+}
+
+/// Largest relative difference between the cloned run's and the baseline's median step times
+/// that still counts as the same machine state.
+pub const STEP_TIME_TOLERANCE: f64 = 0.10;
+
+impl StepTimeCheck {
+    /// `|cloned / baseline − 1|`.
+    pub fn relative_difference(&self) -> f64 {
+        (self.cloned_s / self.baseline_s - 1.0).abs()
+    }
+
+    /// Whether the medians differ by more than [`STEP_TIME_TOLERANCE`].
+    pub fn disturbed(&self) -> bool {
+        self.relative_difference() > STEP_TIME_TOLERANCE
+    }
 }
 
 /// One seed's symmetry measurement.
@@ -333,6 +462,10 @@ pub struct SeedAnalysis {
     pub large: Option<StageStats>,
     /// Statistics of the baseline run.
     pub baseline: Option<StageStats>,
+    /// Statistics of the continued-small control.
+    pub control: Option<StageStats>,
+    /// The cloned run's and the baseline's median step times.
+    pub step_times: Option<StepTimeCheck>,
     /// Device-hours of the expansion (`None` when `expand.json` gives none).
     pub expand_hours: Option<f64>,
     /// Device-hours paid before the cloned large run: small + expansion.
@@ -361,6 +494,7 @@ pub fn analyse_seed(run: &SeedRun) -> SeedAnalysis {
     let small_m = stage_metrics(&run.small);
     let large_m = stage_metrics(&run.large);
     let baseline_m = stage_metrics(&run.baseline);
+    let control_m = stage_metrics(&run.control);
     let small = small_m.map(stage_stats);
     let expand_hours = run.expand.as_ref().and_then(|e| e.cost_hours());
     let prefix_hours = small
@@ -369,11 +503,35 @@ pub fn analyse_seed(run: &SeedRun) -> SeedAnalysis {
         .map(|h| h + expand_hours.unwrap_or(0.0));
     let prefix_flops = small.as_ref().and_then(|s| s.flops);
 
+    let small_points = small_m.map(eval_points);
+    let control_points = control_m.map(eval_points);
     let targets = match (large_m, baseline_m) {
-        (Some(l), Some(b)) => {
-            compute_targets(&eval_points(l), &eval_points(b), prefix_hours, prefix_flops)
-        }
+        (Some(l), Some(b)) => compute_targets(
+            &Curves {
+                cloned: &eval_points(l),
+                baseline: &eval_points(b),
+                small: small_points.as_deref(),
+                control: control_points.as_deref(),
+            },
+            &Prefix {
+                hours: prefix_hours,
+                flops: prefix_flops,
+                small_hours: small.as_ref().and_then(|s| s.device_hours),
+            },
+        ),
         _ => Vec::new(),
+    };
+    let large = large_m.map(stage_stats);
+    let baseline = baseline_m.map(stage_stats);
+    let step_times = match (&large, &baseline) {
+        (Some(l), Some(b)) => match (l.median_step_time_s, b.median_step_time_s) {
+            (Some(cloned_s), Some(baseline_s)) if baseline_s > 0.0 => Some(StepTimeCheck {
+                cloned_s,
+                baseline_s,
+            }),
+            _ => None,
+        },
+        _ => None,
     };
     let symmetry = large_m
         .map(|m| {
@@ -395,8 +553,10 @@ pub fn analyse_seed(run: &SeedRun) -> SeedAnalysis {
         label: run.label.clone(),
         seed: run.seed,
         small,
-        large: large_m.map(stage_stats),
-        baseline: baseline_m.map(stage_stats),
+        large,
+        baseline,
+        control: control_m.map(stage_stats),
+        step_times,
         expand_hours,
         prefix_hours,
         prefix_flops,
@@ -405,13 +565,33 @@ pub fn analyse_seed(run: &SeedRun) -> SeedAnalysis {
     }
 }
 
-/// Forms the targets from the baseline's curve and measures both runs against them.
-pub fn compute_targets(
-    cloned: &[EvalPoint],
-    baseline: &[EvalPoint],
-    prefix_hours: Option<f64>,
-    prefix_flops: Option<f64>,
-) -> Vec<TargetResult> {
+/// The val-loss curves of one seed's runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Curves<'a> {
+    /// The cloned (large) run.
+    pub cloned: &'a [EvalPoint],
+    /// The random-init baseline.
+    pub baseline: &'a [EvalPoint],
+    /// The small run, when it has val losses.
+    pub small: Option<&'a [EvalPoint]>,
+    /// The continued-small control, when it has val losses.
+    pub control: Option<&'a [EvalPoint]>,
+}
+
+/// What was paid before the wide runs started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prefix {
+    /// Device-hours of the small run and the expansion (before the cloned run).
+    pub hours: Option<f64>,
+    /// FLOPs of the small run (the expansion's are not counted: it copies weights).
+    pub flops: Option<f64>,
+    /// Device-hours of the small run alone (before the control).
+    pub small_hours: Option<f64>,
+}
+
+/// Forms the targets from the baseline's curve and measures every route against them.
+pub fn compute_targets(curves: &Curves, prefix: &Prefix) -> Vec<TargetResult> {
+    let (cloned, baseline) = (curves.cloned, curves.baseline);
     let Some(last) = baseline.last() else {
         return Vec::new();
     };
@@ -444,10 +624,14 @@ pub fn compute_targets(
         let Some(target_loss) = target else {
             continue;
         };
-        let compare = |axis: Axis, prefix: Option<f64>| CostComparison {
-            baseline: crossing(&curve(baseline, axis), target_loss),
-            cloned_large_only: crossing(&curve(cloned, axis), target_loss),
+        let reach =
+            |points: Option<&[EvalPoint]>, axis: Axis| reached_at(points?, axis, target_loss);
+        let compare = |axis: Axis, prefix: Option<f64>, small_prefix: Option<f64>| CostComparison {
+            baseline: reached_at(baseline, axis, target_loss),
+            cloned_large_only: reached_at(cloned, axis, target_loss),
             prefix,
+            small_alone: reach(curves.small, axis),
+            control_total: small_prefix.and_then(|p| Some(p + reach(curves.control, axis)?)),
         };
         let cloned_step = crossing(&curve(cloned, Axis::Step), target_loss);
         out.push(TargetResult {
@@ -457,9 +641,11 @@ pub fn compute_targets(
             cloned_reached: cloned_step.is_some(),
             cloned_step,
             baseline_step: crossing(&curve(baseline, Axis::Step), target_loss),
-            hours: compare(Axis::DeviceHours, prefix_hours),
-            flops: compare(Axis::Flops, prefix_flops),
-            tokens: compare(Axis::Tokens, None),
+            hours: compare(Axis::DeviceHours, prefix.hours, prefix.small_hours),
+            flops: compare(Axis::Flops, prefix.flops, prefix.flops),
+            tokens: compare(Axis::Tokens, None, None),
+            small_ran: curves.small.is_some_and(|c| !c.is_empty()),
+            control_ran: curves.control.is_some_and(|c| !c.is_empty()),
         });
     }
     out
@@ -522,6 +708,28 @@ pub fn aggregate_targets(seeds: &[SeedAnalysis]) -> Vec<TargetAggregate> {
 mod tests {
     use super::*;
 
+    /// The targets of a cloned run against a baseline, without small run or control curves.
+    fn targets_of(
+        cloned: &[EvalPoint],
+        baseline: &[EvalPoint],
+        hours: f64,
+        flops: f64,
+    ) -> Vec<TargetResult> {
+        compute_targets(
+            &Curves {
+                cloned,
+                baseline,
+                small: None,
+                control: None,
+            },
+            &Prefix {
+                hours: Some(hours),
+                flops: Some(flops),
+                small_hours: Some(hours),
+            },
+        )
+    }
+
     fn pt(step: u64, hours: f64, loss: f64) -> EvalPoint {
         EvalPoint {
             step,
@@ -560,7 +768,7 @@ mod tests {
 
         let baseline = [pt(0, 0.0, 10.0), pt(10, 1.0, 4.0), pt(20, 2.0, 3.0)];
         let cloned = [pt(0, 0.0, 5.0), pt(10, 1.0, 3.5), pt(20, 2.0, 3.2)];
-        let targets = compute_targets(&cloned, &baseline, Some(0.5), Some(1e11));
+        let targets = targets_of(&cloned, &baseline, 0.5, 1e11);
         let fin = targets.iter().find(|t| t.fraction == 1.0).unwrap();
         assert_eq!(fin.target_loss, 3.0);
         assert!(!fin.cloned_reached);
@@ -576,7 +784,7 @@ mod tests {
         // Baseline: 10 → 4 → 3 at hours 0, 1, 2. Cloned: 4.5 → 3.5 → 2.5.
         let baseline = [pt(0, 0.0, 10.0), pt(10, 1.0, 4.0), pt(20, 2.0, 3.0)];
         let cloned = [pt(0, 0.0, 4.5), pt(10, 1.0, 3.5), pt(20, 2.0, 2.5)];
-        let targets = compute_targets(&cloned, &baseline, Some(0.5), Some(0.5e12));
+        let targets = targets_of(&cloned, &baseline, 0.5, 0.5e12);
         let fractions: Vec<f64> = targets.iter().map(|t| t.fraction).collect();
         assert_eq!(fractions, vec![0.25, 0.5, 0.75, 1.0]);
 
@@ -648,10 +856,12 @@ mod tests {
             small: None,
             large: None,
             baseline: None,
+            control: None,
+            step_times: None,
             expand_hours: None,
             prefix_hours: Some(0.0),
             prefix_flops: Some(0.0),
-            targets: compute_targets(&cloned, &baseline, Some(0.0), Some(0.0)),
+            targets: targets_of(&cloned, &baseline, 0.0, 0.0),
             symmetry: Vec::new(),
         }
     }
@@ -673,5 +883,81 @@ mod tests {
         assert!((s.std.unwrap() - 2f64.sqrt()).abs() < 1e-9);
         let all = aggregate_targets(&seeds[..2]);
         assert_eq!(all.last().unwrap().reached, 2);
+    }
+
+    #[test]
+    fn a_small_run_or_control_that_reaches_the_target_cheaper_is_a_shortcut() {
+        // Baseline: 10 → 4 → 3 at 0, 1, 2 h (FLOPs = hours · 1e12). Cloned: from 4.5.
+        let baseline = [pt(0, 0.0, 10.0), pt(10, 1.0, 4.0), pt(20, 2.0, 3.0)];
+        let cloned = [pt(0, 0.0, 4.5), pt(10, 1.0, 3.5), pt(20, 2.0, 2.5)];
+        // The small run ends at 2.9 after 1.5 h: it reaches 3.0 on its own, cheaper.
+        let small = [pt(0, 0.0, 8.0), pt(10, 1.0, 3.4), pt(15, 1.5, 2.9)];
+        // The control continues from 2.9 and goes lower.
+        let control = [pt(0, 0.0, 2.9), pt(10, 0.5, 2.7)];
+        let curves = Curves {
+            cloned: &cloned,
+            baseline: &baseline,
+            small: Some(&small),
+            control: Some(&control),
+        };
+        let prefix = Prefix {
+            hours: Some(1.6),
+            flops: Some(1.5e12),
+            small_hours: Some(1.5),
+        };
+        let targets = compute_targets(&curves, &prefix);
+        let fin = targets.last().unwrap();
+        assert!(fin.small_ran && fin.control_ran);
+        // The small run crosses 3.0 between 3.4 (1 h) and 2.9 (1.5 h): at 1.4 h.
+        assert!((fin.hours.small_alone.unwrap() - 1.4).abs() < 1e-12);
+        // The control met it at its start: the small run's 1.5 h.
+        assert_eq!(fin.hours.control_total, Some(1.5));
+        let shortcuts = fin.shortcuts();
+        assert_eq!(shortcuts.len(), 4, "{shortcuts:?}");
+        assert!(shortcuts
+            .iter()
+            .any(|s| !s.control && s.axis == Axis::Flops && (s.cost - 1.4e12).abs() < 1.0));
+        // Cloned total: 1.6 + 1.5 = 3.1 h, after the control's 1.5 h.
+        assert_eq!(fin.race(Axis::DeviceHours), Some(Race::ControlFirst));
+
+        // A small run that stops above the target and a control that never gets there: no
+        // shortcut, and the cloned route wins the race.
+        let small = [pt(0, 0.0, 8.0), pt(10, 1.0, 3.4)];
+        let control = [pt(0, 0.0, 3.4), pt(10, 1.0, 3.2)];
+        let curves = Curves {
+            small: Some(&small),
+            control: Some(&control),
+            ..curves
+        };
+        let targets = compute_targets(&curves, &prefix);
+        let fin = targets.last().unwrap();
+        assert!(fin.shortcuts().is_empty());
+        assert_eq!(fin.race(Axis::Flops), Some(Race::ControlNever));
+        assert!(!fin.met_at_initialisation());
+        // Without a control there is no race.
+        let targets = targets_of(&cloned, &baseline, 0.5, 0.5e12);
+        assert_eq!(targets.last().unwrap().race(Axis::Flops), None);
+        // The 25 % target (7.0) was met by the expanded checkpoint before training.
+        assert!(targets[0].met_at_initialisation());
+    }
+
+    #[test]
+    fn step_times_that_differ_by_more_than_ten_percent_are_disturbed() {
+        let same = StepTimeCheck {
+            cloned_s: 0.105,
+            baseline_s: 0.100,
+        };
+        assert!(!same.disturbed());
+        let off = StepTimeCheck {
+            cloned_s: 0.125,
+            baseline_s: 0.100,
+        };
+        assert!(off.disturbed());
+        assert!((off.relative_difference() - 0.25).abs() < 1e-12);
+        let faster = StepTimeCheck {
+            cloned_s: 0.080,
+            baseline_s: 0.100,
+        };
+        assert!(faster.disturbed());
     }
 }

@@ -44,36 +44,46 @@ pub fn flops(v: f64) -> String {
     }
 }
 
-/// A speedup factor; infinite means the target was met before any large-model training.
+/// A speedup factor; infinite means the target was met before any large-model training, which
+/// is no factor at all and is written as such.
 pub fn speedup(v: f64) -> String {
     if v.is_infinite() {
-        "∞ (met at initialisation)".to_string()
+        "met at initialisation (no factor)".to_string()
     } else {
         format!("{v:.2}×")
     }
 }
 
-/// Mean ± sample std over seeds with the count, each number formatted by `f`.
+/// Mean over seeds with the range and the count, each number formatted by `f`:
+/// `5.1234 (5.1100–5.1400, n=3)`; a single value alone.
 pub fn spread(s: &Spread, f: impl Fn(f64) -> String) -> String {
-    match s.std {
-        Some(std) => format!("{} ± {} (n={})", f(s.mean), f(std), s.n),
-        None => f(s.mean),
+    if s.n > 1 {
+        format!("{} ({}–{}, n={})", f(s.mean), f(s.min), f(s.max), s.n)
+    } else {
+        f(s.mean)
     }
 }
 
-/// A speedup spread: the mean as a factor, the std as a plain number, and how many seeds met
-/// the target at initialisation (infinite speedup, left out of the mean).
+/// A speedup over seeds: the mean factor with its range and count (`2.61× (2.40–2.85×, n=3)`),
+/// and how many seeds met the target at initialisation (no factor; left out of the mean).
 pub fn speedup_spread(s: &Spread) -> String {
     if s.n == 0 {
         return speedup(f64::INFINITY);
     }
-    let base = match s.std {
-        Some(std) => format!("{} ± {:.2} (n={})", speedup(s.mean), std, s.n),
-        None => speedup(s.mean),
+    let base = if s.n > 1 {
+        format!(
+            "{} ({:.2}–{}, n={})",
+            speedup(s.mean),
+            s.min,
+            speedup(s.max),
+            s.n
+        )
+    } else {
+        speedup(s.mean)
     };
     if s.infinite > 0 {
         format!(
-            "{base}; ∞ in {} more seed{} (met at initialisation)",
+            "{base}; met at initialisation in {} more seed{} (no factor)",
             s.infinite,
             if s.infinite == 1 { "" } else { "s" }
         )
@@ -138,7 +148,7 @@ mod tests {
         assert_eq!(sig(123.456, 4), "123.5");
         assert_eq!(sig(2.5e7, 3), "2.50e7");
         assert_eq!(speedup(2.0), "2.00×");
-        assert!(speedup(f64::INFINITY).starts_with('∞'));
+        assert_eq!(speedup(f64::INFINITY), "met at initialisation (no factor)");
         assert_eq!(duration(12.34), "12.3 s");
         assert_eq!(duration(192.0), "3 min 12 s");
         assert_eq!(duration(3720.0), "1 h 02 min");
@@ -152,12 +162,18 @@ mod tests {
             max: 2.5,
             infinite: 0,
         };
-        assert_eq!(speedup_spread(&s), "2.00× ± 0.50 (n=2)");
-        assert_eq!(spread(&s, loss), "2.0000 ± 0.5000 (n=2)");
+        assert_eq!(speedup_spread(&s), "2.00× (1.50–2.50×, n=2)");
+        assert_eq!(spread(&s, loss), "2.0000 (1.5000–2.5000, n=2)");
         let with_inf = Spread { infinite: 1, ..s };
         assert_eq!(
             speedup_spread(&with_inf),
-            "2.00× ± 0.50 (n=2); ∞ in 1 more seed (met at initialisation)"
+            "2.00× (1.50–2.50×, n=2); met at initialisation in 1 more seed (no factor)"
         );
+        let one = Spread {
+            n: 1,
+            std: None,
+            ..s
+        };
+        assert_eq!(speedup_spread(&one), "2.00×");
     }
 }

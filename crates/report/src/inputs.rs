@@ -97,6 +97,8 @@ pub enum StageKind {
     Large,
     /// The large model from random initialisation.
     Baseline,
+    /// The small model trained on from its final weights (the continued-small control).
+    Control,
 }
 
 impl StageKind {
@@ -106,6 +108,7 @@ impl StageKind {
             StageKind::Small => "small",
             StageKind::Large => "large",
             StageKind::Baseline => "baseline",
+            StageKind::Control => "control",
         }
     }
 
@@ -115,8 +118,17 @@ impl StageKind {
             StageKind::Small => "small",
             StageKind::Large => "cloned (large)",
             StageKind::Baseline => "baseline",
+            StageKind::Control => "control (small, continued)",
         }
     }
+
+    /// Every training stage, in the order of the report's tables.
+    pub const ALL: [StageKind; 4] = [
+        StageKind::Small,
+        StageKind::Large,
+        StageKind::Baseline,
+        StageKind::Control,
+    ];
 }
 
 /// One training stage's run directory as found on disk.
@@ -151,6 +163,8 @@ pub struct SeedRun {
     pub large: Option<Stage>,
     /// The random-init baseline run.
     pub baseline: Option<Stage>,
+    /// The continued-small control run.
+    pub control: Option<Stage>,
 }
 
 impl SeedRun {
@@ -160,6 +174,7 @@ impl SeedRun {
             StageKind::Small => self.small.as_ref(),
             StageKind::Large => self.large.as_ref(),
             StageKind::Baseline => self.baseline.as_ref(),
+            StageKind::Control => self.control.as_ref(),
         }
     }
 }
@@ -179,7 +194,7 @@ pub struct Experiment {
     pub seeds: Vec<SeedRun>,
 }
 
-const STAGE_DIRS: [&str; 4] = ["small", "expand", "large", "baseline"];
+const STAGE_DIRS: [&str; 5] = ["small", "expand", "large", "baseline", "control"];
 
 /// Loads every stage of an experiment directory.
 pub fn load_experiment(dir: &Path) -> Result<Experiment, ReportError> {
@@ -246,6 +261,7 @@ fn load_seed(dir: &Path, label: String, seed: Option<u64>) -> Result<SeedRun, Re
     let small = load_stage(dir, StageKind::Small)?;
     let large = load_stage(dir, StageKind::Large)?;
     let baseline = load_stage(dir, StageKind::Baseline)?;
+    let control = load_stage(dir, StageKind::Control)?;
     let expand_path = dir.join("expand").join("expand.json");
     let expand = match read_optional_text(&expand_path)? {
         Some(text) => Some(parse_expand(&text, &expand_path)?),
@@ -265,6 +281,7 @@ fn load_seed(dir: &Path, label: String, seed: Option<u64>) -> Result<SeedRun, Re
         expand,
         large,
         baseline,
+        control,
     })
 }
 

@@ -45,6 +45,8 @@ pub struct ReportSummary {
     pub final_val_loss_large: Option<f64>,
     /// Final val loss of the baseline (mean over seeds).
     pub final_val_loss_baseline: Option<f64>,
+    /// Final val loss of the continued-small control (mean over seeds).
+    pub final_val_loss_control: Option<f64>,
     /// Seeds in which the cloned run reached the baseline's final val loss.
     pub final_target_reached: usize,
     /// Seeds in which that target could be formed (cloned and baseline both have evals).
@@ -60,8 +62,14 @@ pub struct ReportSummary {
     pub flops_speedup_large_only: Option<f64>,
     /// FLOPs speedup total, as `speedup_total`.
     pub flops_speedup_total: Option<f64>,
-    /// The generated verdict paragraph.
+    /// The generated verdict, paragraphs separated by blank lines.
     pub verdict: String,
+    /// The small run or the control reached the baseline's final val loss at no more cost than
+    /// the baseline, in some seed: the verdict claims no speedup for growth.
+    pub degenerate: bool,
+    /// The cloned run's and the baseline's median step times differ by more than 10 % in some
+    /// seed: the device-hour figures are disturbed (the FLOPs figures stand).
+    pub timing_disturbed: bool,
     /// Per-seed details.
     pub seeds: Vec<SeedAnalysis>,
     /// Every target aggregated over seeds.
@@ -69,47 +77,78 @@ pub struct ReportSummary {
 }
 
 impl ReportSummary {
-    /// A short plain-text table of the headline numbers.
+    /// A short plain-text table of the headline numbers: the total cost first, then the
+    /// large-only figure, the control and the measurement check.
     pub fn table(&self) -> String {
         let loss = |v: Option<f64>| v.map(format::loss).unwrap_or_else(|| "n/a".into());
+        let sp = |s: &Option<analysis::Spread>| {
+            s.as_ref()
+                .map(format::speedup_spread)
+                .unwrap_or_else(|| "not reached".into())
+        };
         let mut out = String::new();
-        out.push_str(&format!(
-            "{:<34} {}\n",
-            "final val loss small",
-            loss(self.final_val_loss_small)
-        ));
-        out.push_str(&format!(
-            "{:<34} {}\n",
+        let mut line = |key: &str, value: String| out.push_str(&format!("{key:<34} {value}\n"));
+        line("final val loss small", loss(self.final_val_loss_small));
+        line(
             "final val loss cloned (large)",
-            loss(self.final_val_loss_large)
-        ));
-        out.push_str(&format!(
-            "{:<34} {}\n",
+            loss(self.final_val_loss_large),
+        );
+        line(
             "final val loss baseline",
-            loss(self.final_val_loss_baseline)
-        ));
-        for t in &self.targets {
-            let sp = |s: &Option<analysis::Spread>| {
-                s.as_ref()
-                    .map(format::speedup_spread)
-                    .unwrap_or_else(|| "not reached".into())
-            };
+            loss(self.final_val_loss_baseline),
+        );
+        if self.final_val_loss_control.is_some() {
+            line("final val loss control", loss(self.final_val_loss_control));
+        }
+        for t in self.targets.iter().rev() {
             let reached = if t.reached == t.seeds {
                 String::new()
             } else {
                 format!(" [reached in {} of {} seeds]", t.reached, t.seeds)
             };
-            out.push_str(&format!(
-                "{:<34} device-hours {} large-only, {} total; FLOPs {} / {}{reached}\n",
-                format!("speedup to {:.0} % target", t.fraction * 100.0),
-                sp(&t.hours_large_only),
-                sp(&t.hours_total),
-                sp(&t.flops_large_only),
-                sp(&t.flops_total),
-            ));
+            let what = if t.fraction == 1.0 {
+                "to the baseline's final val loss".to_string()
+            } else {
+                format!("to its {:.0} % val loss", t.fraction * 100.0)
+            };
+            if self.degenerate {
+                line(
+                    &format!("total cost {what}"),
+                    format!(
+                        "FLOPs {}, device-hours {} (for this budget only: no growth speedup is \
+                         claimed, the small model reaches the target on its own){reached}",
+                        sp(&t.flops_total),
+                        sp(&t.hours_total)
+                    ),
+                );
+            } else {
+                line(
+                    &format!("speedup total {what}"),
+                    format!(
+                        "FLOPs {}, device-hours {}{reached}",
+                        sp(&t.flops_total),
+                        sp(&t.hours_total)
+                    ),
+                );
+                line(
+                    "  large-only (small model exists)",
+                    format!(
+                        "FLOPs {}, device-hours {}",
+                        sp(&t.flops_large_only),
+                        sp(&t.hours_large_only)
+                    ),
+                );
+            }
         }
-        out.push_str(&format!("{:<34} {}\n", "report", self.report_md.display()));
-        out.push_str(&format!("{:<34} {}\n", "html", self.report_html.display()));
+        if self.timing_disturbed {
+            line(
+                "measurement check",
+                "FAILED: cloned and baseline step times differ by > 10 %; device-hours disturbed"
+                    .into(),
+            );
+        }
+        line("report", self.report_md.display().to_string());
+        line("html", self.report_html.display().to_string());
         out
     }
 }
@@ -175,13 +214,20 @@ pub fn write_report(exp_dir: &Path) -> Result<ReportSummary, ReportError> {
                 .iter()
                 .filter_map(|a| a.baseline.as_ref()?.final_val_loss),
         ),
+        final_val_loss_control: mean_of(
+            analyses
+                .iter()
+                .filter_map(|a| a.control.as_ref()?.final_val_loss),
+        ),
         final_target_reached: fin.map_or(0, |f| f.reached),
         final_target_seeds: fin.map_or(0, |f| f.seeds),
         speedup_large_only: headline(|f| &f.hours_large_only),
         speedup_total: headline(|f| &f.hours_total),
         flops_speedup_large_only: headline(|f| &f.flops_large_only),
         flops_speedup_total: headline(|f| &f.flops_total),
-        verdict,
+        verdict: verdict.text(),
+        degenerate: verdict.degenerate,
+        timing_disturbed: verdict.disturbed,
         seeds: analyses,
         targets: aggs,
     };

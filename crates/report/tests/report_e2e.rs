@@ -374,7 +374,20 @@ fn single_seed_report_has_every_section_and_the_analytic_speedups() {
     let lo_text = format!("{:.2}×", summary.speedup_large_only.unwrap());
     assert!(summary.verdict.contains(&lo_text), "{}", summary.verdict);
     assert!(md.contains(&summary.verdict.replace('*', "\\*")));
-    assert!(!md.contains("| not reached") && !md.contains("| none: not reached"));
+    assert!(seed.targets.iter().all(|t| t.cloned_reached));
+    assert!(!md.contains("| none: not reached"));
+    // Total first: the verdict leads with the cost of the whole route.
+    assert!(
+        summary.verdict.starts_with("Counting everything it took"),
+        "{}",
+        summary.verdict
+    );
+    assert!(
+        summary.verdict.contains("Large-only"),
+        "{}",
+        summary.verdict
+    );
+    assert!(!summary.degenerate && !summary.timing_disturbed);
     // The symmetry table shows first and last values.
     assert!(
         md.contains("1.0000 (0)") && md.contains("0.7000 (400)"),
@@ -469,7 +482,12 @@ fn several_seeds_are_aggregated_with_a_spread() {
     let md = read(&exp.join("report.md"));
     assert!(md.contains("### Over seeds"));
     assert!(md.contains("2 of 2 seeds"));
-    assert!(md.contains(" ± "));
+    // Speedups as mean with range and count.
+    let s = fin.flops_total.as_ref().unwrap();
+    assert!(
+        md.contains(&format!("({:.2}–{:.2}×, n=2)", s.min, s.max)),
+        "no range in the report"
+    );
     assert!(md.contains("seed-2/large/config.toml"));
     assert!(
         summary.verdict.contains("over 2 seeds"),
@@ -516,4 +534,181 @@ fn corrupt_metrics_line_is_reported_with_file_and_line() {
     let err = hyperclone_report::write_report(&exp).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("baseline/metrics.jsonl line 1"), "{msg}");
+}
+
+/// Sets `step_time_s` on every train line of a metrics file.
+fn set_step_time(path: &Path, seconds: f64) {
+    let lines: Vec<serde_json::Value> = read(path)
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if v["kind"] == "train" {
+                v["step_time_s"] = json!(seconds);
+            }
+            v
+        })
+        .collect();
+    write_lines(path, &lines);
+}
+
+/// The continued-small control of a seed written by `write_seed` with `shift`: it continues the
+/// small model's curve (or follows `loss` when given) until small + control have spent the
+/// baseline's FLOPs.
+fn write_control(dir: &Path, shift: f64, loss: Option<&dyn Fn(f64) -> f64>) {
+    let small_end = (SMALL_STEPS * TOKENS_PER_STEP) as f64;
+    let small_a = loss_at(0.0, shift) - 300.0 / (small_end + N0).sqrt();
+    let continued = move |n: f64| small_a + 300.0 / (n + small_end + N0).sqrt();
+    let steps = ((P_LARGE * n_total() - P_SMALL * small_end) / P_SMALL) as u64 / TOKENS_PER_STEP;
+    let lines = run_lines(
+        steps,
+        R_SMALL,
+        P_SMALL,
+        loss.unwrap_or(&continued),
+        false,
+        None,
+    );
+    write_stage(dir, "control", &lines, P_SMALL, "init-from", 7);
+}
+
+fn report_dir(tmp: &Path, name: &str) -> std::path::PathBuf {
+    match std::env::var_os("REPORT_E2E_OUT") {
+        Some(dir) => Path::new(&dir).join(name),
+        None => tmp.join(name),
+    }
+}
+
+#[test]
+fn a_target_met_at_initialisation_is_no_factor_and_no_growth_speedup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = report_dir(tmp.path(), "met-at-init");
+    // The expanded model starts below the baseline's final val loss: the small model alone
+    // was already as good as the baseline at the end of its budget.
+    write_seed(&exp, 10.0 * n_total(), None, 1);
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    let fin = summary.seeds[0].final_target().unwrap();
+    assert!(fin.met_at_initialisation());
+    assert_eq!(fin.hours.cloned_large_only, Some(0.0));
+    assert_eq!(fin.flops.cloned_large_only, Some(0.0));
+    assert_eq!(fin.hours.speedup_large_only(), Some(f64::INFINITY));
+    // The small run reached the target on its own, cheaper than the baseline: degenerate.
+    assert!(fin.hours.small_alone.unwrap() < fin.hours.baseline.unwrap());
+    assert!(summary.degenerate);
+    let v = &summary.verdict;
+    assert!(v.starts_with("No speedup is claimed for growth"), "{v}");
+    assert!(v.contains("the small run alone reached it"), "{v}");
+    assert!(!v.contains('∞'), "{v}");
+    // No large-only factor anywhere: both cost tables say what happened instead.
+    let md = read(&exp.join("report.md"));
+    let device_hours = &md[md.find("### Device-hours").unwrap()..md.find("### FLOPs").unwrap()];
+    let flops = &md[md.find("### FLOPs").unwrap()..md.find("## Final losses").unwrap()];
+    for table in [device_hours, flops] {
+        assert!(table.contains("0 (met at initialisation)"), "{table}");
+        assert!(
+            table.contains("met at initialisation (no factor)"),
+            "{table}"
+        );
+        assert!(!table.contains('∞'));
+    }
+    assert!(summary.table().contains("no growth speedup is claimed"));
+}
+
+#[test]
+fn a_control_that_gets_there_cheaper_than_the_baseline_makes_the_budget_degenerate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = report_dir(tmp.path(), "control-first");
+    let shift = 0.1 * n_total();
+    write_seed(&exp, shift, None, 1);
+    // A control that falls to the baseline's final loss within its first tenth.
+    let fin = loss_at(n_total(), 0.0);
+    let start = loss_at(0.0, shift);
+    let quick = move |n: f64| (start - (start - fin + 0.1) * n / 1.4e5).max(fin - 0.1);
+    write_control(&exp, shift, Some(&quick));
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    let t = summary.seeds[0].final_target().unwrap();
+    assert!(t.control_ran);
+    let control = t.flops.control_total.unwrap();
+    assert!(control < t.flops.baseline.unwrap());
+    assert_eq!(
+        t.race(hyperclone_report::analysis::Axis::Flops),
+        Some(hyperclone_report::analysis::Race::ControlFirst)
+    );
+    assert!(summary.degenerate);
+    let v = &summary.verdict;
+    assert!(v.starts_with("No speedup is claimed for growth"), "{v}");
+    assert!(v.contains("the continued-small control"), "{v}");
+    let md = read(&exp.join("report.md"));
+    assert!(md.contains("### Cloned run vs the continued-small control"));
+    assert!(md.contains("control first"));
+}
+
+#[test]
+fn the_control_stage_is_drawn_tabled_and_judged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = report_dir(tmp.path(), "control");
+    let shift = 0.1 * n_total();
+    write_seed(&exp, shift, None, 1);
+    // The small model continued never reaches the baseline's final loss.
+    write_control(&exp, shift, None);
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    let a = &summary.seeds[0];
+    let t = a.final_target().unwrap();
+    assert!(t.control_ran && t.small_ran);
+    assert_eq!(t.flops.control_total, None);
+    assert_eq!(
+        t.race(hyperclone_report::analysis::Axis::Flops),
+        Some(hyperclone_report::analysis::Race::ControlNever)
+    );
+    assert!(!summary.degenerate);
+    // The control spent the baseline's FLOPs, small run included.
+    let spent =
+        a.small.as_ref().unwrap().flops.unwrap() + a.control.as_ref().unwrap().flops.unwrap();
+    let baseline = a.baseline.as_ref().unwrap().flops.unwrap();
+    assert!(
+        (spent - baseline).abs() / baseline < 0.01,
+        "{spent} vs {baseline}"
+    );
+    let v = &summary.verdict;
+    assert!(v.contains("continued-small control"), "{v}");
+    assert!(v.contains("the control never reached it"), "{v}");
+    assert!(v.contains("control minus baseline"), "{v}");
+    let md = read(&exp.join("report.md"));
+    assert!(
+        md.contains("| control (small, continued) |"),
+        "final losses table"
+    );
+    assert!(md.contains("cloned run; the control never reached it"));
+    // Drawn on the cost plots (the legend names it).
+    let svg = read(&exp.join("plots/val_loss_vs_flops.svg"));
+    assert!(svg.contains("control: small model continued"));
+    // The summary printed by `hyperclone run` shows it too, the total first.
+    let table = summary.table();
+    assert!(table.contains("final val loss control"), "{table}");
+    let total = table
+        .find("speedup total to the baseline's final val loss")
+        .unwrap();
+    let large_only = table.find("large-only (small model exists)").unwrap();
+    assert!(total < large_only, "{table}");
+}
+
+#[test]
+fn step_times_that_disagree_flag_the_device_hours() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = report_dir(tmp.path(), "disturbed");
+    write_seed(&exp, 0.1 * n_total(), None, 1);
+    set_step_time(&exp.join("baseline/metrics.jsonl"), 0.6);
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    assert!(summary.timing_disturbed);
+    let check = summary.seeds[0].step_times.as_ref().unwrap();
+    assert_eq!((check.cloned_s, check.baseline_s), (0.5, 0.6));
+    let v = &summary.verdict;
+    assert!(v.contains("Measurement check failed"), "{v}");
+    assert!(v.contains("500 ms cloned vs 600 ms baseline"), "{v}");
+    assert!(v.contains("The FLOPs figures stand"), "{v}");
+    assert!(summary.table().contains("measurement check"));
+
+    // Within 10 %: passed, and said so.
+    set_step_time(&exp.join("baseline/metrics.jsonl"), 0.52);
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    assert!(!summary.timing_disturbed);
+    assert!(summary.verdict.contains("Measurement check passed"));
 }

@@ -4,12 +4,10 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod experiment;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
 pub use config::{BackendKind, ConfigFileError, Precision, TrainConfig};
-pub use experiment::{run_experiment, ExperimentConfig, ExperimentOptions, Stage};
 pub use trainer::{evaluate, train, TrainError, TrainOptions, TrainSummary};

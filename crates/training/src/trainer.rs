@@ -143,14 +143,22 @@ pub struct TrainSummary {
     pub losses: Vec<(u64, f64)>,
 }
 
-/// Hash of everything that determines the trajectory (budget, logging and checkpoint cadence
-/// may change between a run and its resumption).
+/// Hash of everything that determines the trajectory: logging, evaluation and checkpoint
+/// cadence may change between a run and its resumption, and so may the budget as long as the
+/// learning-rate schedule does not depend on it (a decay that ends at the last step does: a
+/// longer budget would change the learning rate of steps already taken). The experiment
+/// pipeline identifies its training stages by the same hash.
 pub fn trajectory_hash(config: &TrainConfig, model: &GptConfig) -> String {
+    let decay_end = match config.schedule.decay {
+        crate::config::Decay::Constant => None,
+        _ => config.schedule.decay_steps.or(config.total_steps()),
+    };
     let key = serde_json::json!({
         "model": model,
         "data": config.data,
         "optimizer": config.optimizer,
         "schedule": config.schedule,
+        "decay_end": decay_end,
         "seed": config.run.seed,
         "batch_size": config.run.batch_size,
         "seq_len": config.run.seq_len,

@@ -1,0 +1,25 @@
+//! The main job of hyperclone: one experiment file, its stages, one report.
+//!
+//! ```text
+//! small     train the small model from random init              → <out>/small/
+//! expand    HyperClone small/final into the wide model          → <out>/expand/
+//! large     train the wide model from the expanded weights      → <out>/large/
+//! baseline  train the same wide model from random init          → <out>/baseline/
+//! control   train the small model on, to the baseline's FLOPs   → <out>/control/   ([control])
+//! report    report.md, report.html and plots                    → <out>/
+//! ```
+//!
+//! The cloned run and the baseline share the data order, batch, budget and seed of `[large.run]`;
+//! each may have its own optimiser and schedule (`[large.cloned.*]`). With several seeds the
+//! stages live under `<out>/seed-N/`. The stages are resumable one by one: see [`pipeline`].
+
+pub mod config;
+pub mod pipeline;
+
+pub use config::{
+    ClonedArm, ControlSection, ExperimentConfig, ExperimentSection, LargeSection, ReplicaSeeds,
+    SmallSection, WIDE_SEED_OFFSET,
+};
+pub use pipeline::{
+    run_experiment, ExperimentError, ExperimentOptions, ExperimentSummary, Stage, StageOutcome,
+};

@@ -1,0 +1,653 @@
+//! The tables of the report.
+
+use super::{opt, stage_stats};
+use crate::analysis::{
+    spread, Axis, CostComparison, Race, SeedAnalysis, StageStats, TargetAggregate, TargetResult,
+};
+use crate::doc::Block;
+use crate::format as fmt;
+use crate::inputs::{Experiment, StageKind};
+
+/// The speedup (or its absence) of one comparison, as a table cell.
+pub(crate) fn speedup_cell(t: &TargetResult, s: Option<f64>) -> String {
+    if !t.cloned_reached {
+        "none: not reached".to_string()
+    } else {
+        opt(s, fmt::speedup)
+    }
+}
+
+fn cost_cell(t: &TargetResult, v: Option<f64>, f: fn(f64) -> String) -> String {
+    if !t.cloned_reached {
+        "not reached".to_string()
+    } else {
+        opt(v, f)
+    }
+}
+
+/// A cost cell of a route that may not have reached the target (`None`).
+fn reached_cell(v: Option<f64>, f: fn(f64) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "not reached".to_string())
+}
+
+/// Per seed and target: what each route spent to get there and the speedups, total first.
+pub(crate) fn cost_table(
+    analyses: &[SeedAnalysis],
+    multi: bool,
+    pick: fn(&TargetResult) -> &CostComparison,
+    f: fn(f64) -> String,
+    with_steps: bool,
+) -> Block {
+    let small = analyses
+        .iter()
+        .any(|a| a.targets.iter().any(|t| t.small_ran));
+    let control = analyses
+        .iter()
+        .any(|a| a.targets.iter().any(|t| t.control_ran));
+    let mut header = Vec::new();
+    if multi {
+        header.push("seed".to_string());
+    }
+    header.extend(
+        [
+            "target",
+            "target val loss",
+            "baseline",
+            "cloned, total",
+            "speedup total",
+            "cloned, large-only",
+            "speedup large-only",
+        ]
+        .map(String::from),
+    );
+    if small {
+        header.push("small run alone".to_string());
+    }
+    if control {
+        header.push("control, total".to_string());
+    }
+    if with_steps {
+        header.push("step reached (cloned / baseline)".to_string());
+    }
+    let mut rows = Vec::new();
+    for a in analyses {
+        for t in &a.targets {
+            let c = pick(t);
+            let mut row = Vec::new();
+            if multi {
+                row.push(a.label.clone());
+            }
+            row.push(t.label.clone());
+            row.push(fmt::loss(t.target_loss));
+            row.push(opt(c.baseline, f));
+            row.push(cost_cell(t, c.cloned_total(), f));
+            row.push(speedup_cell(t, c.speedup_total()));
+            row.push(if t.met_at_initialisation() {
+                "0 (met at initialisation)".to_string()
+            } else {
+                cost_cell(t, c.cloned_large_only, f)
+            });
+            row.push(speedup_cell(t, c.speedup_large_only()));
+            if small {
+                row.push(if t.small_ran {
+                    reached_cell(c.small_alone, f)
+                } else {
+                    "n/a".to_string()
+                });
+            }
+            if control {
+                row.push(if t.control_ran {
+                    reached_cell(c.control_total, f)
+                } else {
+                    "n/a".to_string()
+                });
+            }
+            if with_steps {
+                row.push(format!(
+                    "{} / {}",
+                    t.cloned_step
+                        .map(|s| format!("{s:.0}"))
+                        .unwrap_or_else(|| "not reached".to_string()),
+                    opt(t.baseline_step, |s| format!("{s:.0}"))
+                ));
+            }
+            rows.push(row);
+        }
+    }
+    Block::Table { header, rows }
+}
+
+/// In words, who got to a target first: the cloned route or the continued-small control.
+pub(crate) fn race_words(race: Race) -> &'static str {
+    match race {
+        Race::ClonedFirst => "cloned run first",
+        Race::ControlFirst => "control first (or at the same cost)",
+        Race::ControlNever => "cloned run; the control never reached it",
+        Race::ClonedNever => "control; the cloned run never reached it",
+        Race::Neither => "neither reached it",
+    }
+}
+
+/// Per seed and target: the cloned route against the continued-small control, in FLOPs and
+/// device-hours. `None` when no seed has a control.
+pub(crate) fn race_table(analyses: &[SeedAnalysis], multi: bool) -> Option<Block> {
+    if !analyses
+        .iter()
+        .any(|a| a.targets.iter().any(|t| t.control_ran))
+    {
+        return None;
+    }
+    let mut header = Vec::new();
+    if multi {
+        header.push("seed".to_string());
+    }
+    header.extend(
+        [
+            "target",
+            "target val loss",
+            "cloned, total FLOPs",
+            "control, total FLOPs",
+            "first there (FLOPs)",
+            "cloned, total device-hours",
+            "control, total device-hours",
+            "first there (device-hours)",
+        ]
+        .map(String::from),
+    );
+    let mut rows = Vec::new();
+    for a in analyses {
+        for t in &a.targets {
+            let mut row = Vec::new();
+            if multi {
+                row.push(a.label.clone());
+            }
+            row.push(t.label.clone());
+            row.push(fmt::loss(t.target_loss));
+            for (axis, c, f) in [
+                (Axis::Flops, &t.flops, fmt::flops as fn(f64) -> String),
+                (Axis::DeviceHours, &t.hours, fmt::hours),
+            ] {
+                row.push(reached_cell(c.cloned_total(), f));
+                row.push(if t.control_ran {
+                    reached_cell(c.control_total, f)
+                } else {
+                    "n/a (no control)".to_string()
+                });
+                row.push(
+                    t.race(axis)
+                        .map_or("n/a".to_string(), |r| race_words(r).to_string()),
+                );
+            }
+            rows.push(row);
+        }
+    }
+    Some(Block::Table { header, rows })
+}
+
+/// One key of a run's resolved `config.toml`, as text.
+fn config_value(config: &toml::Table, path: &[&str]) -> Option<String> {
+    let mut value = config.get(path[0])?;
+    for key in &path[1..] {
+        value = value.as_table()?.get(*key)?;
+    }
+    Some(match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Float(f) => fmt::sig(*f, 3),
+        other => other.to_string(),
+    })
+}
+
+/// Each run's optimiser, schedule and budget side by side, read from its `config.toml`.
+pub(crate) fn settings_table(exp: &Experiment, multi: bool) -> Option<Block> {
+    let keys: [(&str, &[&str]); 12] = [
+        ("peak lr", &["optimizer", "lr"]),
+        ("warm-up steps", &["schedule", "warmup_steps"]),
+        ("decay", &["schedule", "decay"]),
+        ("min lr ratio", &["schedule", "min_lr_ratio"]),
+        ("decay steps", &["schedule", "decay_steps"]),
+        ("weight decay", &["optimizer", "weight_decay"]),
+        ("β2", &["optimizer", "beta2"]),
+        ("grad clip", &["optimizer", "grad_clip"]),
+        ("batch × seq", &["run", "batch_size"]),
+        ("steps", &["run", "max_steps"]),
+        ("seed", &["run", "seed"]),
+        ("dropout", &["model", "dropout"]),
+    ];
+    let mut columns: Vec<(String, toml::Table)> = Vec::new();
+    for run in &exp.seeds {
+        for kind in StageKind::ALL {
+            let Some(text) = run.stage(kind).and_then(|s| s.config_text.as_ref()) else {
+                continue;
+            };
+            let Ok(table) = text.parse::<toml::Table>() else {
+                continue;
+            };
+            let name = if multi {
+                format!("{} ({})", kind.title(), run.label)
+            } else {
+                kind.title().to_string()
+            };
+            columns.push((name, table));
+        }
+        if !multi {
+            break;
+        }
+    }
+    if columns.is_empty() {
+        return None;
+    }
+    let mut header = vec!["setting".to_string()];
+    header.extend(columns.iter().map(|(name, _)| name.clone()));
+    let rows = keys
+        .iter()
+        .map(|(title, path)| {
+            let mut row = vec![title.to_string()];
+            row.extend(columns.iter().map(|(_, c)| {
+                if *title == "batch × seq" {
+                    format!(
+                        "{} × {}",
+                        opt(config_value(c, &["run", "batch_size"]), |v| v),
+                        opt(config_value(c, &["run", "seq_len"]), |v| v)
+                    )
+                } else if *title == "decay steps" {
+                    config_value(c, path).unwrap_or_else(|| "the run's last step".to_string())
+                } else {
+                    opt(config_value(c, path), |v| v)
+                }
+            }));
+            row
+        })
+        .collect();
+    Some(Block::Table { header, rows })
+}
+
+pub(crate) fn aggregate_table(aggs: &[TargetAggregate]) -> Block {
+    let header = [
+        "target",
+        "target val loss",
+        "reached in",
+        "FLOPs speedup total",
+        "device-hours speedup total",
+        "FLOPs speedup large-only",
+        "device-hours speedup large-only",
+    ]
+    .map(String::from)
+    .to_vec();
+    let cell = |s: &Option<crate::analysis::Spread>| {
+        s.as_ref()
+            .map(fmt::speedup_spread)
+            .unwrap_or_else(|| "none: not reached".to_string())
+    };
+    let rows = aggs
+        .iter()
+        .map(|a| {
+            vec![
+                a.label.clone(),
+                opt(a.target_loss.as_ref(), |s| fmt::spread(s, fmt::loss)),
+                format!("{} of {} seeds", a.reached, a.seeds),
+                cell(&a.flops_total),
+                cell(&a.hours_total),
+                cell(&a.flops_large_only),
+                cell(&a.hours_large_only),
+            ]
+        })
+        .collect();
+    Block::Table { header, rows }
+}
+
+pub(crate) fn final_losses(analyses: &[SeedAnalysis], multi: bool) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    if multi {
+        let header = [
+            "run",
+            "final val loss",
+            "best val loss",
+            "final train loss",
+            "device-hours",
+            "per seed: final val loss",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut rows = Vec::new();
+        for kind in StageKind::ALL {
+            let stats: Vec<(&str, &StageStats)> = analyses
+                .iter()
+                .filter_map(|a| Some((a.label.as_str(), stage_stats(a, kind)?)))
+                .collect();
+            if stats.is_empty() {
+                continue;
+            }
+            let col = |f: fn(&StageStats) -> Option<f64>, show: fn(f64) -> String| {
+                let v: Vec<f64> = stats.iter().filter_map(|(_, s)| f(s)).collect();
+                opt(spread(&v).as_ref(), |s| fmt::spread(s, show))
+            };
+            rows.push(vec![
+                kind.title().to_string(),
+                col(|s| s.final_val_loss, fmt::loss),
+                col(|s| s.best_val_loss, fmt::loss),
+                col(|s| s.final_train_loss, fmt::loss),
+                col(|s| s.device_hours, fmt::hours),
+                stats
+                    .iter()
+                    .map(|(l, s)| format!("{l}: {}", fmt::loss_opt(s.final_val_loss)))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ]);
+        }
+        blocks.push(Block::Table { header, rows });
+    }
+    let mut header = Vec::new();
+    if multi {
+        header.push("seed".to_string());
+    }
+    header.extend(
+        [
+            "run",
+            "first val loss",
+            "final val loss",
+            "best val loss",
+            "final train loss",
+            "steps",
+            "tokens",
+            "device-hours",
+            "FLOPs",
+            "wall time",
+        ]
+        .map(String::from),
+    );
+    let mut rows = Vec::new();
+    for a in analyses {
+        for kind in StageKind::ALL {
+            let Some(s) = stage_stats(a, kind) else {
+                continue;
+            };
+            let mut row = Vec::new();
+            if multi {
+                row.push(a.label.clone());
+            }
+            row.extend([
+                kind.title().to_string(),
+                fmt::loss_opt(s.first_val_loss),
+                fmt::loss_opt(s.final_val_loss),
+                fmt::loss_opt(s.best_val_loss),
+                fmt::loss_opt(s.final_train_loss),
+                opt(s.steps, |v| v.to_string()),
+                opt(s.tokens, fmt::count),
+                opt(s.device_hours, fmt::hours),
+                opt(s.flops, fmt::flops),
+                opt(s.wall_s, fmt::duration),
+            ]);
+            rows.push(row);
+        }
+    }
+    if rows.is_empty() {
+        blocks.push(Block::Paragraph(
+            "No stage has logged any metrics yet.".to_string(),
+        ));
+    } else {
+        blocks.push(Block::Table { header, rows });
+    }
+    blocks
+}
+
+pub(crate) fn throughput(exp: &Experiment, analyses: &[SeedAnalysis], multi: bool) -> Block {
+    let header = [
+        "run",
+        "backend",
+        "device",
+        "devices",
+        "precision",
+        "attention",
+        "parameters",
+        "init",
+        "tokens/s (median)",
+        "step time (median)",
+        "TFLOP/s (median)",
+        "MFU (median)",
+        "peak memory",
+        "data wait",
+        "warm-up (not charged)",
+        "re-logged lines dropped",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut rows = Vec::new();
+    for (run, a) in exp.seeds.iter().zip(analyses) {
+        for kind in StageKind::ALL {
+            let Some(stage) = run.stage(kind) else {
+                continue;
+            };
+            let info = stage.run_info.clone().unwrap_or_default();
+            let stats = stage_stats(a, kind).cloned().unwrap_or_default();
+            let name = if multi {
+                format!("{} ({})", kind.title(), a.label)
+            } else {
+                kind.title().to_string()
+            };
+            let device = match (&info.device_name, &info.device) {
+                (Some(n), Some(d)) if n != d => format!("{n} ({d})"),
+                (Some(n), _) => n.clone(),
+                (None, Some(d)) => d.clone(),
+                (None, None) => "n/a".to_string(),
+            };
+            let mfu = opt(stats.median_mfu, |m| {
+                if stats.mfu_estimated {
+                    format!("{} (estimated peak)", fmt::percent(m))
+                } else {
+                    fmt::percent(m)
+                }
+            });
+            rows.push(vec![
+                name,
+                opt(info.backend, |s| s),
+                device,
+                opt(info.devices, |d| d.to_string()),
+                opt(info.precision, |s| s),
+                opt(info.attention, |s| s),
+                opt(info.param_count, fmt::count),
+                opt(info.init, |s| s),
+                opt(stats.median_tokens_per_s, |v| fmt::sig(v, 4)),
+                opt(stats.median_step_time_s, |v| {
+                    format!("{} ms", fmt::sig(v * 1e3, 3))
+                }),
+                opt(stats.median_tflops_per_s, |v| fmt::sig(v, 3)),
+                mfu,
+                opt(stats.peak_memory_bytes, fmt::bytes),
+                opt(stats.data_share, fmt::percent),
+                opt(stats.warmup_s, |s| format!("{s:.2} s")),
+                stats.relogged.to_string(),
+            ]);
+        }
+    }
+    Block::Table { header, rows }
+}
+
+pub(crate) fn symmetry_table(analyses: &[SeedAnalysis], multi: bool) -> Option<Block> {
+    let mut header = Vec::new();
+    if multi {
+        header.push("seed".to_string());
+    }
+    header.extend(
+        [
+            "first (step)",
+            "last (step)",
+            "change",
+            "per layer, first → last",
+        ]
+        .map(String::from),
+    );
+    let mut rows = Vec::new();
+    for a in analyses {
+        let (Some(first), Some(last)) = (a.symmetry.first(), a.symmetry.last()) else {
+            continue;
+        };
+        let mut row = Vec::new();
+        if multi {
+            row.push(a.label.clone());
+        }
+        let layers = first
+            .per_layer
+            .iter()
+            .zip(&last.per_layer)
+            .enumerate()
+            .map(|(i, (f, l))| format!("L{i}: {f:.3} → {l:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        row.extend([
+            format!("{:.4} ({})", first.mean, first.step),
+            format!("{:.4} ({})", last.mean, last.step),
+            format!("{:+.4}", last.mean - first.mean),
+            if layers.is_empty() {
+                "n/a".to_string()
+            } else {
+                layers
+            },
+        ]);
+        rows.push(row);
+    }
+    (!rows.is_empty()).then_some(Block::Table { header, rows })
+}
+
+pub(crate) fn expansion_table(exp: &Experiment) -> Option<Block> {
+    let infos: Vec<(&str, &crate::inputs::ExpandInfo)> = exp
+        .seeds
+        .iter()
+        .filter_map(|s| Some((s.label.as_str(), s.expand.as_ref()?)))
+        .collect();
+    if infos.is_empty() {
+        return None;
+    }
+    let mut header = vec!["quantity".to_string()];
+    header.extend(infos.iter().map(|(l, _)| {
+        if infos.len() > 1 || exp.multi_seed {
+            l.to_string()
+        } else {
+            "value".to_string()
+        }
+    }));
+    type Getter = fn(&crate::inputs::ExpandInfo) -> Option<String>;
+    let known: [(&str, &str, Getter); 10] = [
+        ("variant", "variant", |e| e.variant.clone()),
+        ("width_factor", "width factor", |e| {
+            e.width_factor.map(|v| v.to_string())
+        }),
+        ("ffn_factor", "FFN factor", |e| {
+            e.ffn_factor.map(|v| v.to_string())
+        }),
+        ("source_params", "small model parameters", |e| {
+            e.source_params.map(fmt::count)
+        }),
+        ("target_params", "expanded model parameters", |e| {
+            e.target_params.map(fmt::count)
+        }),
+        (
+            "max_abs_logit_diff",
+            "max |logit difference| small vs expanded",
+            |e| e.max_abs_logit_diff.map(|v| fmt::sig(v, 3)),
+        ),
+        ("rel_err", "relative error of the logits", |e| {
+            e.rel_err.map(|v| fmt::sig(v, 3))
+        }),
+        ("kl", "KL(small ‖ expanded)", |e| {
+            e.kl.map(|v| fmt::sig(v, 3))
+        }),
+        ("wall_s", "wall time", |e| e.wall_s.map(fmt::duration)),
+        ("device_hours", "device-hours", |e| {
+            e.device_hours.map(fmt::hours)
+        }),
+    ];
+    let mut rows = Vec::new();
+    for (key, title, get) in &known {
+        let cells: Vec<String> = infos
+            .iter()
+            .map(|(_, e)| get(e).unwrap_or_default())
+            .collect();
+        if cells.iter().all(|c| c.is_empty()) {
+            continue;
+        }
+        let mut row = vec![format!("{title} (`{key}`)")];
+        row.extend(
+            cells
+                .into_iter()
+                .map(|c| if c.is_empty() { "n/a".into() } else { c }),
+        );
+        rows.push(row);
+    }
+    // Any other key the expansion wrote (e.g. an SNR setting), verbatim.
+    let mut extra_keys: Vec<&String> = infos
+        .iter()
+        .flat_map(|(_, e)| e.raw.keys())
+        .filter(|k| !known.iter().any(|(kk, _, _)| kk == k))
+        .collect();
+    extra_keys.sort();
+    extra_keys.dedup();
+    for key in extra_keys {
+        let mut row = vec![format!("`{key}`")];
+        row.extend(infos.iter().map(|(_, e)| {
+            e.raw
+                .get(key)
+                .map(|v| match v {
+                    serde_json::Value::Number(n) => n
+                        .as_f64()
+                        .map(|f| {
+                            if n.is_f64() {
+                                fmt::sig(f, 4)
+                            } else {
+                                n.to_string()
+                            }
+                        })
+                        .unwrap_or_else(|| n.to_string()),
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => "n/a".to_string(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_else(|| "n/a".to_string())
+        }));
+        rows.push(row);
+    }
+    Some(Block::Table { header, rows })
+}
+
+pub(crate) fn configs(exp: &Experiment) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    match &exp.experiment_toml {
+        Some(text) => blocks.push(Block::Code {
+            summary: "experiment.toml (resolved experiment config)".to_string(),
+            lang: "toml".to_string(),
+            text: text.clone(),
+            link: Some("experiment.toml".to_string()),
+        }),
+        None => blocks.push(Block::Paragraph(
+            "No `experiment.toml` was found in the experiment directory.".to_string(),
+        )),
+    }
+    for run in &exp.seeds {
+        for kind in StageKind::ALL {
+            let Some(stage) = run.stage(kind) else {
+                continue;
+            };
+            let Some(text) = &stage.config_text else {
+                continue;
+            };
+            let rel = if exp.multi_seed {
+                format!(
+                    "{}/{}/config.toml",
+                    run.dir
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    kind.dir_name()
+                )
+            } else {
+                format!("{}/config.toml", kind.dir_name())
+            };
+            blocks.push(Block::Code {
+                summary: format!("{rel} ({} run config)", kind.title()),
+                lang: "toml".to_string(),
+                text: text.clone(),
+                link: Some(rel),
+            });
+        }
+    }
+    blocks
+}
