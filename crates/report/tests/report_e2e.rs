@@ -234,7 +234,8 @@ fn single_seed_report_has_every_section_and_the_analytic_speedups() {
 
     // Every section heading.
     assert!(
-        md.starts_with("# HyperCloning report: exp\n"),
+        // The experiment's name from experiment.toml, not the folder's.
+        md.starts_with("# HyperCloning report: synthetic\n"),
         "{}",
         &md[..80]
     );
