@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use hyperclone_model::{
     tokens_tensor, AttentionKernel, CrossEntropyKernel, Gpt, GptAutodiffBackend, GptConfig,
-    LayerOpsKernel, SplitMix64,
+    Kernels, LayerOpsKernel, SplitMix64,
 };
 use hyperclone_training::config::OptimizerConfig;
 use hyperclone_training::metrics::{peak_flops, peak_rss_bytes};
@@ -61,6 +61,18 @@ pub struct BenchArgs {
     pub phases: bool,
 }
 
+impl BenchArgs {
+    /// The model's compute dtype and kernels these arguments choose.
+    fn kernels(&self) -> Kernels {
+        Kernels {
+            compute_dtype: self.precision.compute_dtype(),
+            attention: self.attention.resolve(),
+            cross_entropy: self.cross_entropy,
+            layer_ops: self.layer_ops,
+        }
+    }
+}
+
 struct BenchJob {
     args: BenchArgs,
     config: GptConfig,
@@ -72,11 +84,7 @@ impl Job for BenchJob {
     fn run<AB: GptAutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<Self::Output> {
         let BenchJob { args, config, seq } = self;
         let batch = args.batch;
-        let mut model = Gpt::<AB>::init(&config, 0, device)?
-            .with_compute_dtype(args.precision.compute_dtype())
-            .with_attention_kernel(args.attention)
-            .with_cross_entropy_kernel(args.cross_entropy)
-            .with_layer_ops_kernel(args.layer_ops);
+        let mut model = Gpt::<AB>::init(&config, 0, device)?.with_kernels(args.kernels());
         let mut optimizer = AdamW::<AB>::new(OptimizerConfig::default());
         let mut rng = SplitMix64::new(1);
         let ids: Vec<u32> = (0..batch * (seq + 1))

@@ -375,11 +375,7 @@ pub fn train<AB: GptAutodiffBackend>(
     let peak = peak_flops(&options.device_name, precision.matmuls_in_bf16());
     // Mixed precision is a property of the forward pass, not of the weights: set it on every
     // path (fresh, --init-from, resume).
-    let mut model = model
-        .with_compute_dtype(precision.compute_dtype())
-        .with_attention_kernel(config.run.attention)
-        .with_cross_entropy_kernel(config.run.cross_entropy)
-        .with_layer_ops_kernel(config.run.layer_ops);
+    let mut model = model.with_kernels(config.run.kernels());
     let info = RunInfo {
         backend: options.backend_name.clone(),
         device: if options.device_name.starts_with("cpu") {
