@@ -427,6 +427,13 @@ fn run_seed<AB: GptAutodiffBackend>(
         stop_after: None,
         backend_name: options.backend_name.clone(),
         device_name: options.device_name.clone(),
+        symmetry: Some(std::sync::Arc::new(|model, (width, ffn)| {
+            let report = hyperclone_cloning::symmetry(model, width, ffn).ok()?;
+            Some(crate::metrics::SymmetryLine {
+                mean: report.mean,
+                per_layer: report.per_layer,
+            })
+        })),
     };
     let data_json = serde_json::to_string(&exp.data).expect("data serialises");
 

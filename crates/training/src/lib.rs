@@ -7,9 +7,13 @@ pub mod config;
 pub mod experiment;
 pub mod metrics;
 pub mod optim;
+mod progress;
 pub mod schedule;
 pub mod trainer;
 
 pub use config::{BackendKind, ConfigFileError, Precision, TrainConfig};
 pub use experiment::{run_experiment, ExperimentConfig, ExperimentOptions, Stage};
-pub use trainer::{evaluate, train, TrainError, TrainOptions, TrainSummary};
+pub use trainer::{
+    evaluate, train, InitKind, StepTensors, SymmetryFn, TrainError, TrainOptions, TrainSummary,
+    Trainer,
+};

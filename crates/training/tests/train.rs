@@ -62,7 +62,7 @@ fn config(extra: &[&str]) -> TrainConfig {
     TrainConfig::from_toml_str(&text, Path::new("test.toml"), &overrides).unwrap()
 }
 
-fn options(run_dir: &Path) -> TrainOptions {
+fn options(run_dir: &Path) -> TrainOptions<Flex> {
     TrainOptions {
         run_dir: run_dir.to_path_buf(),
         init_from: None,
@@ -70,6 +70,7 @@ fn options(run_dir: &Path) -> TrainOptions {
         stop_after: None,
         backend_name: "flex".into(),
         device_name: hyperclone_training::metrics::cpu_name(),
+        symmetry: None,
     }
 }
 
