@@ -371,3 +371,79 @@ fn rerun_of_a_run_out_of_wall_time_does_nothing() {
     let text = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();
     assert_eq!(text.matches("\"kind\":\"warmup\"").count(), 1, "{text}");
 }
+
+/// Rewrites the `DONE` manifest of a step folder for its files as they are now: a checkpoint
+/// damaged before it was sealed (bad memory, a bug), which no checksum can catch.
+fn reseal(dir: &Path, step: u64) {
+    let mut sha256 = serde_json::Map::new();
+    for file in [
+        "model.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    ] {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        sha256.insert(
+            file.into(),
+            hyperclone_model::checkpoint::sha256_hex(&bytes).into(),
+        );
+    }
+    let manifest = serde_json::json!({ "step": step, "sha256": sha256 });
+    std::fs::write(dir.join(DONE_FILE), manifest.to_string()).unwrap();
+}
+
+/// A checkpoint whose optimizer.safetensors or state.json is damaged on disk is skipped, loudly,
+/// for the previous complete one (as a damaged model.safetensors is); so is one whose state.json
+/// disagrees with its folder's step.
+#[test]
+fn damaged_optimizer_or_state_is_skipped_for_the_previous_checkpoint() {
+    let _serial = prepare_once();
+    let cfg = config(&[]);
+    let device = Default::default();
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 3] = [
+        ("one bit of the optimizer state", |dir| {
+            let path = dir.join("optimizer.safetensors");
+            let mut bytes = std::fs::read(&path).unwrap();
+            let n = bytes.len();
+            bytes[n - 10] ^= 0x01;
+            std::fs::write(&path, bytes).unwrap();
+        }),
+        ("a count in state.json", |dir| {
+            let path = dir.join("state.json");
+            let text = std::fs::read_to_string(&path).unwrap();
+            let edited = text.replace("\"tokens\": 5120", "\"tokens\": 5121");
+            assert_ne!(edited, text);
+            std::fs::write(&path, edited).unwrap();
+        }),
+        ("the step in state.json (resealed)", |dir| {
+            let path = dir.join("state.json");
+            let text = std::fs::read_to_string(&path).unwrap();
+            let edited = text.replace("\"step\": 20", "\"step\": 21");
+            assert_ne!(edited, text);
+            std::fs::write(&path, edited).unwrap();
+            reseal(dir, 20);
+        }),
+    ];
+    for (what, damage) in damages {
+        let tmp = tempfile::tempdir().unwrap();
+        train_until_step_20(&cfg, tmp.path());
+        damage(&tmp.path().join("step-00000020"));
+        let resumed = train::<AB>(&cfg, &options(tmp.path()), &device).unwrap();
+        assert_eq!(resumed.losses.first().unwrap().0, 11, "{what}");
+    }
+}
+
+/// Checkpoints written before the manifest (`DONE` holding the step alone) still load.
+#[test]
+fn checkpoint_without_a_manifest_still_loads() {
+    let _serial = prepare_once();
+    let cfg = config(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    train_until_step_20(&cfg, tmp.path());
+    for (step, dir) in complete_checkpoints(tmp.path()) {
+        std::fs::write(dir.join(DONE_FILE), step.to_string()).unwrap();
+    }
+    let resumed = train::<AB>(&cfg, &options(tmp.path()), &Default::default()).unwrap();
+    assert_eq!(resumed.losses.first().unwrap().0, 21);
+}
