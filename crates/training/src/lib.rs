@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod experiment;
+pub mod lock;
 pub mod metrics;
 pub mod optim;
 mod progress;

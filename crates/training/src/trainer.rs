@@ -20,8 +20,12 @@ use hyperclone_model::ops::cast_to;
 use hyperclone_model::{tokens_tensor, Gpt, GptConfig};
 use hyperclone_model::{GptAutodiffBackend, GptBackend};
 
-use crate::checkpoint::{load_latest, prune, save_checkpoint, RunDirError, TrainState};
+use crate::checkpoint::{
+    complete_checkpoints, load_latest, load_latest_before, prune, save_checkpoint, Resumed,
+    RunDirError, TrainState,
+};
 use crate::config::{OptimizerConfig, TrainConfig};
+use crate::lock::{LockError, RunLock};
 use crate::metrics::{
     peak_flops, peak_rss_bytes, EvalLine, MetricsWriter, RunInfo, SymmetryLine, TrainLine,
 };
@@ -92,7 +96,7 @@ pub enum TrainError {
         ckpt_hash: String,
     },
     /// The loss or the gradient norm became NaN or infinite.
-    #[error("loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped; the last good checkpoint in {run_dir} is intact (lower optimizer.lr, raise warm-up, or check the data)")]
+    #[error("loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped, nothing of this step was saved; {} (lower optimizer.lr, raise warm-up, or check the data)", describe_newest(.run_dir, .newest_checkpoint.as_deref()))]
     NonFiniteLoss {
         /// The step.
         step: u64,
@@ -102,10 +106,48 @@ pub enum TrainError {
         grad_norm: f64,
         /// The run directory.
         run_dir: PathBuf,
+        /// The newest complete checkpoint of the run directory when training stopped.
+        newest_checkpoint: Option<PathBuf>,
     },
     /// A budget of zero steps.
     #[error("the budget allows no training step (run.max_steps / run.max_tokens)")]
     EmptyBudget,
+    /// The sequence length exceeds the context length of the model (checked here when the
+    /// architecture comes from the `--init-from` checkpoint rather than `[model]`).
+    #[error("run.seq_len = {seq_len} exceeds the model's context_length {context_length} ({source_of_model}): set run.seq_len to at most {context_length}")]
+    SeqLenTooLong {
+        /// `run.seq_len`.
+        seq_len: usize,
+        /// The model's context length.
+        context_length: usize,
+        /// Where the architecture comes from.
+        source_of_model: String,
+    },
+    /// Resuming is off (`--resume never`) but the run directory holds a checkpoint.
+    #[error("{} already holds checkpoint {} and resuming is off (--resume never); nothing was changed: use another run directory, or --resume auto to continue this run", .run_dir.display(), .checkpoint.display())]
+    CheckpointExists {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Its newest complete checkpoint.
+        checkpoint: PathBuf,
+    },
+    /// The run directory is locked by another training.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+/// The end of a [`TrainError::NonFiniteLoss`] message: what is left on disk.
+fn describe_newest(run_dir: &Path, newest: Option<&Path>) -> String {
+    match newest {
+        Some(dir) => format!(
+            "the checkpoints are as they were, the newest {}",
+            dir.display()
+        ),
+        None => format!(
+            "no checkpoint had been written to {} yet",
+            run_dir.display()
+        ),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -327,78 +369,98 @@ impl<AB: GptAutodiffBackend> Trainer<AB> {
         } else {
             None
         };
-        let (model, optimizer, state, init, resumed_from) = match resumed {
-            Some(r) => {
-                if r.state.config_hash != config_hash {
-                    return Err(TrainError::ConfigChanged {
-                        run_dir: run_dir.clone(),
-                        found: r.state.config_hash,
-                        expected: config_hash.to_string(),
-                    });
-                }
-                if r.state.tokenizer_hash != data.manifest.tokenizer_hash {
-                    return Err(TrainError::TokenizerChanged {
-                        data_dir: data.dir.clone(),
-                        data_hash: data.manifest.tokenizer_hash.clone(),
-                        run_dir: run_dir.clone(),
-                        ckpt_hash: r.state.tokenizer_hash,
-                    });
-                }
-                tracing::info!("resuming from {} (step {})", r.dir.display(), r.state.step);
-                (r.model, r.optimizer, r.state, InitKind::Resume, Some(r.dir))
-            }
-            None => {
-                let (model, init, width) = match &options.init_from {
-                    Some(dir) => {
-                        let inner = load_model::<AB::InnerBackend>(dir, device)
-                            .map_err(TrainError::InitFrom)?;
-                        let model = crate::checkpoint::trainable(Gpt::<AB>::from_inner(inner))
-                            .with_dropout(model_config.dropout);
-                        let width = expansion_factors(dir);
-                        tracing::info!(
-                            "initialised from {}{}",
-                            dir.display(),
-                            width.map_or(String::new(), |(w, m)| format!(
-                                " (expanded: width ×{w}, FFN ×{m})"
-                            ))
-                        );
-                        let init = if width.is_some() {
-                            InitKind::Expanded
-                        } else {
-                            InitKind::InitFrom
-                        };
-                        (model, init, width)
-                    }
-                    None => (
-                        Gpt::<AB>::init(model_config, config.run.seed, device)?,
-                        InitKind::Random,
-                        None,
-                    ),
+        if let Some(r) = resumed {
+            return Self::resume(r, config, config_hash, data, run_dir, device);
+        }
+        let (model, init, width) = match &options.init_from {
+            Some(dir) => {
+                let inner =
+                    load_model::<AB::InnerBackend>(dir, device).map_err(TrainError::InitFrom)?;
+                let model = crate::checkpoint::trainable(Gpt::<AB>::from_inner(inner))
+                    .with_dropout(model_config.dropout);
+                let width = expansion_factors(dir);
+                tracing::info!(
+                    "initialised from {}{}",
+                    dir.display(),
+                    width.map_or(String::new(), |(w, m)| format!(
+                        " (expanded: width ×{w}, FFN ×{m})"
+                    ))
+                );
+                let init = if width.is_some() {
+                    InitKind::Expanded
+                } else {
+                    InitKind::InitFrom
                 };
-                let state = TrainState {
-                    step: 0,
-                    tokens: 0,
-                    wall_s: 0.0,
-                    device_hours: 0.0,
-                    flops: 0.0,
-                    seed: config.run.seed,
-                    tokenizer_hash: data.manifest.tokenizer_hash.clone(),
-                    config_hash: config_hash.to_string(),
-                    best_val: None,
-                    expanded: width,
-                };
-                let optimizer = AdamW::<AB>::new(config.optimizer.clone());
-                (model, optimizer, state, init, None)
+                (model, init, width)
             }
+            None => (
+                Gpt::<AB>::init(model_config, config.run.seed, device)?,
+                InitKind::Random,
+                None,
+            ),
+        };
+        let state = TrainState {
+            step: 0,
+            tokens: 0,
+            wall_s: 0.0,
+            device_hours: 0.0,
+            flops: 0.0,
+            seed: config.run.seed,
+            tokenizer_hash: data.manifest.tokenizer_hash.clone(),
+            config_hash: config_hash.to_string(),
+            best_val: None,
+            expanded: width,
         };
         // Mixed precision and the kernels are properties of the forward pass, not of the
         // weights: set them on every path (fresh, --init-from, resume).
         let model = model.with_kernels(config.run.kernels());
         Ok(Started {
-            trainer: Trainer::new(model, optimizer, device.clone()),
+            trainer: Trainer::new(
+                model,
+                AdamW::<AB>::new(config.optimizer.clone()),
+                device.clone(),
+            ),
             state,
             init,
-            resumed_from,
+            resumed_from: None,
+        })
+    }
+
+    /// The trainer of the loaded checkpoint `r`, whose config and tokenizer hashes must match
+    /// `config_hash` and the data's.
+    fn resume(
+        r: Resumed<AB>,
+        config: &TrainConfig,
+        config_hash: &str,
+        data: &PreparedData,
+        run_dir: &Path,
+        device: &AB::Device,
+    ) -> Result<Started<AB>, TrainError> {
+        if r.state.config_hash != config_hash {
+            return Err(TrainError::ConfigChanged {
+                run_dir: run_dir.to_path_buf(),
+                found: r.state.config_hash,
+                expected: config_hash.to_string(),
+            });
+        }
+        if r.state.tokenizer_hash != data.manifest.tokenizer_hash {
+            return Err(TrainError::TokenizerChanged {
+                data_dir: data.dir.clone(),
+                data_hash: data.manifest.tokenizer_hash.clone(),
+                run_dir: run_dir.to_path_buf(),
+                ckpt_hash: r.state.tokenizer_hash,
+            });
+        }
+        tracing::info!("resuming from {} (step {})", r.dir.display(), r.state.step);
+        Ok(Started {
+            trainer: Trainer::new(
+                r.model.with_kernels(config.run.kernels()),
+                r.optimizer,
+                device.clone(),
+            ),
+            state: r.state,
+            init: InitKind::Resume,
+            resumed_from: Some(r.dir),
         })
     }
 
@@ -576,6 +638,18 @@ impl RunInputs {
             (None, None) => return Err(TrainError::NoModel),
         };
         model_config.validate()?;
+        // `[model]` was checked against run.seq_len with the config; an architecture from the
+        // checkpoint is checked here, before a forward pass would meet the overlong sequence.
+        if config.run.seq_len > model_config.context_length {
+            return Err(TrainError::SeqLenTooLong {
+                seq_len: config.run.seq_len,
+                context_length: model_config.context_length,
+                source_of_model: match (&config.model, &options.init_from) {
+                    (None, Some(dir)) => format!("the --init-from model {}", dir.display()),
+                    _ => "[model]".to_string(),
+                },
+            });
+        }
         data.check_model_vocab(model_config.vocab_size)?;
         let config_hash = trajectory_hash(config, &model_config);
         let total_steps = config.total_steps();
@@ -630,6 +704,14 @@ struct Session<'a, AB: GptAutodiffBackend> {
     peak: Option<(f64, bool)>,
     on_cpu: bool,
     clock: Clock,
+    config_hash: String,
+    /// The checkpoint this session resumed from, until the session writes one of its own:
+    /// a non-finite loss in between may come from a damaged checkpoint.
+    resumed_from: Option<(u64, PathBuf)>,
+    /// Whether the session already fell back to an older checkpoint (it does so once).
+    fell_back: bool,
+    /// Held for the whole run.
+    _lock: RunLock,
 }
 
 /// What one step of the loop came to.
@@ -650,6 +732,7 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
         config: &'a TrainConfig,
         options: &'a TrainOptions<AB::InnerBackend>,
         inputs: RunInputs,
+        lock: RunLock,
         device: &AB::Device,
     ) -> Result<Self, TrainError> {
         let run_dir = &options.run_dir;
@@ -663,7 +746,7 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             trainer,
             state,
             init,
-            ..
+            resumed_from,
         } = Trainer::<AB>::init_or_resume(
             config,
             &model_config,
@@ -747,6 +830,7 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
         }
 
         let clock = Clock::new(state.wall_s);
+        let state_step = state.step;
         let mut session = Self {
             config,
             options,
@@ -764,6 +848,10 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             peak,
             on_cpu,
             clock,
+            resumed_from: resumed_from.map(|dir| (state_step, dir)),
+            config_hash,
+            fell_back: false,
+            _lock: lock,
         };
         if session.state.step == 0 {
             session.evaluate_and_log()?;
@@ -901,12 +989,72 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
         let run_dir = &self.options.run_dir;
         let dir = self.trainer.checkpoint(run_dir, &self.state)?;
         tracing::debug!("checkpoint {}", dir.display());
+        self.resumed_from = None;
         prune(
             run_dir,
             self.config.run.keep_last,
             self.state.best_val.map(|b| b.0),
         );
         Ok(())
+    }
+
+    /// After a non-finite loss at `step`: when this session resumed from a checkpoint and has
+    /// not written one since, that checkpoint may be damaged in a way its checksums cannot show
+    /// (written from bad memory, say). Falls back to the previous complete checkpoint, once,
+    /// and says so; `false` when there is nothing to fall back to.
+    fn fall_back(&mut self, step: u64, loss: f64) -> Result<bool, TrainError> {
+        if self.fell_back {
+            return Ok(false);
+        }
+        let Some((resumed_step, resumed_dir)) = self.resumed_from.take() else {
+            return Ok(false);
+        };
+        let run_dir = &self.options.run_dir;
+        let device = self.trainer.device().clone();
+        let older = match load_latest_before::<AB>(
+            run_dir,
+            &self.config.optimizer,
+            &device,
+            Some(resumed_step),
+        ) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                tracing::warn!(
+                    "loss is {loss} at step {step}, {} step(s) after resuming from {}, and there is no older checkpoint to fall back to",
+                    step - resumed_step,
+                    resumed_dir.display()
+                );
+                return Ok(false);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "loss is {loss} at step {step}, {} step(s) after resuming from {}; no older checkpoint loads: {e}",
+                    step - resumed_step,
+                    resumed_dir.display()
+                );
+                return Ok(false);
+            }
+        };
+        tracing::warn!(
+            "FALLING BACK: loss is {loss} at step {step}, {} step(s) after resuming from {}, which may be damaged; resuming from the previous complete checkpoint {} instead (once)",
+            step - resumed_step,
+            resumed_dir.display(),
+            older.dir.display()
+        );
+        let started = Trainer::<AB>::resume(
+            older,
+            self.config,
+            &self.config_hash,
+            &self.data,
+            run_dir,
+            &device,
+        )?;
+        self.trainer = started.trainer;
+        self.state = started.state;
+        self.clock = Clock::new(self.state.wall_s);
+        self.resumed_from = started.resumed_from.map(|dir| (self.state.step, dir));
+        self.fell_back = true;
+        Ok(true)
     }
 
     /// Trains until the budget is spent (or `stop_after`), then evaluates and writes `final/`.
@@ -924,12 +1072,20 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
                     loss,
                     grad_norm,
                 } => {
+                    if self.fall_back(step, loss)? {
+                        continue;
+                    }
+                    let run_dir = self.options.run_dir.clone();
                     return Err(TrainError::NonFiniteLoss {
                         step,
                         loss,
                         grad_norm,
-                        run_dir: self.options.run_dir.clone(),
-                    })
+                        newest_checkpoint: complete_checkpoints(&run_dir)
+                            .into_iter()
+                            .next()
+                            .map(|c| c.1),
+                        run_dir,
+                    });
                 }
             };
             let step = line.step;
@@ -984,13 +1140,56 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
 
 /// Trains according to `config`, resuming from `options.run_dir` when it holds a complete
 /// checkpoint, else starting from `options.init_from` or random weights.
+///
+/// The run directory is locked for the whole run ([`RunLock`]). Everything that can be checked
+/// without it (data, architecture, budget) is checked before it is created, and a run that
+/// fails before its first step removes the directory if it created it.
 pub fn train<AB: GptAutodiffBackend>(
     config: &TrainConfig,
     options: &TrainOptions<AB::InnerBackend>,
     device: &AB::Device,
 ) -> Result<TrainSummary, TrainError> {
     let run_dir = &options.run_dir;
-    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
     let inputs = RunInputs::resolve(config, options)?;
-    Session::<AB>::start(config, options, inputs, device)?.run()
+    if !options.resume {
+        refuse_checkpoints(run_dir)?;
+    }
+    // The highest folder of `run_dir` that does not exist yet: what this call creates.
+    let created = run_dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .last()
+        .map(Path::to_path_buf);
+    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+    let started = RunLock::acquire(run_dir)
+        .map_err(TrainError::from)
+        .and_then(|lock| {
+            // Again under the lock: another process may have written one meanwhile.
+            if !options.resume {
+                refuse_checkpoints(run_dir)?;
+            }
+            Session::<AB>::start(config, options, inputs, lock, device)
+        });
+    match started {
+        Ok(session) => session.run(),
+        Err(e) => {
+            if let Some(dir) = created {
+                if let Err(rm) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!("could not remove {}: {rm}", dir.display());
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// [`TrainError::CheckpointExists`] when `run_dir` holds a complete checkpoint.
+fn refuse_checkpoints(run_dir: &Path) -> Result<(), TrainError> {
+    match complete_checkpoints(run_dir).into_iter().next() {
+        Some((_, checkpoint)) => Err(TrainError::CheckpointExists {
+            run_dir: run_dir.to_path_buf(),
+            checkpoint,
+        }),
+        None => Ok(()),
+    }
 }
