@@ -541,3 +541,21 @@ fn init_from_with_a_sequence_longer_than_the_models_context_is_a_clear_error() {
     );
     assert!(!run2.exists(), "{} left behind", run2.display());
 }
+
+/// `prepare` puts the real cause of a failure on its first error line.
+#[test]
+fn prepare_names_the_cause_on_the_first_error_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["prepare", "/nonexistent/corpus", "--gpt2", "--out"])
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first = err.lines().find(|l| l.starts_with("Error")).unwrap();
+    assert!(
+        first.contains("/nonexistent/corpus") && first.contains("does not exist"),
+        "{err}"
+    );
+}
