@@ -7,12 +7,12 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use hyperclone_model::{
     tokens_tensor, AttentionKernel, CrossEntropyKernel, Gpt, GptAutodiffBackend, GptConfig,
-    LayerOpsKernel, SplitMix64,
+    Kernels, LayerOpsKernel, SplitMix64,
 };
 use hyperclone_training::config::OptimizerConfig;
 use hyperclone_training::metrics::{peak_flops, peak_rss_bytes};
 use hyperclone_training::optim::AdamW;
-use hyperclone_training::Precision;
+use hyperclone_training::{Precision, Trainer};
 
 use crate::backend::{run_job, Env, Job};
 use crate::train::CliBackend;
@@ -61,6 +61,18 @@ pub struct BenchArgs {
     pub phases: bool,
 }
 
+impl BenchArgs {
+    /// The model's compute dtype and kernels these arguments choose.
+    fn kernels(&self) -> Kernels {
+        Kernels {
+            compute_dtype: self.precision.compute_dtype(),
+            attention: self.attention.resolve(),
+            cross_entropy: self.cross_entropy,
+            layer_ops: self.layer_ops,
+        }
+    }
+}
+
 struct BenchJob {
     args: BenchArgs,
     config: GptConfig,
@@ -72,12 +84,13 @@ impl Job for BenchJob {
     fn run<AB: GptAutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<Self::Output> {
         let BenchJob { args, config, seq } = self;
         let batch = args.batch;
-        let mut model = Gpt::<AB>::init(&config, 0, device)?
-            .with_compute_dtype(args.precision.compute_dtype())
-            .with_attention_kernel(args.attention)
-            .with_cross_entropy_kernel(args.cross_entropy)
-            .with_layer_ops_kernel(args.layer_ops);
-        let mut optimizer = AdamW::<AB>::new(OptimizerConfig::default());
+        let model = Gpt::<AB>::init(&config, 0, device)?.with_kernels(args.kernels());
+        // The training step of `train`, with AdamW's defaults and a fixed learning rate.
+        let mut trainer = Trainer::new(
+            model,
+            AdamW::<AB>::new(OptimizerConfig::default()),
+            device.clone(),
+        );
         let mut rng = SplitMix64::new(1);
         let ids: Vec<u32> = (0..batch * (seq + 1))
             .map(|_| (rng.next_u64() % config.vocab_size as u64) as u32)
@@ -88,21 +101,21 @@ impl Job for BenchJob {
         let targets: Vec<u32> = (0..batch)
             .flat_map(|r| ids[r * (seq + 1) + 1..(r + 1) * (seq + 1)].to_vec())
             .collect();
-        let sync = || AB::sync(device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"));
+        let tokens = || {
+            (
+                tokens_tensor::<AB>(&inputs, batch, seq, device),
+                tokens_tensor::<AB>(&targets, batch, seq, device),
+            )
+        };
+        let sync = || trainer_sync::<AB>(device);
         // `host`: how long the host takes to queue a step (all of it on a synchronous CPU
         // backend); close to `step` on a GPU means the step is bound by the host, not the GPU.
         let (mut times, mut host) = (Vec::new(), Vec::new());
         let mut last_loss = f64::NAN;
         for i in 0..args.warmup + args.steps {
             let t0 = Instant::now();
-            let x = tokens_tensor::<AB>(&inputs, batch, seq, device);
-            let y = tokens_tensor::<AB>(&targets, batch, seq, device);
-            let loss = model.forward_loss(x, y);
-            let grads = loss.backward();
-            optimizer.accumulate(&model, &grads);
+            let step = trainer.step(1, 1e-4, |_| Ok::<_, anyhow::Error>(tokens()))?;
             // The step queues everything and the sync below is its only wait, as in `train`.
-            let (m, _grad_norm) = optimizer.step(model, 1e-4);
-            model = m;
             let queued = t0.elapsed().as_secs_f64();
             sync()?;
             if i >= args.warmup {
@@ -110,25 +123,21 @@ impl Job for BenchJob {
                 host.push(queued);
             }
             if i + 1 == args.warmup + args.steps {
-                use burn::tensor::ElementConversion;
-                last_loss = loss.into_scalar().elem::<f64>();
+                last_loss = step.read().0;
             }
         }
         let phases = if args.phases {
             let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..args.steps {
                 let t0 = Instant::now();
-                let x = tokens_tensor::<AB>(&inputs, batch, seq, device);
-                let y = tokens_tensor::<AB>(&targets, batch, seq, device);
-                let loss = model.forward_loss(x, y);
+                let (x, y) = tokens();
+                let loss = trainer.forward_loss(x, y);
                 sync()?;
                 let t1 = Instant::now();
-                let grads = loss.backward();
-                optimizer.accumulate(&model, &grads);
+                trainer.backward(loss);
                 sync()?;
                 let t2 = Instant::now();
-                let (m, _grad_norm) = optimizer.step(model, 1e-4);
-                model = m;
+                drop(trainer.update(1e-4));
                 sync()?;
                 fwd.push((t1 - t0).as_secs_f64());
                 bwd.push((t2 - t1).as_secs_f64());
@@ -186,6 +195,11 @@ impl Job for BenchJob {
             "final_loss": last_loss,
         }))
     }
+}
+
+/// Waits for `device` to finish its queued work.
+fn trainer_sync<AB: GptAutodiffBackend>(device: &AB::Device) -> Result<()> {
+    AB::sync(device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))
 }
 
 /// The median of `values` (sorted in place; the upper one of an even count).

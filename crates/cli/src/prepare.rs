@@ -1,6 +1,6 @@
 //! `hyperclone prepare`: text → token shards + manifest (see `hyperclone_data::prepare`).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use hyperclone_data::{
     ensure_prepared, prepare, InputSpec, PrepareOptions, TokenizerSpec, Utf8Policy,
 };
@@ -105,15 +105,16 @@ impl PrepareArgs {
         let mut opts = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config {}", path.display()))?;
+                    .map_err(|e| anyhow!("reading config {}: {e}", path.display()))?;
                 let doc: toml::Table = toml::from_str(&text)
-                    .with_context(|| format!("parsing config {}", path.display()))?;
+                    .map_err(|e| anyhow!("parsing config {}: {e}", path.display()))?;
                 let data = doc
                     .get("data")
                     .cloned()
                     .with_context(|| format!("config {} has no [data] section", path.display()))?;
-                data.try_into::<PrepareOptions>()
-                    .with_context(|| format!("config {}: invalid [data] section", path.display()))?
+                data.try_into::<PrepareOptions>().map_err(|e| {
+                    anyhow!("config {}: invalid [data] section: {e}", path.display())
+                })?
             }
             None => {
                 if self.inputs.is_empty() {
@@ -171,7 +172,14 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     } else {
         ensure_prepared(&opts)
     }
-    .with_context(|| format!("preparing {}", opts.out.display()))?;
+    // The cause on the first line (`{:#}`: the whole chain), not only behind `Caused by:`.
+    .map_err(|e| {
+        anyhow!(
+            "preparing {}: {:#}",
+            opts.out.display(),
+            anyhow::Error::new(e)
+        )
+    })?;
     let m = &data.manifest;
     println!("prepared   {}", data.dir.display());
     println!(

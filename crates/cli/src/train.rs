@@ -44,17 +44,42 @@ pub struct TrainArgs {
     pub stop_after: Option<u64>,
 }
 
+/// Where and how `train` runs (the backend-independent part of its [`TrainOptions`]).
+#[derive(Debug, Clone)]
+pub struct TrainPlan {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Initial weights when the run directory has no checkpoint.
+    pub init_from: Option<PathBuf>,
+    /// Resume from the newest complete checkpoint (else an existing one is an error).
+    pub resume: bool,
+    /// Stop after this step as if interrupted.
+    pub stop_after: Option<u64>,
+}
+
 struct TrainJob {
     config: TrainConfig,
-    options: TrainOptions,
+    plan: TrainPlan,
 }
 
 impl Job for TrainJob {
     type Output = TrainSummary;
     fn run<AB: GptAutodiffBackend>(self, device: &AB::Device, env: Env) -> Result<TrainSummary> {
-        let mut options = self.options;
-        options.backend_name = env.backend_name.to_string();
-        options.device_name = env.device_name;
+        let TrainPlan {
+            run_dir,
+            init_from,
+            resume,
+            stop_after,
+        } = self.plan;
+        let options = TrainOptions::<AB::InnerBackend> {
+            run_dir,
+            init_from,
+            resume,
+            stop_after,
+            backend_name: env.backend_name.to_string(),
+            device_name: env.device_name,
+            symmetry: Some(hyperclone_experiment::symmetry_metric()),
+        };
         tracing::info!(
             "training on {} ({}) into {}",
             options.backend_name,
@@ -65,10 +90,10 @@ impl Job for TrainJob {
     }
 }
 
-/// Runs a training job described by a config and options (used by `train` and `run`).
-pub fn run_training(config: TrainConfig, options: TrainOptions) -> Result<TrainSummary> {
+/// Runs a training job described by a config and a plan.
+pub fn run_training(config: TrainConfig, plan: TrainPlan) -> Result<TrainSummary> {
     let (backend, precision) = (config.run.backend, config.run.precision);
-    run_job(backend, precision, TrainJob { config, options })
+    run_job(backend, precision, TrainJob { config, plan })
 }
 
 /// `hyperclone train`.
@@ -82,15 +107,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .unwrap_or_else(|| "run".into());
         PathBuf::from("runs").join(stem)
     });
-    let options = TrainOptions {
+    let plan = TrainPlan {
         run_dir,
         init_from: args.init_from,
         resume: args.resume == ResumeMode::Auto,
         stop_after: args.stop_after,
-        backend_name: String::new(),
-        device_name: String::new(),
     };
-    let summary = run_training(config, options.clone())?;
+    let summary = run_training(config, plan.clone())?;
     println!(
         "step {} | tokens {} | final val loss {} | wall {:.1} s | {:.5} device-hours | run dir {}",
         summary.step,
@@ -100,7 +123,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .map_or("-".to_string(), |v| format!("{v:.4}")),
         summary.wall_s,
         summary.device_hours,
-        options.run_dir.display()
+        plan.run_dir.display()
     );
     Ok(())
 }

@@ -160,9 +160,9 @@ fn last_metric(run: &Path, key: &str) -> f64 {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v[key].as_f64())
-        .last()
+        .find_map(|v| v[key].as_f64())
         .unwrap_or_else(|| panic!("no {key} in {}", run.display()))
 }
 
@@ -213,7 +213,10 @@ fn run_with_seeds_repeats_every_stage_and_the_control_for_each_seed() {
         let small = last_metric(&root.join("small"), "flops");
         let control = last_metric(&root.join("control"), "flops");
         let baseline = last_metric(&root.join("baseline"), "flops");
-        assert!(small + control <= baseline, "{small} + {control} > {baseline}");
+        assert!(
+            small + control <= baseline,
+            "{small} + {control} > {baseline}"
+        );
         assert!(
             (baseline - small - control) / baseline < 0.01,
             "{small} + {control} vs {baseline}"
@@ -276,9 +279,8 @@ fn pipeline_killed_during_the_large_stage_resumes_it() {
     assert_eq!(steps, (1..=40).collect::<Vec<_>>());
 }
 
-#[test]
-fn sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one() {
-    let tmp = tempfile::tempdir().unwrap();
+/// `configs/train-tiny.toml` with its data on two small books and every output inside `dir`.
+fn tiny_train_config(dir: &Path) -> PathBuf {
     let cfg_text = std::fs::read_to_string(repo().join("configs/train-tiny.toml"))
         .unwrap()
         .replace(
@@ -297,10 +299,17 @@ fn sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one() {
         )
         .replace(
             "out = \"runs/data/gutenberg-4096\"",
-            &format!("out = \"{}/data\"", tmp.path().display()),
+            &format!("out = \"{}/data\"", dir.display()),
         );
-    let cfg = tmp.path().join("train.toml");
+    let cfg = dir.join("train.toml");
     std::fs::write(&cfg, cfg_text).unwrap();
+    cfg
+}
+
+#[test]
+fn sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_train_config(tmp.path());
     let run_dir = tmp.path().join("run");
     let mut child = bin()
         .args(["train", "--config"])
@@ -511,4 +520,117 @@ fn pipeline_in_mixed_bf16_runs_end_to_end() {
     assert!(record["rel_err"].as_f64().unwrap() <= 1e-5, "{record}");
     let md = std::fs::read_to_string(exp.join("report.md")).unwrap();
     assert!(md.contains("| bf16 |"), "{md}");
+}
+
+/// A second `train` in a run directory that a running `train` holds is refused, naming the
+/// holder's pid and host; once the holder is killed, its stale lock is taken over with a
+/// warning and the run goes ahead.
+#[test]
+fn a_second_train_in_a_run_directory_is_refused_until_the_holder_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_train_config(tmp.path());
+    let run_dir = tmp.path().join("run");
+    let train = || {
+        let mut c = bin();
+        c.args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(["--set", "run.checkpoint_every=10"]);
+        c
+    };
+    // The first run pauses long inside its first checkpoint write: it is still running
+    // (and holding the lock) while the second one starts.
+    let mut first = train()
+        .env("HYPERCLONE_TEST_CHECKPOINT_PAUSE_MS", "60000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = first.id();
+    let lock = run_dir.join("run.lock");
+    wait_for(&mut first, "the first run's lock", || {
+        std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&format!("\"pid\":{pid}")))
+    });
+    let second = train().output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("run.lock") && err.contains(&format!("locked by pid {pid} on host")),
+        "{err}"
+    );
+    kill9(&mut first);
+
+    let third = run_ok(&mut train());
+    let err = String::from_utf8_lossy(&third.stderr);
+    assert!(
+        err.contains("stale lock") && err.contains(&format!("pid {pid}")),
+        "{err}"
+    );
+    assert!(run_dir.join("final/model.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        "",
+        "lock not released"
+    );
+}
+
+/// `train --init-from MODEL` with a config without `[model]` and a `run.seq_len` above the
+/// model's context: a clear error (exit code 1, no panic) naming the key, the value and the
+/// context length, and no run directory left behind.
+#[test]
+fn init_from_with_a_sequence_longer_than_the_models_context_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_train_config(tmp.path());
+    let run_dir = tmp.path().join("run");
+    // The model: train-tiny for one step (context 32).
+    run_ok(
+        bin()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(["--set", "run.max_steps=1"]),
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let no_model = text[text.find("[data]").unwrap()..].replace("seq_len = 32", "seq_len = 64");
+    let cfg2 = tmp.path().join("continue.toml");
+    std::fs::write(&cfg2, no_model).unwrap();
+    let run2 = tmp.path().join("run2");
+    let out = bin()
+        .args(["train", "--config"])
+        .arg(&cfg2)
+        .arg("--run-dir")
+        .arg(&run2)
+        .arg("--init-from")
+        .arg(run_dir.join("final"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let first = err.lines().find(|l| l.starts_with("Error")).unwrap();
+    assert!(
+        first.contains("run.seq_len = 64") && first.contains("context_length 32"),
+        "{err}"
+    );
+    assert!(!run2.exists(), "{} left behind", run2.display());
+}
+
+/// `prepare` puts the real cause of a failure on its first error line.
+#[test]
+fn prepare_names_the_cause_on_the_first_error_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["prepare", "/nonexistent/corpus", "--gpt2", "--out"])
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first = err.lines().find(|l| l.starts_with("Error")).unwrap();
+    assert!(
+        first.contains("/nonexistent/corpus") && first.contains("does not exist"),
+        "{err}"
+    );
 }

@@ -21,5 +21,6 @@ pub use config::{
     SmallSection, WIDE_SEED_OFFSET,
 };
 pub use pipeline::{
-    run_experiment, ExperimentError, ExperimentOptions, ExperimentSummary, Stage, StageOutcome,
+    run_experiment, symmetry_metric, ExperimentError, ExperimentOptions, ExperimentSummary, Stage,
+    StageOutcome,
 };

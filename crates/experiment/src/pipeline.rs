@@ -9,11 +9,16 @@
 //! trajectory resumes the stage instead of skipping it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
 
 use hyperclone_cloning::{expand_folder, ProbeSpec};
 use hyperclone_model::checkpoint::sha256_hex;
 use hyperclone_model::GptAutodiffBackend;
+use hyperclone_training::metrics::SymmetryLine;
 use hyperclone_training::trainer::{train, trajectory_hash, TrainError, TrainOptions};
+use hyperclone_training::SymmetryFn;
 use hyperclone_training::TrainConfig;
 use serde::{Deserialize, Serialize};
 
@@ -129,6 +134,19 @@ pub enum ExperimentError {
     /// The report could not be written.
     #[error("report: {0}")]
     Report(#[from] hyperclone_report::ReportError),
+}
+
+/// HyperCloning's symmetry metric (`hyperclone_cloning::symmetry`) in the form the trainer logs
+/// at each evaluation of a run started from an expanded model. The training crate does not know
+/// HyperCloning; the pipeline and `hyperclone train` hand it this.
+pub fn symmetry_metric<B: Backend>() -> SymmetryFn<B> {
+    Arc::new(|model, (width, ffn)| {
+        let report = hyperclone_cloning::symmetry(model, width, ffn).ok()?;
+        Some(SymmetryLine {
+            mean: report.mean,
+            per_layer: report.per_layer,
+        })
+    })
 }
 
 /// What `stage.json` records.
@@ -444,6 +462,7 @@ impl SeedPipeline<'_> {
             stop_after: None,
             backend_name: self.options.backend_name.clone(),
             device_name: self.options.device_name.clone(),
+            symmetry: Some(symmetry_metric()),
         };
         train::<AB>(config, &options, device).map_err(|source| ExperimentError::Train {
             stage: stage.dir_name(),

@@ -201,11 +201,54 @@ where
     Ok(())
 }
 
-/// Serialises the model's weights to safetensors bytes (GPT-2 parameter names).
+/// Serialises the model's weights to safetensors bytes (GPT-2 parameter names), in the
+/// canonical layout of [`canonical_safetensors`]: equal weights give equal bytes.
 pub fn weights_to_bytes<B: Backend>(model: &Gpt<B>) -> Result<Vec<u8>, String> {
     let mut store = SafetensorsStore::from_bytes(None);
     model.save_into(&mut store).map_err(|e| e.to_string())?;
-    store.get_bytes().map_err(|e| e.to_string())
+    canonical_safetensors(store.get_bytes().map_err(|e| e.to_string())?)
+}
+
+/// JSON `value` with the keys of every object in sorted order, whatever order it was built in.
+fn sort_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let sorted: std::collections::BTreeMap<String, serde_json::Value> =
+                map.into_iter().map(|(k, v)| (k, sort_keys(v))).collect();
+            serde_json::Value::Object(sorted.into_iter().collect())
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sort_keys).collect())
+        }
+        other => other,
+    }
+}
+
+/// Rewrites a safetensors buffer with its JSON header in one canonical form (every object's
+/// keys sorted, padded with spaces to 8 bytes), the tensor data unchanged.
+///
+/// The `safetensors` crate (and burn-store through it) takes the `__metadata__` strings as a
+/// `HashMap` and writes them in its random iteration order, so two saves of identical tensors
+/// would differ in their header bytes and their checksums. Readers accept the entries in any
+/// order (tensors are located by their offsets).
+pub fn canonical_safetensors(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let header_len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or("shorter than the 8-byte header length")?;
+    let header_end = 8usize
+        .checked_add(header_len)
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| format!("header length {header_len} exceeds the buffer"))?;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..header_end])
+        .map_err(|e| format!("header is not JSON: {e}"))?;
+    let mut json = serde_json::to_vec(&sort_keys(header)).expect("a JSON value serialises");
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - header_end);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[header_end..]);
+    Ok(out)
 }
 
 /// Writes `model.safetensors` then `model.json` into the existing folder `dir`.
@@ -381,6 +424,51 @@ mod tests {
             assert_eq!(loaded.config(), model.config());
             assert_eq!(logits(&loaded), logits(&model));
         }
+    }
+
+    /// Saving the same weights again gives the same bytes: burn-store writes the header's
+    /// `__metadata__` keys in a random (HashMap) order, which the canonical header removes.
+    #[test]
+    fn identical_weights_save_to_identical_bytes() {
+        let device = Default::default();
+        let model = Gpt::<B>::init(&GptConfig::cpu_tiny(), 3, &device).unwrap();
+        let first = tempfile::tempdir().unwrap();
+        save_model(&model, first.path()).unwrap();
+        let want = fs::read(first.path().join(WEIGHTS_FILE)).unwrap();
+        let want_meta = fs::read(first.path().join(META_FILE)).unwrap();
+        // Sixteen more saves: with three metadata keys in random order, they would hardly all
+        // agree with the first by chance.
+        for _ in 0..16 {
+            let again = tempfile::tempdir().unwrap();
+            save_model(&model, again.path()).unwrap();
+            assert!(fs::read(again.path().join(WEIGHTS_FILE)).unwrap() == want);
+            assert_eq!(fs::read(again.path().join(META_FILE)).unwrap(), want_meta);
+        }
+        // The canonical file still loads, bit-exact.
+        let loaded = load_model::<B>(first.path(), &device).unwrap();
+        assert_eq!(logits(&loaded), logits(&model));
+    }
+
+    #[test]
+    fn canonical_header_sorts_keys_keeps_data_and_refuses_garbage() {
+        let header = br#"{"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"__metadata__":{"z":"1","a":"2"}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&1.5f32.to_le_bytes());
+        let out = canonical_safetensors(bytes).unwrap();
+        let n = u64::from_le_bytes(out[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0);
+        let text = std::str::from_utf8(&out[8..8 + n]).unwrap().trim_end();
+        assert_eq!(
+            text,
+            r#"{"__metadata__":{"a":"2","z":"1"},"b":{"data_offsets":[0,4],"dtype":"F32","shape":[1]}}"#
+        );
+        assert_eq!(&out[8 + n..], &1.5f32.to_le_bytes());
+        assert!(canonical_safetensors(vec![1, 2]).is_err());
+        assert!(canonical_safetensors(u64::MAX.to_le_bytes().to_vec()).is_err());
+        let mut bad = 3u64.to_le_bytes().to_vec();
+        bad.extend_from_slice(b"{{{");
+        assert!(canonical_safetensors(bad).unwrap_err().contains("JSON"));
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! `weight`/`bias`. Linear weights are stored `[d_in, d_out]` (burn's layout, the same as GPT-2's
 //! Conv1D), so `y = x · W + b`.
 //!
-//! Mixed precision ([`Gpt::with_compute_dtype`], PyTorch-autocast style): the parameters, the
-//! residual stream, the norms and the logits fed to the loss stay in the parameters' dtype (f32);
-//! each attention and MLP sub-block and the head cast their input and weights to the compute
+//! Mixed precision ([`Kernels::compute_dtype`], set with [`Gpt::with_kernels`]; PyTorch-autocast
+//! style): the parameters, the residual stream, the norms and the logits fed to the loss stay in
+//! the parameters' dtype (f32); each attention and MLP sub-block and the head cast their input and weights to the compute
 //! dtype (bf16) and cast their output back. Gradients flow back through the casts, so the
 //! optimiser sees f32 gradients of f32 master weights.
 
@@ -19,7 +19,8 @@ use burn::tensor::module::attention;
 use burn::tensor::{FloatDType, Int, Tensor, TensorData, TensorPrimitive};
 
 use crate::config::{ConfigError, GptConfig, MlpKind, NormKind, Positional};
-use crate::ops::attention::{causal_options, AttentionKernel};
+use crate::kernels::Kernels;
+use crate::ops::attention::causal_options;
 use crate::ops::cross_entropy::{composed_cross_entropy, CrossEntropyKernel};
 use crate::ops::layer_ops::LayerOpsKernel;
 use crate::ops::{cast_to, float_tensor, GptBackend};
@@ -187,7 +188,8 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: GptBackend> Attention<B> {
-    /// Runs in `compute` (mixed precision) when given, and returns `x`'s dtype.
+    /// Runs in `kernels.compute_dtype` (mixed precision) when given, with `kernels.attention`,
+    /// and returns `x`'s dtype.
     ///
     /// # Shapes
     /// `x: [B, T, d_model]` → `[B, T, d_model]`
@@ -195,13 +197,12 @@ impl<B: GptBackend> Attention<B> {
         &self,
         x: Tensor<B, 3>,
         rope: Option<&RopeTables<B>>,
-        compute: Option<FloatDType>,
-        kernel: AttentionKernel,
+        kernels: Kernels,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, hs) = (self.n_head, self.n_kv_head, self.head_dim);
         let residual_dtype = x.dtype();
-        let qkv = project(&self.c_attn, to_compute(x, compute)); // [B, T, (nh + 2·nkv)·hs]
+        let qkv = project(&self.c_attn, to_compute(x, kernels.compute_dtype)); // [B, T, (nh + 2·nkv)·hs]
         let q = qkv.clone().narrow(2, 0, nh * hs).reshape([b, t, nh, hs]); // [B, T, nh, hs]
         let k = qkv
             .clone()
@@ -232,7 +233,7 @@ impl<B: GptBackend> Attention<B> {
         };
         // Fused: one autodiff op whose backward recomputes the attention matrix (ops/attention.rs);
         // composed: burn's attention, differentiated op by op, keeping its [B, nh, T, T] inputs.
-        let y = if kernel.is_fused() {
+        let y = if kernels.attention.is_fused() {
             let y = B::causal_attention(
                 q.into_primitive().tensor(),
                 k.into_primitive().tensor(),
@@ -276,20 +277,16 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: GptBackend> Mlp<B> {
-    /// Runs in `compute` (mixed precision) when given, and returns `x`'s dtype.
+    /// Runs in `kernels.compute_dtype` (mixed precision) when given, its GELU with
+    /// `kernels.layer_ops`, and returns `x`'s dtype.
     ///
     /// # Shapes
     /// `[B, T, d_model]` → `[B, T, d_model]`
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        compute: Option<FloatDType>,
-        kernel: LayerOpsKernel,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, kernels: Kernels) -> Tensor<B, 3> {
         let residual_dtype = x.dtype();
-        let x = to_compute(x, compute);
+        let x = to_compute(x, kernels.compute_dtype);
         let hidden = match &self.c_gate {
-            None if kernel == LayerOpsKernel::Fused => float_tensor(B::fused_gelu_tanh(
+            None if kernels.layer_ops == LayerOpsKernel::Fused => float_tensor(B::fused_gelu_tanh(
                 project(&self.c_fc, x).into_primitive().tensor(),
             )),
             None => gelu_tanh(project(&self.c_fc, x)),
@@ -323,20 +320,17 @@ impl<B: GptBackend> Block<B> {
         &self,
         x: Tensor<B, 3>,
         rope: Option<&RopeTables<B>>,
-        compute: Option<FloatDType>,
-        attention: AttentionKernel,
-        layer_ops: LayerOpsKernel,
+        kernels: Kernels,
     ) -> Tensor<B, 3> {
         let attn = self.attn.forward(
-            self.ln_1.forward(x.clone(), layer_ops),
+            self.ln_1.forward(x.clone(), kernels.layer_ops),
             rope,
-            compute,
-            attention,
+            kernels,
         );
         let x = x + self.drop.forward(attn);
         let mlp = self
             .mlp
-            .forward(self.ln_2.forward(x.clone(), layer_ops), compute, layer_ops);
+            .forward(self.ln_2.forward(x.clone(), kernels.layer_ops), kernels);
         x + self.drop.forward(mlp)
     }
 }
@@ -357,22 +351,9 @@ pub struct Gpt<B: Backend> {
     drop: Dropout,
     #[module(skip)]
     config: GptConfig,
-    /// Mixed precision: the dtype of the matmuls, attention and MLP activations (`None`: the
-    /// parameters' dtype everywhere). A run-time choice, not part of the checkpoint.
+    /// Compute dtype and kernels ([`Kernels`]): run-time choices, not part of the checkpoint.
     #[module(skip)]
-    compute_dtype: Option<FloatDType>,
-    /// How training differentiates attention ([`AttentionKernel`]); inference runs the same
-    /// kernel either way. A run-time choice, not part of the checkpoint.
-    #[module(skip)]
-    attention_kernel: AttentionKernel,
-    /// How training differentiates the loss ([`CrossEntropyKernel`]); the value is the same
-    /// either way. A run-time choice, not part of the checkpoint.
-    #[module(skip)]
-    cross_entropy_kernel: CrossEntropyKernel,
-    /// How training differentiates the norms and the GELU ([`LayerOpsKernel`]). A run-time
-    /// choice, not part of the checkpoint.
-    #[module(skip)]
-    layer_ops_kernel: LayerOpsKernel,
+    kernels: Kernels,
 }
 
 /// `[rows, cols]` weights drawn from `rng` (host-side, backend-independent), or zeros when
@@ -482,10 +463,7 @@ impl<B: Backend> Gpt<B> {
             lm_head,
             drop,
             config: c.clone(),
-            compute_dtype: None,
-            attention_kernel: AttentionKernel::default(),
-            cross_entropy_kernel: CrossEntropyKernel::default(),
-            layer_ops_kernel: LayerOpsKernel::default(),
+            kernels: Kernels::default(),
         })
     }
 
@@ -501,49 +479,17 @@ impl<B: Backend> Gpt<B> {
         self
     }
 
-    /// The same weights computing in `dtype` (mixed precision, e.g. `Some(FloatDType::BF16)`
-    /// with f32 parameters), or in the parameters' dtype with `None`.
-    pub fn with_compute_dtype(mut self, dtype: Option<FloatDType>) -> Self {
-        self.compute_dtype = dtype;
+    /// The same weights computing with `kernels` (compute dtype, attention, loss, norms and
+    /// GELU). Mixed precision is `kernels.compute_dtype = Some(FloatDType::BF16)` with f32
+    /// parameters.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
         self
     }
 
-    /// The same weights differentiating attention with `kernel` in training.
-    pub fn with_attention_kernel(mut self, kernel: AttentionKernel) -> Self {
-        self.attention_kernel = kernel;
-        self
-    }
-
-    /// How training differentiates attention.
-    pub fn attention_kernel(&self) -> AttentionKernel {
-        self.attention_kernel
-    }
-
-    /// The same weights differentiating the loss with `kernel` in [`Gpt::forward_loss`].
-    pub fn with_cross_entropy_kernel(mut self, kernel: CrossEntropyKernel) -> Self {
-        self.cross_entropy_kernel = kernel;
-        self
-    }
-
-    /// How [`Gpt::forward_loss`] differentiates the loss.
-    pub fn cross_entropy_kernel(&self) -> CrossEntropyKernel {
-        self.cross_entropy_kernel
-    }
-
-    /// The same weights running the norms and the GELU with `kernel`.
-    pub fn with_layer_ops_kernel(mut self, kernel: LayerOpsKernel) -> Self {
-        self.layer_ops_kernel = kernel;
-        self
-    }
-
-    /// How the norms and the GELU run.
-    pub fn layer_ops_kernel(&self) -> LayerOpsKernel {
-        self.layer_ops_kernel
-    }
-
-    /// The mixed-precision compute dtype, if any.
-    pub fn compute_dtype(&self) -> Option<FloatDType> {
-        self.compute_dtype
+    /// How this model computes.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     /// The configuration this model was built from.
@@ -565,7 +511,7 @@ impl<B: GptBackend> Gpt<B> {
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let x = self.forward_hidden(tokens);
         let residual_dtype = x.dtype();
-        let x = to_compute(x, self.compute_dtype);
+        let x = to_compute(x, self.kernels.compute_dtype);
         let logits = match &self.lm_head {
             Some(head) => project(head, x),
             // Tied: logits = x · wteᵀ.
@@ -599,15 +545,9 @@ impl<B: GptBackend> Gpt<B> {
             .then(|| RopeTables::new(t, self.config.head_dim(), self.config.rope_theta, &device));
         let mut x = self.drop.forward(x);
         for block in &self.h {
-            x = block.forward(
-                x,
-                rope.as_ref(),
-                self.compute_dtype,
-                self.attention_kernel,
-                self.layer_ops_kernel,
-            );
+            x = block.forward(x, rope.as_ref(), self.kernels);
         }
-        self.ln_f.forward(x, self.layer_ops_kernel)
+        self.ln_f.forward(x, self.kernels.layer_ops)
     }
 
     /// Mean cross-entropy of `logits` against `targets` over all B·T positions, as one
@@ -645,7 +585,7 @@ impl<B: GptBackend> Gpt<B> {
         inputs: Tensor<B, 2, Int>,
         targets: Tensor<B, 2, Int>,
     ) -> Tensor<B, 1> {
-        Self::loss_with(self.forward(inputs), targets, self.cross_entropy_kernel)
+        Self::loss_with(self.forward(inputs), targets, self.kernels.cross_entropy)
     }
 }
 
@@ -664,6 +604,7 @@ pub fn tokens_tensor<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::attention::AttentionKernel;
     use burn::backend::{Autodiff, Flex};
     use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::DType;
@@ -742,8 +683,11 @@ mod tests {
         let device = Default::default();
         for config in gpt2_and_llama_tiny(1) {
             let f32_model = Gpt::<AB>::init(&config, 3, &device).unwrap();
-            let mixed = f32_model.clone().with_compute_dtype(Some(FloatDType::BF16));
-            assert_eq!(mixed.compute_dtype(), Some(FloatDType::BF16));
+            let mixed = f32_model.clone().with_kernels(Kernels {
+                compute_dtype: Some(FloatDType::BF16),
+                ..Kernels::default()
+            });
+            assert_eq!(mixed.kernels().compute_dtype, Some(FloatDType::BF16));
             let ids: Vec<u32> = (0..2 * 16)
                 .map(|i| (i * 37 % config.vocab_size) as u32)
                 .collect();
@@ -853,28 +797,31 @@ mod tests {
         let device = Default::default();
         for config in gpt2_and_llama_tiny(2) {
             let model = Gpt::<AB>::init(&config, 5, &device).unwrap();
-            let composed = model
-                .clone()
-                .with_attention_kernel(AttentionKernel::Composed);
-            let fused = model.with_attention_kernel(AttentionKernel::Fused);
-            assert_eq!(fused.attention_kernel(), AttentionKernel::Fused);
+            let with = |attention| Kernels {
+                attention,
+                ..Kernels::default()
+            };
+            let composed = model.clone().with_kernels(with(AttentionKernel::Composed));
+            let fused = model.with_kernels(with(AttentionKernel::Fused));
+            assert_eq!(fused.kernels().attention, AttentionKernel::Fused);
             assert_train_alike(composed, fused, "attention");
         }
     }
 
     /// Likewise the loss: `ops/cross_entropy.rs` against burn's `log_softmax` and `gather`,
-    /// chosen per model ([`Gpt::with_cross_entropy_kernel`]).
+    /// chosen per model ([`Kernels::cross_entropy`]).
     #[test]
     fn fused_and_composed_cross_entropy_train_alike() {
         let device = Default::default();
         for config in gpt2_and_llama_tiny(2) {
             let model = Gpt::<AB>::init(&config, 5, &device).unwrap();
-            assert_eq!(model.cross_entropy_kernel(), CrossEntropyKernel::Fused);
-            let composed = model
-                .clone()
-                .with_cross_entropy_kernel(CrossEntropyKernel::Composed);
+            assert_eq!(model.kernels().cross_entropy, CrossEntropyKernel::Fused);
+            let composed = model.clone().with_kernels(Kernels {
+                cross_entropy: CrossEntropyKernel::Composed,
+                ..Kernels::default()
+            });
             assert_eq!(
-                composed.cross_entropy_kernel(),
+                composed.kernels().cross_entropy,
                 CrossEntropyKernel::Composed
             );
             assert_train_alike(composed, model, "cross-entropy");
@@ -882,17 +829,18 @@ mod tests {
     }
 
     /// And the norms and the GELU: `ops/layer_ops.rs` against burn's ops
-    /// ([`Gpt::with_layer_ops_kernel`]), for LayerNorm + GELU and RMSNorm + SwiGLU models.
+    /// ([`Kernels::layer_ops`]), for LayerNorm + GELU and RMSNorm + SwiGLU models.
     #[test]
     fn fused_and_composed_norms_and_gelu_train_alike() {
         let device = Default::default();
         for config in gpt2_and_llama_tiny(2) {
             let model = Gpt::<AB>::init(&config, 5, &device).unwrap();
-            assert_eq!(model.layer_ops_kernel(), LayerOpsKernel::Fused);
-            let composed = model
-                .clone()
-                .with_layer_ops_kernel(LayerOpsKernel::Composed);
-            assert_eq!(composed.layer_ops_kernel(), LayerOpsKernel::Composed);
+            assert_eq!(model.kernels().layer_ops, LayerOpsKernel::Fused);
+            let composed = model.clone().with_kernels(Kernels {
+                layer_ops: LayerOpsKernel::Composed,
+                ..Kernels::default()
+            });
+            assert_eq!(composed.kernels().layer_ops, LayerOpsKernel::Composed);
             assert_train_alike(composed, model, "norms and GELU");
         }
     }

@@ -9,12 +9,14 @@ pub mod checkpoint;
 pub mod config;
 pub mod generate;
 pub mod gpt;
+pub mod kernels;
 pub mod ops;
 pub mod rng;
 
 pub use config::{ConfigError, GptConfig, MlpKind, NormKind, Positional};
 pub use generate::{generate, sample_token, SampleOptions};
 pub use gpt::{tokens_tensor, Attention, Block, Gpt, Mlp, Norm, RopeTables};
+pub use kernels::Kernels;
 pub use ops::attention::AttentionKernel;
 pub use ops::cross_entropy::CrossEntropyKernel;
 pub use ops::layer_ops::LayerOpsKernel;

@@ -9,16 +9,23 @@
 //! ```
 //!
 //! A step folder is written under a temporary name and renamed when complete; `DONE` is its
-//! last file, and only folders with `DONE` count. Loading verifies every checksum; a corrupted
-//! newest checkpoint is skipped for the previous complete one, with a loud warning.
+//! last file, and only folders with `DONE` count. `DONE` is the folder's manifest
+//! ([`CheckpointManifest`]): its step and the SHA-256 of every other file. Loading verifies
+//! every file against it and that `state.json` and `DONE` name the folder's own step; a
+//! damaged newest checkpoint is skipped for the previous complete one, with a loud warning.
+//! Folders written before the manifest (`DONE` holding the step alone) still load, with a
+//! warning that only their weights are verified.
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
 use hyperclone_model::checkpoint::{
     load_model, save_model, write_dir_atomically, write_file_atomically, CheckpointError,
+    META_FILE, WEIGHTS_FILE,
 };
 use hyperclone_model::Gpt;
 use serde::{Deserialize, Serialize};
@@ -32,6 +39,19 @@ pub const DONE_FILE: &str = "DONE";
 pub const STATE_FILE: &str = "state.json";
 /// Optimizer state file inside a step folder.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The files of a step folder besides `DONE`, each checksummed in its manifest.
+pub const CHECKPOINT_FILES: [&str; 4] = [WEIGHTS_FILE, META_FILE, OPTIMIZER_FILE, STATE_FILE];
+
+/// Contents of `DONE`: the step of the folder and the SHA-256 of each of its
+/// [`CHECKPOINT_FILES`], written last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointManifest {
+    /// The step the folder holds.
+    pub step: u64,
+    /// Lower-case hex SHA-256 by file name.
+    pub sha256: BTreeMap<String, String>,
+}
 
 /// Everything besides weights and optimizer moments that a resumed run needs to continue
 /// exactly: batches and dropout masks are pure functions of (seed, step), so the step is the
@@ -79,6 +99,46 @@ pub enum RunDirError {
         /// What is wrong.
         reason: String,
     },
+    /// A file of a step folder does not match the checksum its `DONE` manifest records.
+    #[error(
+        "{path} is corrupted: sha256 {found} does not match {expected} recorded in {DONE_FILE}"
+    )]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// Recorded checksum.
+        expected: String,
+        /// Checksum of the bytes on disk.
+        found: String,
+    },
+    /// `DONE` is neither a manifest nor a bare step, or lacks a file of the folder.
+    #[error("{path}: {reason}")]
+    Manifest {
+        /// The `DONE` file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `state.json` or `DONE` records another step than the folder's name.
+    #[error("{dir}: {file} records step {found}, but the folder is step {expected}")]
+    StepMismatch {
+        /// The step folder.
+        dir: PathBuf,
+        /// `state.json` or `DONE`.
+        file: &'static str,
+        /// The step of the folder's name.
+        expected: u64,
+        /// The step the file records.
+        found: u64,
+    },
+    /// A file could not be read to checksum it.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The folder holds step folders but none is complete and valid.
     #[error("{dir}: no valid checkpoint: {details}")]
     NoValidCheckpoint {
@@ -111,6 +171,121 @@ pub fn complete_checkpoints(run_dir: &Path) -> Vec<(u64, PathBuf)> {
     found
 }
 
+/// The step of a folder named by [`step_dir_name`].
+fn folder_step(dir: &Path) -> Option<u64> {
+    dir.file_name()?
+        .to_str()?
+        .strip_prefix("step-")?
+        .parse()
+        .ok()
+}
+
+/// Lower-case hex SHA-256 of the file at `path`, read in 1 MiB pieces.
+pub fn sha256_file(path: &Path) -> Result<String, RunDirError> {
+    use sha2::{Digest, Sha256};
+    let io = |source| RunDirError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = fs::File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The manifest of the step folder `dir` (step `step`) for its files as they are on disk.
+pub fn manifest_of(dir: &Path, step: u64) -> Result<CheckpointManifest, RunDirError> {
+    let mut sha256 = BTreeMap::new();
+    for file in CHECKPOINT_FILES {
+        sha256.insert(file.to_string(), sha256_file(&dir.join(file))?);
+    }
+    Ok(CheckpointManifest { step, sha256 })
+}
+
+/// Reads `DONE` of a step folder: `Some` manifest, or `None` for a folder written before
+/// manifests (its `DONE` holds the step alone; checked against `expected_step`).
+fn read_manifest(
+    dir: &Path,
+    expected_step: u64,
+) -> Result<Option<CheckpointManifest>, RunDirError> {
+    let path = dir.join(DONE_FILE);
+    let text = fs::read_to_string(&path).map_err(|source| RunDirError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let found = match serde_json::from_str::<CheckpointManifest>(&text) {
+        Ok(manifest) => {
+            if manifest.step != expected_step {
+                return Err(RunDirError::StepMismatch {
+                    dir: dir.to_path_buf(),
+                    file: DONE_FILE,
+                    expected: expected_step,
+                    found: manifest.step,
+                });
+            }
+            return Ok(Some(manifest));
+        }
+        Err(e) => text
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| RunDirError::Manifest {
+                path: path.clone(),
+                reason: format!("neither a checkpoint manifest ({e}) nor a step number"),
+            })?,
+    };
+    if found != expected_step {
+        return Err(RunDirError::StepMismatch {
+            dir: dir.to_path_buf(),
+            file: DONE_FILE,
+            expected: expected_step,
+            found,
+        });
+    }
+    Ok(None)
+}
+
+/// Checks every file of the step folder `dir` against its `DONE` manifest. A folder written
+/// before manifests passes with a warning (only its weights carry a checksum, in
+/// `model.json`).
+pub fn verify_checkpoint(dir: &Path, step: u64) -> Result<(), RunDirError> {
+    let Some(manifest) = read_manifest(dir, step)? else {
+        tracing::warn!(
+            "{} was written before checkpoint manifests: its {OPTIMIZER_FILE} and {STATE_FILE} carry no checksum and are not verified",
+            dir.display()
+        );
+        return Ok(());
+    };
+    for file in CHECKPOINT_FILES {
+        let path = dir.join(file);
+        let Some(expected) = manifest.sha256.get(file) else {
+            return Err(RunDirError::Manifest {
+                path: dir.join(DONE_FILE),
+                reason: format!("the manifest lacks {file}"),
+            });
+        };
+        let found = sha256_file(&path)?;
+        if &found != expected {
+            return Err(RunDirError::Checksum {
+                path,
+                expected: expected.clone(),
+                found,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Writes a complete step folder atomically (temp folder, `DONE` last, rename). When the
 /// environment variable `HYPERCLONE_TEST_CHECKPOINT_PAUSE_MS` is set, the writer sleeps that
 /// long before `DONE`, so that tests can kill the process in the middle of a write.
@@ -133,7 +308,10 @@ pub fn save_checkpoint<AB: AutodiffBackend>(
         {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
-        write_file_atomically(&tmp.join(DONE_FILE), state.step.to_string().as_bytes())?;
+        // The manifest is made from the files as written, read back from disk.
+        let manifest = manifest_of(tmp, state.step)?;
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        write_file_atomically(&tmp.join(DONE_FILE), &json)?;
         Ok(())
     })?;
     Ok(dest)
@@ -182,13 +360,27 @@ pub fn trainable<AB: AutodiffBackend>(model: Gpt<AB>) -> Gpt<AB> {
     model.map(&mut RequireGrad)
 }
 
-/// Loads one step folder, verifying checksums.
+/// Loads one step folder (named `step-N`), verifying every file against its manifest and that
+/// `state.json` holds step N.
 pub fn load_checkpoint<AB: AutodiffBackend>(
     dir: &Path,
     optimizer: OptimizerConfig,
     device: &burn::tensor::Device<AB::InnerBackend>,
 ) -> Result<Resumed<AB>, RunDirError> {
+    let step = folder_step(dir).ok_or_else(|| RunDirError::Manifest {
+        path: dir.to_path_buf(),
+        reason: "not a step folder (step-NNNNNNNN)".into(),
+    })?;
+    verify_checkpoint(dir, step)?;
     let state = read_state(dir)?;
+    if state.step != step {
+        return Err(RunDirError::StepMismatch {
+            dir: dir.to_path_buf(),
+            file: STATE_FILE,
+            expected: step,
+            found: state.step,
+        });
+    }
     let model = load_model::<AB::InnerBackend>(dir, device)?;
     let optimizer = AdamW::<AB>::load(optimizer, &dir.join(OPTIMIZER_FILE), device)?;
     Ok(Resumed {
@@ -206,7 +398,20 @@ pub fn load_latest<AB: AutodiffBackend>(
     optimizer: &OptimizerConfig,
     device: &burn::tensor::Device<AB::InnerBackend>,
 ) -> Result<Option<Resumed<AB>>, RunDirError> {
-    let candidates = complete_checkpoints(run_dir);
+    load_latest_before::<AB>(run_dir, optimizer, device, None)
+}
+
+/// [`load_latest`] among the checkpoints of steps below `before` (all with `None`).
+pub fn load_latest_before<AB: AutodiffBackend>(
+    run_dir: &Path,
+    optimizer: &OptimizerConfig,
+    device: &burn::tensor::Device<AB::InnerBackend>,
+    before: Option<u64>,
+) -> Result<Option<Resumed<AB>>, RunDirError> {
+    let candidates: Vec<(u64, PathBuf)> = complete_checkpoints(run_dir)
+        .into_iter()
+        .filter(|(step, _)| before.is_none_or(|b| *step < b))
+        .collect();
     if candidates.is_empty() {
         return Ok(None);
     }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use hyperclone_data::PrepareOptions;
-use hyperclone_model::{AttentionKernel, CrossEntropyKernel, GptConfig, LayerOpsKernel};
+use hyperclone_model::{AttentionKernel, CrossEntropyKernel, GptConfig, Kernels, LayerOpsKernel};
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration could not be read.
@@ -287,7 +287,7 @@ pub struct RunConfig {
     /// How training differentiates attention: `fused` (the backend's attention kernel, flash
     /// attention on GPUs, with a backward that recomputes the attention matrix), `composed`
     /// (burn's op-by-op autodiff; more memory, kept for comparison) or `auto` (the faster one
-    /// on the backend: fused everywhere so far). Each computes the same function; losses differ
+    /// on the backend: fused everywhere so far, see [`AttentionKernel::resolve`]). Each computes the same function; losses differ
     /// only by float rounding.
     #[serde(default)]
     pub attention: AttentionKernel,
@@ -302,6 +302,19 @@ pub struct RunConfig {
     /// differ only by float rounding.
     #[serde(default)]
     pub layer_ops: LayerOpsKernel,
+}
+
+impl RunConfig {
+    /// The model's compute dtype and kernels for this run (`precision`, `attention`,
+    /// `cross_entropy`, `layer_ops`), as the one value the model carries.
+    pub fn kernels(&self) -> Kernels {
+        Kernels {
+            compute_dtype: self.precision.compute_dtype(),
+            attention: self.attention.resolve(),
+            cross_entropy: self.cross_entropy,
+            layer_ops: self.layer_ops,
+        }
+    }
 }
 
 fn default_backend() -> BackendKind {
@@ -681,6 +694,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("attention") && e.contains("flash"), "{e}");
+    }
+
+    /// The four run-time keys become the one `Kernels` value the model carries, `auto`
+    /// resolved.
+    #[test]
+    fn run_keys_make_the_models_kernels() {
+        let base = load(BASE, &[]).unwrap();
+        assert_eq!(
+            base.run.kernels(),
+            Kernels {
+                compute_dtype: None,
+                attention: AttentionKernel::Fused,
+                cross_entropy: CrossEntropyKernel::Fused,
+                layer_ops: LayerOpsKernel::Fused,
+            }
+        );
+        let c = load(
+            BASE,
+            &[
+                "run.precision=bf16",
+                "run.attention=composed",
+                "run.cross_entropy=composed",
+                "run.layer_ops=composed",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.run.kernels(),
+            Kernels {
+                compute_dtype: Some(burn::tensor::FloatDType::BF16),
+                attention: AttentionKernel::Composed,
+                cross_entropy: CrossEntropyKernel::Composed,
+                layer_ops: LayerOpsKernel::Composed,
+            }
+        );
     }
 
     #[test]

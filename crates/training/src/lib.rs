@@ -4,10 +4,15 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod lock;
 pub mod metrics;
 pub mod optim;
+mod progress;
 pub mod schedule;
 pub mod trainer;
 
 pub use config::{BackendKind, ConfigFileError, Precision, TrainConfig};
-pub use trainer::{evaluate, train, TrainError, TrainOptions, TrainSummary};
+pub use trainer::{
+    evaluate, train, InitKind, StepTensors, SymmetryFn, TrainError, TrainOptions, TrainSummary,
+    Trainer,
+};

@@ -274,6 +274,10 @@ impl<AB: AutodiffBackend> AdamW<AB> {
         meta.insert("format".to_string(), "hyperclone-adamw-v1".to_string());
         let data =
             safetensors::serialize(views, Some(meta)).map_err(|e| OptError::format(path, e))?;
+        // The metadata map is written in random order: sort it, so that equal state gives
+        // equal bytes (and equal checksums).
+        let data = hyperclone_model::checkpoint::canonical_safetensors(data)
+            .map_err(|e| OptError::format(path, e))?;
         hyperclone_model::checkpoint::write_file_atomically(path, &data).map_err(|e| {
             OptimError::Format {
                 path: path.to_path_buf(),
@@ -437,6 +441,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("optimizer.safetensors");
         opt.save(&path).unwrap();
+        // Saved again, the same state gives the same bytes (the safetensors crate writes the
+        // metadata map in random order: 16 saves would hardly all agree by chance).
+        let want = std::fs::read(&path).unwrap();
+        for i in 0..16 {
+            let again = tmp.path().join(format!("again-{i}.safetensors"));
+            opt.save(&again).unwrap();
+            assert!(std::fs::read(&again).unwrap() == want, "save {i} differs");
+        }
         let loaded = AdamW::<AB>::load(config, &path, &device).unwrap();
         assert_eq!(loaded.updates(), 1);
         assert_eq!(loaded.moments.len(), opt.moments.len());

@@ -1,24 +1,36 @@
 //! The training loop: token-budgeted, resumable bit for bit on the CPU, logging every step.
+//!
+//! Two layers. [`Trainer`] is a model, its optimiser and the device: it starts fresh or from a
+//! run directory's newest checkpoint ([`Trainer::init_or_resume`]), takes a training
+//! [`step`](Trainer::step), [`evaluates`](Trainer::evaluate) and writes
+//! [`checkpoints`](Trainer::checkpoint); `hyperclone bench` times its step. [`train`] runs a
+//! whole run around it: inputs checked, run directory files, warm-up, the loop with its budget,
+//! evaluations, checkpoints and `metrics.jsonl`.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 use hyperclone_data::{validation_batches, Batch, BatchSampler, PreparedData};
 use hyperclone_model::checkpoint::{load_model, save_model, sha256_hex, write_dir_atomically};
 use hyperclone_model::ops::cast_to;
 use hyperclone_model::{tokens_tensor, Gpt, GptConfig};
 use hyperclone_model::{GptAutodiffBackend, GptBackend};
 
-use crate::checkpoint::{load_latest, prune, save_checkpoint, RunDirError, TrainState};
-use crate::config::TrainConfig;
+use crate::checkpoint::{
+    complete_checkpoints, load_latest, load_latest_before, prune, save_checkpoint, Resumed,
+    RunDirError, TrainState,
+};
+use crate::config::{OptimizerConfig, TrainConfig};
+use crate::lock::{LockError, RunLock};
 use crate::metrics::{
     peak_flops, peak_rss_bytes, EvalLine, MetricsWriter, RunInfo, SymmetryLine, TrainLine,
 };
 use crate::optim::{read_scalars, AdamW};
+use crate::progress::make_progress;
 use crate::schedule::learning_rate;
 
 /// Why training stopped with an error.
@@ -84,7 +96,7 @@ pub enum TrainError {
         ckpt_hash: String,
     },
     /// The loss or the gradient norm became NaN or infinite.
-    #[error("loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped; the last good checkpoint in {run_dir} is intact (lower optimizer.lr, raise warm-up, or check the data)")]
+    #[error("loss is {loss} (gradient norm {grad_norm}) at step {step}: training stopped, nothing of this step was saved; {} (lower optimizer.lr, raise warm-up, or check the data)", describe_newest(.run_dir, .newest_checkpoint.as_deref()))]
     NonFiniteLoss {
         /// The step.
         step: u64,
@@ -94,10 +106,48 @@ pub enum TrainError {
         grad_norm: f64,
         /// The run directory.
         run_dir: PathBuf,
+        /// The newest complete checkpoint of the run directory when training stopped.
+        newest_checkpoint: Option<PathBuf>,
     },
     /// A budget of zero steps.
     #[error("the budget allows no training step (run.max_steps / run.max_tokens)")]
     EmptyBudget,
+    /// The sequence length exceeds the context length of the model (checked here when the
+    /// architecture comes from the `--init-from` checkpoint rather than `[model]`).
+    #[error("run.seq_len = {seq_len} exceeds the model's context_length {context_length} ({source_of_model}): set run.seq_len to at most {context_length}")]
+    SeqLenTooLong {
+        /// `run.seq_len`.
+        seq_len: usize,
+        /// The model's context length.
+        context_length: usize,
+        /// Where the architecture comes from.
+        source_of_model: String,
+    },
+    /// Resuming is off (`--resume never`) but the run directory holds a checkpoint.
+    #[error("{} already holds checkpoint {} and resuming is off (--resume never); nothing was changed: use another run directory, or --resume auto to continue this run", .run_dir.display(), .checkpoint.display())]
+    CheckpointExists {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Its newest complete checkpoint.
+        checkpoint: PathBuf,
+    },
+    /// The run directory is locked by another training.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+/// The end of a [`TrainError::NonFiniteLoss`] message: what is left on disk.
+fn describe_newest(run_dir: &Path, newest: Option<&Path>) -> String {
+    match newest {
+        Some(dir) => format!(
+            "the checkpoints are as they were, the newest {}",
+            dir.display()
+        ),
+        None => format!(
+            "no checkpoint had been written to {} yet",
+            run_dir.display()
+        ),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -107,9 +157,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
-/// How to start and describe a run (what the config file does not say).
-#[derive(Debug, Clone)]
-pub struct TrainOptions {
+/// Measures how alike the cloned copies of a model expanded by (width factor, FFN factor) still
+/// are (the caller's choice of metric: the CLI and the experiment pass HyperCloning's
+/// `symmetry`, which the training crate does not depend on). `None` when it cannot be measured.
+pub type SymmetryFn<B> = Arc<dyn Fn(&Gpt<B>, (usize, usize)) -> Option<SymmetryLine> + Send + Sync>;
+
+/// How to start and describe a run (what the config file does not say). `B` is the backend the
+/// model is evaluated on: the inner backend of the training backend.
+#[derive(Clone)]
+pub struct TrainOptions<B: Backend> {
     /// The run directory (created if needed).
     pub run_dir: PathBuf,
     /// Start from these weights (a model folder) when the run directory has no checkpoint.
@@ -124,6 +180,23 @@ pub struct TrainOptions {
     pub backend_name: String,
     /// Device name recorded in `run_info.json` (selects the MFU peak).
     pub device_name: String,
+    /// The symmetry metric logged at every evaluation of a run that started from an expanded
+    /// model (`expand.json` in `init_from`); `None`: no symmetry metric.
+    pub symmetry: Option<SymmetryFn<B>>,
+}
+
+impl<B: Backend> std::fmt::Debug for TrainOptions<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainOptions")
+            .field("run_dir", &self.run_dir)
+            .field("init_from", &self.init_from)
+            .field("resume", &self.resume)
+            .field("stop_after", &self.stop_after)
+            .field("backend_name", &self.backend_name)
+            .field("device_name", &self.device_name)
+            .field("symmetry", &self.symmetry.as_ref().map(|_| "fn"))
+            .finish()
+    }
 }
 
 /// What a finished (or stopped) run reports.
@@ -175,35 +248,6 @@ fn step_seed(seed: u64, step: u64) -> u64 {
     z ^ (z >> 27)
 }
 
-/// One forward, backward and AdamW step (learning rate 0) on copies of `model` and a fresh
-/// optimiser with the micro-batch `index`, and one evaluation forward: the kernels of every
-/// shape a step uses get compiled; everything computed is dropped.
-fn warm_up<AB: GptAutodiffBackend>(
-    model: &Gpt<AB>,
-    optimizer_config: &crate::config::OptimizerConfig,
-    sampler: &BatchSampler,
-    train: &hyperclone_data::TokenStream,
-    val: &[Batch],
-    index: u64,
-    device: &AB::Device,
-) -> Result<(), TrainError> {
-    let batch = sampler.random_batch(train, index)?;
-    let x = tokens_tensor::<AB>(&batch.inputs(), batch.batch_size, batch.seq_len, device);
-    let y = tokens_tensor::<AB>(&batch.targets(), batch.batch_size, batch.seq_len, device);
-    let copy = model.clone();
-    let grads = copy.forward_loss(x, y).backward();
-    let mut optimizer = AdamW::<AB>::new(optimizer_config.clone());
-    optimizer.accumulate(&copy, &grads);
-    let (stepped, _) = optimizer.step(copy, 0.0);
-    drop(stepped);
-    if let Some(b) = val.first() {
-        evaluate(&model.valid(), std::slice::from_ref(b), device);
-    }
-    // Wait for the queued work so that its time is not carried into the first timed step.
-    AB::sync(device).map_err(|e| TrainError::Device(format!("{e:?}")))?;
-    Ok(())
-}
-
 /// Mean loss of `model` over the fixed validation batches, summed on the device and read back
 /// once (one wait for the device, not one per batch).
 pub fn evaluate<B: GptBackend>(model: &Gpt<B>, batches: &[Batch], device: &B::Device) -> f64 {
@@ -230,18 +274,6 @@ pub fn expansion_factors(model_dir: &Path) -> Option<(usize, usize)> {
     Some((w, m))
 }
 
-fn symmetry_line<B: Backend>(
-    model: &Gpt<B>,
-    factors: Option<(usize, usize)>,
-) -> Option<SymmetryLine> {
-    let (n, m) = factors?;
-    let report = hyperclone_cloning::symmetry(model, n, m).ok()?;
-    Some(SymmetryLine {
-        mean: report.mean,
-        per_layer: report.per_layer,
-    })
-}
-
 fn describe_diff(config: &GptConfig, checkpoint: &GptConfig) -> String {
     config
         .differences(checkpoint)
@@ -251,318 +283,689 @@ fn describe_diff(config: &GptConfig, checkpoint: &GptConfig) -> String {
         .join(", ")
 }
 
-/// Trains according to `config`, resuming from `options.run_dir` when it holds a complete
-/// checkpoint, else starting from `options.init_from` or random weights.
-pub fn train<AB: GptAutodiffBackend>(
-    config: &TrainConfig,
-    options: &TrainOptions,
-    device: &AB::Device,
-) -> Result<TrainSummary, TrainError> {
-    let run_dir = &options.run_dir;
-    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+/// The loss and the gradient norm of a step, still on the device: reading them back is the
+/// step's one wait for the device ([`StepTensors::read`]).
+pub struct StepTensors<B: Backend> {
+    /// Sum of the micro-batches' losses, f32, `[1]`.
+    pub loss_sum: Tensor<B, 1>,
+    /// Global gradient norm before clipping, f32, `[1]`.
+    pub grad_norm: Tensor<B, 1>,
+    /// Micro-batches summed in `loss_sum`.
+    pub micro_batches: usize,
+}
 
-    // Data first: cheap to check, and a mismatch should fail before any compute.
-    let data: PreparedData = hyperclone_data::ensure_prepared(&config.data)?;
-
-    // Architecture: from [model], or from the --init-from checkpoint.
-    let init_meta = match &options.init_from {
-        Some(dir) => {
-            Some(hyperclone_model::checkpoint::read_meta(dir).map_err(TrainError::InitFrom)?)
-        }
-        None => None,
-    };
-    let model_config = match (&config.model, &init_meta) {
-        (Some(m), Some(meta)) => {
-            let mut ckpt = meta.config.clone();
-            // Dropout is a training choice, not part of the weights.
-            ckpt.dropout = m.dropout;
-            if &ckpt != m {
-                return Err(TrainError::ModelMismatch {
-                    path: options.init_from.clone().unwrap_or_default(),
-                    detail: describe_diff(m, &ckpt),
-                });
-            }
-            m.clone()
-        }
-        (Some(m), None) => m.clone(),
-        (None, Some(meta)) => meta.config.clone(),
-        (None, None) => return Err(TrainError::NoModel),
-    };
-    model_config.validate()?;
-    data.check_model_vocab(model_config.vocab_size)?;
-    let config_hash = trajectory_hash(config, &model_config);
-    let total_steps = config.total_steps();
-    if total_steps == Some(0) {
-        return Err(TrainError::EmptyBudget);
+impl<B: Backend> StepTensors<B> {
+    /// (mean loss, gradient norm), read back together.
+    pub fn read(self) -> (f64, f64) {
+        let read = read_scalars(vec![self.loss_sum, self.grad_norm]);
+        (read[0] / self.micro_batches.max(1) as f64, read[1])
     }
-    let sched_total = total_steps.unwrap_or(u64::MAX / 2);
+}
 
-    // Resume, or initialise.
-    let resumed = if options.resume {
-        load_latest::<AB>(run_dir, &config.optimizer, device)?
-    } else {
-        None
-    };
-    let (model, mut optimizer, mut state, init_kind) = match resumed {
-        Some(r) => {
-            if r.state.config_hash != config_hash {
-                return Err(TrainError::ConfigChanged {
-                    run_dir: run_dir.clone(),
-                    found: r.state.config_hash,
-                    expected: config_hash,
-                });
-            }
-            if r.state.tokenizer_hash != data.manifest.tokenizer_hash {
-                return Err(TrainError::TokenizerChanged {
-                    data_dir: data.dir.clone(),
-                    data_hash: data.manifest.tokenizer_hash.clone(),
-                    run_dir: run_dir.clone(),
-                    ckpt_hash: r.state.tokenizer_hash,
-                });
-            }
-            tracing::info!("resuming from {} (step {})", r.dir.display(), r.state.step);
-            (r.model, r.optimizer, r.state, "resume")
+/// How a [`Trainer`] got its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitKind {
+    /// From a checkpoint of the run directory.
+    Resume,
+    /// Random weights.
+    Random,
+    /// An `--init-from` model folder made by `hyperclone expand`.
+    Expanded,
+    /// Another `--init-from` model folder.
+    InitFrom,
+}
+
+impl InitKind {
+    /// The name recorded in `run_info.json` (`init`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitKind::Resume => "resume",
+            InitKind::Random => "random",
+            InitKind::Expanded => "expanded",
+            InitKind::InitFrom => "init-from",
         }
-        None => {
-            let (model, kind, width) = match &options.init_from {
-                Some(dir) => {
-                    let inner = load_model::<AB::InnerBackend>(dir, device)
-                        .map_err(TrainError::InitFrom)?;
-                    let mut model = crate::checkpoint::trainable(Gpt::<AB>::from_inner(inner));
-                    model = model.with_dropout(model_config.dropout);
-                    let width = expansion_factors(dir);
-                    tracing::info!(
-                        "initialised from {}{}",
-                        dir.display(),
-                        width.map_or(String::new(), |(w, m)| format!(
-                            " (expanded: width ×{w}, FFN ×{m})"
-                        ))
-                    );
-                    (
-                        model,
-                        if width.is_some() {
-                            "expanded"
-                        } else {
-                            "init-from"
-                        },
-                        width,
-                    )
-                }
-                None => (
-                    Gpt::<AB>::init(&model_config, config.run.seed, device)?,
-                    "random",
-                    None,
-                ),
-            };
-            let state = TrainState {
-                step: 0,
-                tokens: 0,
-                wall_s: 0.0,
-                device_hours: 0.0,
-                flops: 0.0,
-                seed: config.run.seed,
-                tokenizer_hash: data.manifest.tokenizer_hash.clone(),
-                config_hash: config_hash.clone(),
-                best_val: None,
-                expanded: width,
-            };
-            (
+    }
+}
+
+/// A model, its AdamW state and the device they live on: one training step, evaluation and
+/// checkpoints. `train` runs a whole run with it; `hyperclone bench` times its step.
+pub struct Trainer<AB: GptAutodiffBackend> {
+    /// Always `Some` between calls: [`AdamW::step`] takes the model by value and returns the
+    /// updated one (a clone kept here would hold every weight twice during the update).
+    model: Option<Gpt<AB>>,
+    optimizer: AdamW<AB>,
+    device: AB::Device,
+}
+
+/// A trainer started by [`Trainer::init_or_resume`], with the run state it starts at.
+pub struct Started<AB: GptAutodiffBackend> {
+    /// Model and optimiser.
+    pub trainer: Trainer<AB>,
+    /// Step, tokens, time and hashes (step 0 unless resumed).
+    pub state: TrainState,
+    /// Where the weights came from.
+    pub init: InitKind,
+    /// The checkpoint resumed from.
+    pub resumed_from: Option<PathBuf>,
+}
+
+impl<AB: GptAutodiffBackend> Trainer<AB> {
+    /// A trainer of `model` with `optimizer` on `device`.
+    pub fn new(model: Gpt<AB>, optimizer: AdamW<AB>, device: AB::Device) -> Self {
+        Self {
+            model: Some(model),
+            optimizer,
+            device,
+        }
+    }
+
+    /// The trainer of a run: the newest complete checkpoint of `options.run_dir` when
+    /// `options.resume` and there is one (its config and tokenizer hashes must match
+    /// `config_hash` and the data's), else the weights of `options.init_from`, else random
+    /// weights of `model_config`. The model computes with `config.run.kernels()`.
+    pub fn init_or_resume(
+        config: &TrainConfig,
+        model_config: &GptConfig,
+        config_hash: &str,
+        data: &PreparedData,
+        options: &TrainOptions<AB::InnerBackend>,
+        device: &AB::Device,
+    ) -> Result<Started<AB>, TrainError> {
+        let run_dir = &options.run_dir;
+        let resumed = if options.resume {
+            load_latest::<AB>(run_dir, &config.optimizer, device)?
+        } else {
+            None
+        };
+        if let Some(r) = resumed {
+            return Self::resume(r, config, config_hash, data, run_dir, device);
+        }
+        let (model, init, width) = match &options.init_from {
+            Some(dir) => {
+                let inner =
+                    load_model::<AB::InnerBackend>(dir, device).map_err(TrainError::InitFrom)?;
+                let model = crate::checkpoint::trainable(Gpt::<AB>::from_inner(inner))
+                    .with_dropout(model_config.dropout);
+                let width = expansion_factors(dir);
+                tracing::info!(
+                    "initialised from {}{}",
+                    dir.display(),
+                    width.map_or(String::new(), |(w, m)| format!(
+                        " (expanded: width ×{w}, FFN ×{m})"
+                    ))
+                );
+                let init = if width.is_some() {
+                    InitKind::Expanded
+                } else {
+                    InitKind::InitFrom
+                };
+                (model, init, width)
+            }
+            None => (
+                Gpt::<AB>::init(model_config, config.run.seed, device)?,
+                InitKind::Random,
+                None,
+            ),
+        };
+        let state = TrainState {
+            step: 0,
+            tokens: 0,
+            wall_s: 0.0,
+            device_hours: 0.0,
+            flops: 0.0,
+            seed: config.run.seed,
+            tokenizer_hash: data.manifest.tokenizer_hash.clone(),
+            config_hash: config_hash.to_string(),
+            best_val: None,
+            expanded: width,
+        };
+        // Mixed precision and the kernels are properties of the forward pass, not of the
+        // weights: set them on every path (fresh, --init-from, resume).
+        let model = model.with_kernels(config.run.kernels());
+        Ok(Started {
+            trainer: Trainer::new(
                 model,
                 AdamW::<AB>::new(config.optimizer.clone()),
-                state,
-                kind,
-            )
-        }
-    };
-
-    // Files of the run directory.
-    let resolved = config.to_toml();
-    std::fs::write(run_dir.join("config.toml"), &resolved).map_err(io_err(run_dir))?;
-    let flops_per_token = model_config.flops_per_token(config.run.seq_len);
-    let precision = config.run.precision;
-    let peak = peak_flops(&options.device_name, precision.matmuls_in_bf16());
-    // Mixed precision is a property of the forward pass, not of the weights: set it on every
-    // path (fresh, --init-from, resume).
-    let mut model = model
-        .with_compute_dtype(precision.compute_dtype())
-        .with_attention_kernel(config.run.attention)
-        .with_cross_entropy_kernel(config.run.cross_entropy)
-        .with_layer_ops_kernel(config.run.layer_ops);
-    let info = RunInfo {
-        backend: options.backend_name.clone(),
-        device: if options.device_name.starts_with("cpu") {
-            "cpu".into()
-        } else {
-            "gpu".into()
-        },
-        device_name: options.device_name.clone(),
-        devices: 1,
-        param_count: model_config.param_count() as u64,
-        flops_per_token,
-        seed: config.run.seed,
-        precision: precision.as_str().into(),
-        attention: config.run.attention.resolved_name().into(),
-        init: init_kind.into(),
-        peak_flops: peak.map(|p| p.0),
-        peak_estimated: peak.is_none_or(|p| p.1),
-    };
-    if init_kind != "resume" {
-        let info_json = serde_json::to_vec_pretty(&info).expect("RunInfo serialises");
-        std::fs::write(run_dir.join("run_info.json"), info_json).map_err(io_err(run_dir))?;
-    }
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics = MetricsWriter::open(&metrics_path).map_err(io_err(&metrics_path))?;
-
-    let sampler = BatchSampler::new(config.run.batch_size, config.run.seq_len, config.run.seed)?;
-    let val = validation_batches(
-        &data.val,
-        config.run.batch_size,
-        config.run.seq_len,
-        config.run.eval_batches,
-    )?;
-    let tokens_per_step = config.tokens_per_step();
-    tracing::info!(
-        "model: {} parameters, {:.3e} FLOPs/token; {} tokens/step; {} train tokens, {} validation batches; budget {}",
-        model_config.param_count(),
-        flops_per_token,
-        tokens_per_step,
-        data.train.len(),
-        val.len(),
-        total_steps.map_or("wall time".to_string(), |s| format!("{s} steps")),
-    );
-
-    // Warm-up, off the device-hour clock. GPU backends compile (and autotune) kernels for each
-    // new shape on first use: a one-off cost (minutes through wgpu on a CPU) that would otherwise
-    // be charged to whichever stage meets a shape first — the cloned large stage, never its
-    // same-shaped baseline that runs after it. One training step on a throwaway copy of the
-    // model and optimiser, and one evaluation batch, all discarded: the weights, the optimiser
-    // state, the data stream and the dropout masks (reseeded every step) are untouched.
-    let budget_left = total_steps.is_none_or(|t| state.step < t)
-        && config
-            .run
-            .max_wall_seconds
-            .is_none_or(|limit| state.wall_s < limit);
-    if budget_left {
-        let t0 = Instant::now();
-        let first = state.step * config.run.grad_accum as u64;
-        warm_up(
-            &model,
-            &config.optimizer,
-            &sampler,
-            &data.train,
-            &val,
-            first,
-            device,
-        )?;
-        let seconds = t0.elapsed().as_secs_f64();
-        tracing::info!("warm-up step (kernel compilation, autotuning): {seconds:.2} s, not counted in device-hours");
-        let line = serde_json::json!({ "kind": "warmup", "step": state.step, "seconds": seconds });
-        metrics.write(&line).map_err(io_err(&metrics_path))?;
+                device.clone(),
+            ),
+            state,
+            init,
+            resumed_from: None,
+        })
     }
 
-    let segment_start = Instant::now();
-    let wall_at_start = state.wall_s;
-    let wall_now = |state_start: f64| state_start + segment_start.elapsed().as_secs_f64();
-
-    let eval_and_log = |model: &Gpt<AB>,
-                        state: &mut TrainState,
-                        metrics: &mut MetricsWriter|
-     -> Result<f64, TrainError> {
-        let inner = model.valid();
-        let val_loss = evaluate(&inner, &val, device);
-        let symmetry = symmetry_line(&inner, state.expanded);
-        let wall = wall_now(wall_at_start);
-        let line = EvalLine {
-            kind: "eval".into(),
-            step: state.step,
-            tokens: state.tokens,
-            val_loss,
-            val_ppl: val_loss.exp(),
-            wall_s: wall,
-            device_hours: wall / 3600.0,
-            flops: state.flops,
-            symmetry: symmetry.clone(),
-        };
-        metrics.write(&line).map_err(io_err(&metrics_path))?;
-        if state.best_val.is_none_or(|(_, best)| val_loss < best) {
-            state.best_val = Some((state.step, val_loss));
+    /// The trainer of the loaded checkpoint `r`, whose config and tokenizer hashes must match
+    /// `config_hash` and the data's.
+    fn resume(
+        r: Resumed<AB>,
+        config: &TrainConfig,
+        config_hash: &str,
+        data: &PreparedData,
+        run_dir: &Path,
+        device: &AB::Device,
+    ) -> Result<Started<AB>, TrainError> {
+        if r.state.config_hash != config_hash {
+            return Err(TrainError::ConfigChanged {
+                run_dir: run_dir.to_path_buf(),
+                found: r.state.config_hash,
+                expected: config_hash.to_string(),
+            });
         }
-        tracing::info!(
-            "eval step {}: val loss {val_loss:.4} (ppl {:.1}){}",
-            state.step,
-            val_loss.exp(),
-            symmetry.map_or(String::new(), |s| format!(", symmetry {:.4}", s.mean))
-        );
-        Ok(val_loss)
-    };
-
-    if state.step == 0 {
-        eval_and_log(&model, &mut state, &mut metrics)?;
+        if r.state.tokenizer_hash != data.manifest.tokenizer_hash {
+            return Err(TrainError::TokenizerChanged {
+                data_dir: data.dir.clone(),
+                data_hash: data.manifest.tokenizer_hash.clone(),
+                run_dir: run_dir.to_path_buf(),
+                ckpt_hash: r.state.tokenizer_hash,
+            });
+        }
+        tracing::info!("resuming from {} (step {})", r.dir.display(), r.state.step);
+        Ok(Started {
+            trainer: Trainer::new(
+                r.model.with_kernels(config.run.kernels()),
+                r.optimizer,
+                device.clone(),
+            ),
+            state: r.state,
+            init: InitKind::Resume,
+            resumed_from: Some(r.dir),
+        })
     }
 
-    let progress = make_progress(total_steps, state.step);
-    let mut losses = Vec::new();
-    let mut final_val = None;
-    let mut stopped_early = false;
-    loop {
-        if total_steps.is_some_and(|t| state.step >= t) {
-            break;
-        }
-        if let Some(limit) = config.run.max_wall_seconds {
-            if wall_now(wall_at_start) >= limit {
-                tracing::info!("wall-time budget of {limit} s spent at step {}", state.step);
-                break;
-            }
-        }
-        let step = state.step + 1;
-        let t0 = Instant::now();
-        // Dropout masks come from the backend's generator, reseeded every step so that a
-        // resumed run draws the same masks. The generator is process-wide: one training per
-        // process at a time (the CLI's case) keeps this exact.
-        AB::seed(device, step_seed(config.run.seed, step));
-        let mut data_time = 0.0;
-        // The losses stay on the device until the step's end: reading one back here would make
-        // the host wait for the forward before it could queue the backward.
+    /// The model being trained.
+    pub fn model(&self) -> &Gpt<AB> {
+        self.model
+            .as_ref()
+            .expect("the model is put back by every update")
+    }
+
+    /// The optimiser state.
+    pub fn optimizer(&self) -> &AdamW<AB> {
+        &self.optimizer
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> &AB::Device {
+        &self.device
+    }
+
+    /// Loss of one micro-batch, with its autodiff graph (nothing waits for the device).
+    ///
+    /// # Shapes
+    /// `inputs, targets: [B, T]` → `[1]`
+    pub fn forward_loss(
+        &self,
+        inputs: Tensor<AB, 2, Int>,
+        targets: Tensor<AB, 2, Int>,
+    ) -> Tensor<AB, 1> {
+        self.model().forward_loss(inputs, targets)
+    }
+
+    /// Backward pass of a micro-batch's loss; its gradients are added to the optimiser's.
+    pub fn backward(&mut self, loss: Tensor<AB, 1>) {
+        let grads = loss.backward();
+        let model = self
+            .model
+            .as_ref()
+            .expect("the model is put back by every update");
+        self.optimizer.accumulate(model, &grads);
+    }
+
+    /// One AdamW update with learning rate `lr` from the accumulated gradients; returns the
+    /// pre-clip gradient norm (`[1]`, f32, on the device).
+    pub fn update(&mut self, lr: f64) -> Tensor<AB::InnerBackend, 1> {
+        let model = self
+            .model
+            .take()
+            .expect("the model is put back by every update");
+        let (model, grad_norm) = self.optimizer.step(model, lr);
+        self.model = Some(model);
+        grad_norm
+    }
+
+    /// One optimiser step over `micro_batches` micro-batches, `batch(i)` giving the inputs
+    /// and targets of the i-th: forward, backward and gradient accumulation for each, then the
+    /// update with learning rate `lr`. Nothing waits for the device: the loss and gradient
+    /// norm come back as tensors, to be read together at the step's end (a loss read after
+    /// the forward would make the host wait before it could queue the backward).
+    pub fn step<E>(
+        &mut self,
+        micro_batches: usize,
+        lr: f64,
+        mut batch: impl FnMut(usize) -> Result<(Tensor<AB, 2, Int>, Tensor<AB, 2, Int>), E>,
+    ) -> Result<StepTensors<AB::InnerBackend>, E> {
         let mut loss_sum: Option<Tensor<AB::InnerBackend, 1>> = None;
-        for micro in 0..config.run.grad_accum {
-            let td = Instant::now();
-            let index = (step - 1) * config.run.grad_accum as u64 + micro as u64;
-            let batch = sampler.random_batch(&data.train, index)?;
-            let x = tokens_tensor::<AB>(&batch.inputs(), batch.batch_size, batch.seq_len, device);
-            let y = tokens_tensor::<AB>(&batch.targets(), batch.batch_size, batch.seq_len, device);
-            data_time += td.elapsed().as_secs_f64();
-            let loss = model.forward_loss(x, y);
+        for micro in 0..micro_batches {
+            let (x, y) = batch(micro)?;
+            let loss = self.forward_loss(x, y);
             let value = cast_to(loss.clone().inner(), DType::F32); // [1], summed in f32 (bf16-pure)
             loss_sum = Some(match loss_sum {
                 Some(sum) => sum + value,
                 None => value,
             });
-            let grads = loss.backward();
-            optimizer.accumulate(&model, &grads);
+            self.backward(loss);
         }
-        let lr = learning_rate(&config.schedule, config.optimizer.lr, step, sched_total);
-        let (updated, grad_norm) = optimizer.step(model, lr);
-        model = updated;
+        let grad_norm = self.update(lr);
+        let loss_sum = loss_sum.unwrap_or_else(|| Tensor::zeros([1], &self.device));
+        Ok(StepTensors {
+            loss_sum,
+            grad_norm,
+            micro_batches,
+        })
+    }
+
+    /// Mean validation loss of the model over `batches` ([`evaluate`]).
+    pub fn evaluate(&self, batches: &[Batch]) -> f64 {
+        evaluate(&self.model().valid(), batches, &self.device)
+    }
+
+    /// Writes the step folder of `state` into `run_dir` ([`save_checkpoint`]).
+    pub fn checkpoint(&self, run_dir: &Path, state: &TrainState) -> Result<PathBuf, RunDirError> {
+        save_checkpoint(run_dir, self.model(), &self.optimizer, state)
+    }
+
+    /// Writes the weights alone to `run_dir/final` (for `--init-from`, `expand`, `generate`).
+    pub fn save_final(&self, run_dir: &Path) -> Result<PathBuf, RunDirError> {
+        let final_dir = run_dir.join("final");
+        let inner = self.model().valid();
+        write_dir_atomically::<RunDirError>(&final_dir, |tmp| Ok(save_model(&inner, tmp)?))?;
+        Ok(final_dir)
+    }
+
+    /// Waits for the device to finish the queued work.
+    pub fn sync(&self) -> Result<(), TrainError> {
+        AB::sync(&self.device).map_err(|e| TrainError::Device(format!("{e:?}")))
+    }
+
+    /// One forward, backward and AdamW step (learning rate 0) on copies of the model and a
+    /// fresh optimiser with the micro-batch `(inputs, targets)`, and one evaluation forward on
+    /// `val`: the kernels of every shape a step uses get compiled; everything computed is
+    /// dropped, the weights and optimiser state are untouched.
+    pub fn warm_up(
+        &self,
+        optimizer: &OptimizerConfig,
+        inputs: Tensor<AB, 2, Int>,
+        targets: Tensor<AB, 2, Int>,
+        val: Option<&Batch>,
+    ) -> Result<(), TrainError> {
+        let mut scratch = Trainer::new(
+            self.model().clone(),
+            AdamW::<AB>::new(optimizer.clone()),
+            self.device.clone(),
+        );
+        let loss = scratch.forward_loss(inputs, targets);
+        scratch.backward(loss);
+        drop(scratch.update(0.0));
+        drop(scratch);
+        if let Some(b) = val {
+            self.evaluate(std::slice::from_ref(b));
+        }
+        // Wait for the queued work so that its time is not carried into the first timed step.
+        self.sync()
+    }
+}
+
+/// What `train` checks and derives before it touches the run directory.
+struct RunInputs {
+    data: PreparedData,
+    model_config: GptConfig,
+    config_hash: String,
+    total_steps: Option<u64>,
+}
+
+impl RunInputs {
+    fn resolve<B: Backend>(
+        config: &TrainConfig,
+        options: &TrainOptions<B>,
+    ) -> Result<Self, TrainError> {
+        // Data first: cheap to check, and a mismatch should fail before any compute.
+        let data: PreparedData = hyperclone_data::ensure_prepared(&config.data)?;
+
+        // Architecture: from [model], or from the --init-from checkpoint.
+        let init_meta = match &options.init_from {
+            Some(dir) => {
+                Some(hyperclone_model::checkpoint::read_meta(dir).map_err(TrainError::InitFrom)?)
+            }
+            None => None,
+        };
+        let model_config = match (&config.model, &init_meta) {
+            (Some(m), Some(meta)) => {
+                let mut ckpt = meta.config.clone();
+                // Dropout is a training choice, not part of the weights.
+                ckpt.dropout = m.dropout;
+                if &ckpt != m {
+                    return Err(TrainError::ModelMismatch {
+                        path: options.init_from.clone().unwrap_or_default(),
+                        detail: describe_diff(m, &ckpt),
+                    });
+                }
+                m.clone()
+            }
+            (Some(m), None) => m.clone(),
+            (None, Some(meta)) => meta.config.clone(),
+            (None, None) => return Err(TrainError::NoModel),
+        };
+        model_config.validate()?;
+        // `[model]` was checked against run.seq_len with the config; an architecture from the
+        // checkpoint is checked here, before a forward pass would meet the overlong sequence.
+        if config.run.seq_len > model_config.context_length {
+            return Err(TrainError::SeqLenTooLong {
+                seq_len: config.run.seq_len,
+                context_length: model_config.context_length,
+                source_of_model: match (&config.model, &options.init_from) {
+                    (None, Some(dir)) => format!("the --init-from model {}", dir.display()),
+                    _ => "[model]".to_string(),
+                },
+            });
+        }
+        data.check_model_vocab(model_config.vocab_size)?;
+        let config_hash = trajectory_hash(config, &model_config);
+        let total_steps = config.total_steps();
+        if total_steps == Some(0) {
+            return Err(TrainError::EmptyBudget);
+        }
+        Ok(Self {
+            data,
+            model_config,
+            config_hash,
+            total_steps,
+        })
+    }
+}
+
+/// Wall seconds of the run: those recorded at the checkpoint it started from plus the time
+/// since this segment started.
+struct Clock {
+    start: Instant,
+    wall_at_start: f64,
+}
+
+impl Clock {
+    fn new(wall_at_start: f64) -> Self {
+        Self {
+            start: Instant::now(),
+            wall_at_start,
+        }
+    }
+
+    fn now(&self) -> f64 {
+        self.wall_at_start + self.start.elapsed().as_secs_f64()
+    }
+}
+
+/// A run in progress: the trainer, its state and everything the loop writes to.
+struct Session<'a, AB: GptAutodiffBackend> {
+    config: &'a TrainConfig,
+    options: &'a TrainOptions<AB::InnerBackend>,
+    trainer: Trainer<AB>,
+    state: TrainState,
+    data: PreparedData,
+    sampler: BatchSampler,
+    val: Vec<Batch>,
+    metrics: MetricsWriter,
+    metrics_path: PathBuf,
+    total_steps: Option<u64>,
+    /// The schedule's length: `total_steps`, or practically endless under a wall-time budget.
+    sched_total: u64,
+    flops_per_token: f64,
+    tokens_per_step: u64,
+    peak: Option<(f64, bool)>,
+    on_cpu: bool,
+    clock: Clock,
+    config_hash: String,
+    /// The checkpoint this session resumed from, until the session writes one of its own:
+    /// a non-finite loss in between may come from a damaged checkpoint.
+    resumed_from: Option<(u64, PathBuf)>,
+    /// Whether the session already fell back to an older checkpoint (it does so once).
+    fell_back: bool,
+    /// Held for the whole run.
+    _lock: RunLock,
+}
+
+/// What one step of the loop came to.
+enum StepOutcome {
+    /// The step's metrics line (written).
+    Done(TrainLine),
+    /// The loss or the gradient norm was NaN or infinite; nothing was saved from this step.
+    NonFinite {
+        step: u64,
+        loss: f64,
+        grad_norm: f64,
+    },
+}
+
+impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
+    /// Starts (or resumes) the run: trainer, run files, warm-up and the step-0 evaluation.
+    fn start(
+        config: &'a TrainConfig,
+        options: &'a TrainOptions<AB::InnerBackend>,
+        inputs: RunInputs,
+        lock: RunLock,
+        device: &AB::Device,
+    ) -> Result<Self, TrainError> {
+        let run_dir = &options.run_dir;
+        let RunInputs {
+            data,
+            model_config,
+            config_hash,
+            total_steps,
+        } = inputs;
+        let Started {
+            trainer,
+            state,
+            init,
+            resumed_from,
+        } = Trainer::<AB>::init_or_resume(
+            config,
+            &model_config,
+            &config_hash,
+            &data,
+            options,
+            device,
+        )?;
+
+        // Files of the run directory.
+        let resolved = config.to_toml();
+        std::fs::write(run_dir.join("config.toml"), &resolved).map_err(io_err(run_dir))?;
+        let flops_per_token = model_config.flops_per_token(config.run.seq_len);
+        let precision = config.run.precision;
+        let peak = peak_flops(&options.device_name, precision.matmuls_in_bf16());
+        let on_cpu = options.device_name.starts_with("cpu");
+        let info = RunInfo {
+            backend: options.backend_name.clone(),
+            device: if on_cpu { "cpu".into() } else { "gpu".into() },
+            device_name: options.device_name.clone(),
+            devices: 1,
+            param_count: model_config.param_count() as u64,
+            flops_per_token,
+            seed: config.run.seed,
+            precision: precision.as_str().into(),
+            attention: config.run.attention.resolved_name().into(),
+            init: init.as_str().into(),
+            peak_flops: peak.map(|p| p.0),
+            peak_estimated: peak.is_none_or(|p| p.1),
+        };
+        if init != InitKind::Resume {
+            let info_json = serde_json::to_vec_pretty(&info).expect("RunInfo serialises");
+            std::fs::write(run_dir.join("run_info.json"), info_json).map_err(io_err(run_dir))?;
+        }
+        let metrics_path = run_dir.join("metrics.jsonl");
+        let mut metrics = MetricsWriter::open(&metrics_path).map_err(io_err(&metrics_path))?;
+
+        let sampler =
+            BatchSampler::new(config.run.batch_size, config.run.seq_len, config.run.seed)?;
+        let val = validation_batches(
+            &data.val,
+            config.run.batch_size,
+            config.run.seq_len,
+            config.run.eval_batches,
+        )?;
+        let tokens_per_step = config.tokens_per_step();
+        tracing::info!(
+            "model: {} parameters, {:.3e} FLOPs/token; {} tokens/step; {} train tokens, {} validation batches; budget {}",
+            model_config.param_count(),
+            flops_per_token,
+            tokens_per_step,
+            data.train.len(),
+            val.len(),
+            total_steps.map_or("wall time".to_string(), |s| format!("{s} steps")),
+        );
+
+        // Warm-up, off the device-hour clock. GPU backends compile (and autotune) kernels for
+        // each new shape on first use: a one-off cost (minutes through wgpu on a CPU) that would
+        // otherwise be charged to whichever stage meets a shape first — the cloned large stage,
+        // never its same-shaped baseline that runs after it. One training step on a throwaway
+        // copy of the model and optimiser, and one evaluation batch, all discarded: the
+        // weights, the optimiser state, the data stream and the dropout masks (reseeded every
+        // step) are untouched.
+        let budget_left = total_steps.is_none_or(|t| state.step < t)
+            && config
+                .run
+                .max_wall_seconds
+                .is_none_or(|limit| state.wall_s < limit);
+        if budget_left {
+            let t0 = Instant::now();
+            let first = state.step * config.run.grad_accum as u64;
+            let batch = sampler.random_batch(&data.train, first)?;
+            let x = tokens_tensor::<AB>(&batch.inputs(), batch.batch_size, batch.seq_len, device);
+            let y = tokens_tensor::<AB>(&batch.targets(), batch.batch_size, batch.seq_len, device);
+            trainer.warm_up(&config.optimizer, x, y, val.first())?;
+            let seconds = t0.elapsed().as_secs_f64();
+            tracing::info!("warm-up step (kernel compilation, autotuning): {seconds:.2} s, not counted in device-hours");
+            let line =
+                serde_json::json!({ "kind": "warmup", "step": state.step, "seconds": seconds });
+            metrics.write(&line).map_err(io_err(&metrics_path))?;
+        }
+
+        let clock = Clock::new(state.wall_s);
+        let state_step = state.step;
+        let mut session = Self {
+            config,
+            options,
+            trainer,
+            state,
+            data,
+            sampler,
+            val,
+            metrics,
+            metrics_path,
+            total_steps,
+            sched_total: total_steps.unwrap_or(u64::MAX / 2),
+            flops_per_token,
+            tokens_per_step,
+            peak,
+            on_cpu,
+            clock,
+            resumed_from: resumed_from.map(|dir| (state_step, dir)),
+            config_hash,
+            fell_back: false,
+            _lock: lock,
+        };
+        if session.state.step == 0 {
+            session.evaluate_and_log()?;
+        }
+        Ok(session)
+    }
+
+    /// Evaluates, logs the line (with the symmetry metric of an expanded run) and tracks the
+    /// best validation loss.
+    fn evaluate_and_log(&mut self) -> Result<f64, TrainError> {
+        let inner = self.trainer.model().valid();
+        let val_loss = evaluate(&inner, &self.val, self.trainer.device());
+        let symmetry = match (&self.options.symmetry, self.state.expanded) {
+            (Some(measure), Some(factors)) => measure(&inner, factors),
+            _ => None,
+        };
+        let wall = self.clock.now();
+        let line = EvalLine {
+            kind: "eval".into(),
+            step: self.state.step,
+            tokens: self.state.tokens,
+            val_loss,
+            val_ppl: val_loss.exp(),
+            wall_s: wall,
+            device_hours: wall / 3600.0,
+            flops: self.state.flops,
+            symmetry: symmetry.clone(),
+        };
+        self.metrics
+            .write(&line)
+            .map_err(io_err(&self.metrics_path))?;
+        if self.state.best_val.is_none_or(|(_, best)| val_loss < best) {
+            self.state.best_val = Some((self.state.step, val_loss));
+        }
+        tracing::info!(
+            "eval step {}: val loss {val_loss:.4} (ppl {:.1}){}",
+            self.state.step,
+            val_loss.exp(),
+            symmetry.map_or(String::new(), |s| format!(", symmetry {:.4}", s.mean))
+        );
+        Ok(val_loss)
+    }
+
+    /// Whether the budget (steps or wall time) is spent.
+    fn budget_spent(&self) -> bool {
+        if self.total_steps.is_some_and(|t| self.state.step >= t) {
+            return true;
+        }
+        if let Some(limit) = self.config.run.max_wall_seconds {
+            if self.clock.now() >= limit {
+                tracing::info!(
+                    "wall-time budget of {limit} s spent at step {}",
+                    self.state.step
+                );
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Runs step `state.step + 1` and writes its metrics line.
+    fn train_step(&mut self) -> Result<StepOutcome, TrainError> {
+        let config = self.config;
+        let device = self.trainer.device().clone();
+        let step = self.state.step + 1;
+        let t0 = Instant::now();
+        // Dropout masks come from the backend's generator, reseeded every step so that a
+        // resumed run draws the same masks. The generator is process-wide: one training per
+        // process at a time (the CLI's case) keeps this exact.
+        AB::seed(&device, step_seed(config.run.seed, step));
+        let mut data_time = 0.0;
+        let lr = learning_rate(
+            &config.schedule,
+            config.optimizer.lr,
+            step,
+            self.sched_total,
+        );
+        let grad_accum = config.run.grad_accum;
+        let (sampler, train) = (&self.sampler, &self.data.train);
+        let tensors = self.trainer.step(grad_accum, lr, |micro| {
+            let td = Instant::now();
+            let index = (step - 1) * grad_accum as u64 + micro as u64;
+            let batch = sampler.random_batch(train, index)?;
+            let x = tokens_tensor::<AB>(&batch.inputs(), batch.batch_size, batch.seq_len, &device);
+            let y = tokens_tensor::<AB>(&batch.targets(), batch.batch_size, batch.seq_len, &device);
+            data_time += td.elapsed().as_secs_f64();
+            Ok::<_, TrainError>((x, y))
+        })?;
         // The step's one wait for the device: its summed loss and gradient norm, read together.
-        let loss_sum = loss_sum.expect("run.grad_accum >= 1 (validated)");
-        let read = read_scalars(vec![loss_sum, grad_norm]);
-        let (loss, grad_norm) = (read[0] / config.run.grad_accum as f64, read[1]);
+        let (loss, grad_norm) = tensors.read();
         if !loss.is_finite() || !grad_norm.is_finite() {
             // The update from this step has been applied in memory only: nothing is saved.
             // A non-finite gradient norm would make the clip factor, and so every weight, NaN.
-            return Err(TrainError::NonFiniteLoss {
+            return Ok(StepOutcome::NonFinite {
                 step,
                 loss,
                 grad_norm,
-                run_dir: run_dir.clone(),
             });
         }
         let step_time = t0.elapsed().as_secs_f64();
+        let state = &mut self.state;
         state.step = step;
-        state.tokens += tokens_per_step;
-        state.flops += flops_per_token * tokens_per_step as f64;
-        let wall = wall_now(wall_at_start);
-        let achieved = flops_per_token * tokens_per_step as f64 / step_time;
+        state.tokens += self.tokens_per_step;
+        state.flops += self.flops_per_token * self.tokens_per_step as f64;
+        let wall = self.clock.now();
+        let achieved = self.flops_per_token * self.tokens_per_step as f64 / step_time;
         let line = TrainLine {
             kind: "train".into(),
             step,
@@ -571,126 +974,230 @@ pub fn train<AB: GptAutodiffBackend>(
             lr,
             grad_norm,
             step_time_s: step_time,
-            tokens_per_s: tokens_per_step as f64 / step_time,
+            tokens_per_s: self.tokens_per_step as f64 / step_time,
             wall_s: wall,
             device_hours: wall / 3600.0,
             flops: state.flops,
             tflops_per_s: achieved / 1e12,
-            mfu: peak.map(|(p, _)| achieved / p),
-            mfu_estimated: peak.is_none_or(|p| p.1),
-            peak_memory_bytes: if info.device == "cpu" {
-                peak_rss_bytes()
-            } else {
-                None
-            },
+            mfu: self.peak.map(|(p, _)| achieved / p),
+            mfu_estimated: self.peak.is_none_or(|p| p.1),
+            peak_memory_bytes: if self.on_cpu { peak_rss_bytes() } else { None },
             data_time_s: data_time,
         };
-        metrics.write(&line).map_err(io_err(&metrics_path))?;
-        losses.push((step, loss));
-        progress.report(&line, config.run.log_every);
+        self.metrics
+            .write(&line)
+            .map_err(io_err(&self.metrics_path))?;
+        Ok(StepOutcome::Done(line))
+    }
 
-        let last = total_steps == Some(step)
-            || config
-                .run
-                .max_wall_seconds
-                .is_some_and(|l| wall_now(wall_at_start) >= l);
-        if step.is_multiple_of(config.run.eval_every) || last {
-            let v = eval_and_log(&model, &mut state, &mut metrics)?;
-            if last {
-                final_val = Some(v);
+    /// Writes the checkpoint of the current step and prunes old ones.
+    fn checkpoint(&mut self) -> Result<(), TrainError> {
+        self.state.wall_s = self.clock.now();
+        self.state.device_hours = self.state.wall_s / 3600.0;
+        let run_dir = &self.options.run_dir;
+        let dir = self.trainer.checkpoint(run_dir, &self.state)?;
+        tracing::debug!("checkpoint {}", dir.display());
+        self.resumed_from = None;
+        prune(
+            run_dir,
+            self.config.run.keep_last,
+            self.state.best_val.map(|b| b.0),
+        );
+        Ok(())
+    }
+
+    /// After a non-finite loss at `step`: when this session resumed from a checkpoint and has
+    /// not written one since, that checkpoint may be damaged in a way its checksums cannot show
+    /// (written from bad memory, say). Falls back to the previous complete checkpoint, once,
+    /// and says so; `false` when there is nothing to fall back to.
+    fn fall_back(&mut self, step: u64, loss: f64) -> Result<bool, TrainError> {
+        if self.fell_back {
+            return Ok(false);
+        }
+        let Some((resumed_step, resumed_dir)) = self.resumed_from.take() else {
+            return Ok(false);
+        };
+        let run_dir = &self.options.run_dir;
+        let device = self.trainer.device().clone();
+        let older = match load_latest_before::<AB>(
+            run_dir,
+            &self.config.optimizer,
+            &device,
+            Some(resumed_step),
+        ) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                tracing::warn!(
+                    "loss is {loss} at step {step}, {} step(s) after resuming from {}, and there is no older checkpoint to fall back to",
+                    step - resumed_step,
+                    resumed_dir.display()
+                );
+                return Ok(false);
             }
-        }
-        if (config.run.checkpoint_every > 0 && step.is_multiple_of(config.run.checkpoint_every))
-            || last
-        {
-            state.wall_s = wall_now(wall_at_start);
-            state.device_hours = state.wall_s / 3600.0;
-            let dir = save_checkpoint(run_dir, &model, &optimizer, &state)?;
-            tracing::debug!("checkpoint {}", dir.display());
-            prune(run_dir, config.run.keep_last, state.best_val.map(|b| b.0));
-        }
-        if options.stop_after == Some(step) && !last {
-            stopped_early = true;
-            break;
-        }
-    }
-    progress.finish();
-    state.wall_s = wall_now(wall_at_start);
-    state.device_hours = state.wall_s / 3600.0;
-
-    if !stopped_early {
-        if final_val.is_none() {
-            // Budget already spent when this call started (a finished run re-invoked).
-            final_val = state
-                .best_val
-                .map(|_| evaluate(&model.valid(), &val, device));
-        }
-        let final_dir = run_dir.join("final");
-        let inner = model.valid();
-        write_dir_atomically::<RunDirError>(&final_dir, |tmp| Ok(save_model(&inner, tmp)?))?;
-    }
-    Ok(TrainSummary {
-        step: state.step,
-        tokens: state.tokens,
-        final_val_loss: final_val,
-        wall_s: state.wall_s,
-        device_hours: state.device_hours,
-        losses,
-    })
-}
-
-/// A bar with ETA on a terminal, plain `tracing` lines otherwise.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-}
-
-fn make_progress(total: Option<u64>, start: u64) -> Progress {
-    if !std::io::stderr().is_terminal() {
-        return Progress { bar: None };
-    }
-    let bar = match total {
-        Some(t) => indicatif::ProgressBar::new(t),
-        None => indicatif::ProgressBar::new_spinner(),
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_position(start);
-    Progress { bar: Some(bar) }
-}
-
-impl Progress {
-    fn report(&self, line: &TrainLine, every: u64) {
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(line.step);
-                bar.set_message(format!(
-                    "loss {:.4} | {:.0} tok/s | lr {:.2e}",
-                    line.loss, line.tokens_per_s, line.lr
-                ));
+            Err(e) => {
+                tracing::warn!(
+                    "loss is {loss} at step {step}, {} step(s) after resuming from {}; no older checkpoint loads: {e}",
+                    step - resumed_step,
+                    resumed_dir.display()
+                );
+                return Ok(false);
             }
-            None => {
-                if line.step == 1 || line.step.is_multiple_of(every.max(1)) {
-                    tracing::info!(
-                        "step {} | loss {:.4} | lr {:.2e} | grad norm {:.3} | {:.0} tok/s | {:.1} ms/step",
-                        line.step,
-                        line.loss,
-                        line.lr,
-                        line.grad_norm,
-                        line.tokens_per_s,
-                        line.step_time_s * 1e3
-                    );
+        };
+        tracing::warn!(
+            "FALLING BACK: loss is {loss} at step {step}, {} step(s) after resuming from {}, which may be damaged; resuming from the previous complete checkpoint {} instead (once)",
+            step - resumed_step,
+            resumed_dir.display(),
+            older.dir.display()
+        );
+        let started = Trainer::<AB>::resume(
+            older,
+            self.config,
+            &self.config_hash,
+            &self.data,
+            run_dir,
+            &device,
+        )?;
+        self.trainer = started.trainer;
+        self.state = started.state;
+        self.clock = Clock::new(self.state.wall_s);
+        self.resumed_from = started.resumed_from.map(|dir| (self.state.step, dir));
+        self.fell_back = true;
+        Ok(true)
+    }
+
+    /// Trains until the budget is spent (or `stop_after`), then evaluates and writes `final/`.
+    fn run(mut self) -> Result<TrainSummary, TrainError> {
+        let config = self.config;
+        let progress = make_progress(self.total_steps, self.state.step);
+        let mut losses = Vec::new();
+        let mut final_val = None;
+        let mut stopped_early = false;
+        while !self.budget_spent() {
+            let line = match self.train_step()? {
+                StepOutcome::Done(line) => line,
+                StepOutcome::NonFinite {
+                    step,
+                    loss,
+                    grad_norm,
+                } => {
+                    if self.fall_back(step, loss)? {
+                        continue;
+                    }
+                    let run_dir = self.options.run_dir.clone();
+                    return Err(TrainError::NonFiniteLoss {
+                        step,
+                        loss,
+                        grad_norm,
+                        newest_checkpoint: complete_checkpoints(&run_dir)
+                            .into_iter()
+                            .next()
+                            .map(|c| c.1),
+                        run_dir,
+                    });
+                }
+            };
+            let step = line.step;
+            losses.push((step, line.loss));
+            progress.report(&line, config.run.log_every);
+
+            let last = self.total_steps == Some(step)
+                || config
+                    .run
+                    .max_wall_seconds
+                    .is_some_and(|l| self.clock.now() >= l);
+            if step.is_multiple_of(config.run.eval_every) || last {
+                let v = self.evaluate_and_log()?;
+                if last {
+                    final_val = Some(v);
                 }
             }
+            if (config.run.checkpoint_every > 0 && step.is_multiple_of(config.run.checkpoint_every))
+                || last
+            {
+                self.checkpoint()?;
+            }
+            if self.options.stop_after == Some(step) && !last {
+                stopped_early = true;
+                break;
+            }
+        }
+        progress.finish();
+        self.state.wall_s = self.clock.now();
+        self.state.device_hours = self.state.wall_s / 3600.0;
+
+        if !stopped_early {
+            if final_val.is_none() {
+                // Budget already spent when this call started (a finished run re-invoked).
+                final_val = self
+                    .state
+                    .best_val
+                    .map(|_| self.trainer.evaluate(&self.val));
+            }
+            self.trainer.save_final(&self.options.run_dir)?;
+        }
+        Ok(TrainSummary {
+            step: self.state.step,
+            tokens: self.state.tokens,
+            final_val_loss: final_val,
+            wall_s: self.state.wall_s,
+            device_hours: self.state.device_hours,
+            losses,
+        })
+    }
+}
+
+/// Trains according to `config`, resuming from `options.run_dir` when it holds a complete
+/// checkpoint, else starting from `options.init_from` or random weights.
+///
+/// The run directory is locked for the whole run ([`RunLock`]). Everything that can be checked
+/// without it (data, architecture, budget) is checked before it is created, and a run that
+/// fails before its first step removes the directory if it created it.
+pub fn train<AB: GptAutodiffBackend>(
+    config: &TrainConfig,
+    options: &TrainOptions<AB::InnerBackend>,
+    device: &AB::Device,
+) -> Result<TrainSummary, TrainError> {
+    let run_dir = &options.run_dir;
+    let inputs = RunInputs::resolve(config, options)?;
+    if !options.resume {
+        refuse_checkpoints(run_dir)?;
+    }
+    // The highest folder of `run_dir` that does not exist yet: what this call creates.
+    let created = run_dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .last()
+        .map(Path::to_path_buf);
+    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+    let started = RunLock::acquire(run_dir)
+        .map_err(TrainError::from)
+        .and_then(|lock| {
+            // Again under the lock: another process may have written one meanwhile.
+            if !options.resume {
+                refuse_checkpoints(run_dir)?;
+            }
+            Session::<AB>::start(config, options, inputs, lock, device)
+        });
+    match started {
+        Ok(session) => session.run(),
+        Err(e) => {
+            if let Some(dir) = created {
+                if let Err(rm) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!("could not remove {}: {rm}", dir.display());
+                }
+            }
+            Err(e)
         }
     }
+}
 
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
+/// [`TrainError::CheckpointExists`] when `run_dir` holds a complete checkpoint.
+fn refuse_checkpoints(run_dir: &Path) -> Result<(), TrainError> {
+    match complete_checkpoints(run_dir).into_iter().next() {
+        Some((_, checkpoint)) => Err(TrainError::CheckpointExists {
+            run_dir: run_dir.to_path_buf(),
+            checkpoint,
+        }),
+        None => Ok(()),
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
 use hyperclone_cloning::{expand_folder, ExpandOptions, ProbeSpec, Variant};
-use hyperclone_training::metrics::read_metrics;
+use hyperclone_training::metrics::{read_metrics, SymmetryLine};
 use hyperclone_training::{train, TrainConfig, TrainOptions};
 
 type AB = Autodiff<Flex>;
@@ -53,7 +53,7 @@ fn config(data: &Path, extra: &[&str]) -> TrainConfig {
     TrainConfig::from_toml_str(&text, Path::new("symmetry.toml"), &o).unwrap()
 }
 
-fn options(run_dir: PathBuf, init_from: Option<PathBuf>) -> TrainOptions {
+fn options(run_dir: PathBuf, init_from: Option<PathBuf>) -> TrainOptions<Flex> {
     TrainOptions {
         run_dir,
         init_from,
@@ -61,6 +61,14 @@ fn options(run_dir: PathBuf, init_from: Option<PathBuf>) -> TrainOptions {
         stop_after: None,
         backend_name: "flex".into(),
         device_name: "cpu: test".into(),
+        // The trainer does not know HyperCloning: the metric is the caller's.
+        symmetry: Some(std::sync::Arc::new(|model, (width, ffn)| {
+            let report = hyperclone_cloning::symmetry(model, width, ffn).ok()?;
+            Some(SymmetryLine {
+                mean: report.mean,
+                per_layer: report.per_layer,
+            })
+        })),
     }
 }
 

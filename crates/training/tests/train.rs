@@ -62,7 +62,7 @@ fn config(extra: &[&str]) -> TrainConfig {
     TrainConfig::from_toml_str(&text, Path::new("test.toml"), &overrides).unwrap()
 }
 
-fn options(run_dir: &Path) -> TrainOptions {
+fn options(run_dir: &Path) -> TrainOptions<Flex> {
     TrainOptions {
         run_dir: run_dir.to_path_buf(),
         init_from: None,
@@ -70,6 +70,7 @@ fn options(run_dir: &Path) -> TrainOptions {
         stop_after: None,
         backend_name: "flex".into(),
         device_name: hyperclone_training::metrics::cpu_name(),
+        symmetry: None,
     }
 }
 
@@ -369,4 +370,310 @@ fn rerun_of_a_run_out_of_wall_time_does_nothing() {
     assert_eq!(again.step, first.step);
     let text = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();
     assert_eq!(text.matches("\"kind\":\"warmup\"").count(), 1, "{text}");
+}
+
+/// Sorted names (recursively, with sizes) of everything under `dir`: a fingerprint of what a
+/// refused call must leave alone.
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let name = path.strip_prefix(dir).unwrap().display().to_string();
+        if path.is_dir() {
+            for (sub, len) in listing(&path) {
+                out.push((format!("{name}/{sub}"), len));
+            }
+        } else {
+            out.push((name, entry.metadata().unwrap().len()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `resume = false` (`--resume never`) refuses a run directory that holds a checkpoint, and
+/// changes nothing in it.
+#[test]
+fn resume_never_refuses_a_directory_with_a_checkpoint() {
+    let _serial = prepare_once();
+    let cfg = config(&[]);
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    train::<AB>(
+        &cfg,
+        &TrainOptions {
+            stop_after: Some(10),
+            ..options(tmp.path())
+        },
+        &device,
+    )
+    .unwrap();
+    let before = listing(tmp.path());
+    let metrics = std::fs::read(tmp.path().join("metrics.jsonl")).unwrap();
+    let e = train::<AB>(
+        &cfg,
+        &TrainOptions {
+            resume: false,
+            ..options(tmp.path())
+        },
+        &device,
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("step-00000010") && msg.contains(&tmp.path().display().to_string()),
+        "{msg}"
+    );
+    assert_eq!(listing(tmp.path()), before);
+    assert_eq!(
+        std::fs::read(tmp.path().join("metrics.jsonl")).unwrap(),
+        metrics
+    );
+}
+
+/// Rewrites the `DONE` manifest of a step folder for its files as they are now: a checkpoint
+/// damaged before it was sealed (bad memory, a bug), which no checksum can catch.
+fn reseal(dir: &Path, step: u64) {
+    let mut sha256 = serde_json::Map::new();
+    for file in [
+        "model.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    ] {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        sha256.insert(
+            file.into(),
+            hyperclone_model::checkpoint::sha256_hex(&bytes).into(),
+        );
+    }
+    let manifest = serde_json::json!({ "step": step, "sha256": sha256 });
+    std::fs::write(dir.join(DONE_FILE), manifest.to_string()).unwrap();
+}
+
+/// Sets every second moment (`exp_avg_sq`) in a step folder's optimizer state to -1: the next
+/// update takes the square root of a negative number and every weight becomes NaN.
+fn poison_second_moments(dir: &Path) {
+    let path = dir.join("optimizer.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, Vec<u8>, Vec<usize>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data = if name.ends_with(".exp_avg_sq") {
+                view.data()
+                    .chunks_exact(4)
+                    .flat_map(|_| (-1.0f32).to_le_bytes())
+                    .collect()
+            } else {
+                view.data().to_vec()
+            };
+            (name, data, view.shape().to_vec())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                .unwrap();
+            (n.clone(), view)
+        })
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, meta).unwrap()).unwrap();
+}
+
+/// A checkpoint whose optimizer.safetensors or state.json is damaged on disk is skipped, loudly,
+/// for the previous complete one (as a damaged model.safetensors is); so is one whose state.json
+/// disagrees with its folder's step.
+#[test]
+fn damaged_optimizer_or_state_is_skipped_for_the_previous_checkpoint() {
+    let _serial = prepare_once();
+    let cfg = config(&[]);
+    let device = Default::default();
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 3] = [
+        ("one bit of the optimizer state", |dir| {
+            let path = dir.join("optimizer.safetensors");
+            let mut bytes = std::fs::read(&path).unwrap();
+            let n = bytes.len();
+            bytes[n - 10] ^= 0x01;
+            std::fs::write(&path, bytes).unwrap();
+        }),
+        ("a count in state.json", |dir| {
+            let path = dir.join("state.json");
+            let text = std::fs::read_to_string(&path).unwrap();
+            let edited = text.replace("\"tokens\": 5120", "\"tokens\": 5121");
+            assert_ne!(edited, text);
+            std::fs::write(&path, edited).unwrap();
+        }),
+        ("the step in state.json (resealed)", |dir| {
+            let path = dir.join("state.json");
+            let text = std::fs::read_to_string(&path).unwrap();
+            let edited = text.replace("\"step\": 20", "\"step\": 21");
+            assert_ne!(edited, text);
+            std::fs::write(&path, edited).unwrap();
+            reseal(dir, 20);
+        }),
+    ];
+    for (what, damage) in damages {
+        let tmp = tempfile::tempdir().unwrap();
+        train_until_step_20(&cfg, tmp.path());
+        damage(&tmp.path().join("step-00000020"));
+        let resumed = train::<AB>(&cfg, &options(tmp.path()), &device).unwrap();
+        assert_eq!(resumed.losses.first().unwrap().0, 11, "{what}");
+    }
+}
+
+/// Checkpoints written before the manifest (`DONE` holding the step alone) still load.
+#[test]
+fn checkpoint_without_a_manifest_still_loads() {
+    let _serial = prepare_once();
+    let cfg = config(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    train_until_step_20(&cfg, tmp.path());
+    for (step, dir) in complete_checkpoints(tmp.path()) {
+        std::fs::write(dir.join(DONE_FILE), step.to_string()).unwrap();
+    }
+    let resumed = train::<AB>(&cfg, &options(tmp.path()), &Default::default()).unwrap();
+    assert_eq!(resumed.losses.first().unwrap().0, 21);
+}
+
+/// A non-finite loss soon after a resume (before the resumed run's first checkpoint) falls back
+/// to the previous complete checkpoint, once: from there the run ends exactly as an
+/// uninterrupted one. With that one poisoned too, the run gives up.
+#[test]
+fn non_finite_loss_after_a_resume_falls_back_to_the_previous_checkpoint_once() {
+    let _serial = prepare_once();
+    let cfg = config(&[]);
+    let device = Default::default();
+    let full = tempfile::tempdir().unwrap();
+    let uninterrupted = train::<AB>(&cfg, &options(full.path()), &device).unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    train_until_step_20(&cfg, tmp.path());
+    let newest = tmp.path().join("step-00000020");
+    poison_second_moments(&newest);
+    reseal(&newest, 20);
+    let recovered = train::<AB>(&cfg, &options(tmp.path()), &device).unwrap();
+    assert_eq!(recovered.step, 30);
+    assert_eq!(recovered.final_val_loss, uninterrupted.final_val_loss);
+    // Step 21 ran from the poisoned state, then steps 11 to 30 again from step 10.
+    let n = recovered.losses.len();
+    assert_eq!(recovered.losses[0].0, 21);
+    assert_eq!(recovered.losses[n - 20..], uninterrupted.losses[10..]);
+
+    let twice = tempfile::tempdir().unwrap();
+    train_until_step_20(&cfg, twice.path());
+    for (step, dir) in complete_checkpoints(twice.path()) {
+        poison_second_moments(&dir);
+        reseal(&dir, step);
+    }
+    let e = train::<AB>(&cfg, &options(twice.path()), &device).unwrap_err();
+    assert!(matches!(e, TrainError::NonFiniteLoss { .. }), "{e}");
+}
+
+/// A run that fails before its first checkpoint does not claim one is intact.
+#[test]
+fn non_finite_loss_before_any_checkpoint_says_there_is_none() {
+    let _serial = prepare_once();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(&[
+        "optimizer.lr=1e9",
+        "optimizer.grad_clip=0.0",
+        "schedule.warmup_steps=0",
+        "run.checkpoint_every=0",
+        "run.eval_every=1000",
+    ]);
+    let e = train::<AB>(&cfg, &options(tmp.path()), &Default::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, TrainError::NonFiniteLoss { .. }), "{msg}");
+    assert!(complete_checkpoints(tmp.path()).is_empty());
+    assert!(
+        !msg.contains("intact") && msg.contains("no checkpoint"),
+        "{msg}"
+    );
+}
+
+/// Errors found before the first step leave no run directory behind: an empty budget, missing
+/// data, an --init-from folder that is missing or damaged, a sequence longer than the
+/// --init-from model's context.
+#[test]
+fn errors_before_the_first_step_leave_no_run_directory() {
+    let _serial = prepare_once();
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let expect_clean = |e: TrainError, words: &[&str]| {
+        let msg = e.to_string();
+        for w in words {
+            assert!(msg.contains(w), "{w:?} not in {msg}");
+        }
+        assert!(!run.exists(), "{msg}: {} was left behind", run.display());
+    };
+
+    let e = train::<AB>(&config(&["run.max_steps=0"]), &options(&run), &device).unwrap_err();
+    expect_clean(e, &["budget"]);
+
+    let missing = config(&[
+        &format!("data.train=[\"{}/no-such-dir\"]", tmp.path().display()),
+        &format!("data.out=\"{}/out\"", tmp.path().display()),
+    ]);
+    let e = train::<AB>(&missing, &options(&run), &device).unwrap_err();
+    expect_clean(e, &["no-such-dir"]);
+
+    // A model folder of the test architecture (context 32), then the same one damaged.
+    let model_cfg = config(&[]).model.unwrap();
+    let model_dir = tmp.path().join("model");
+    std::fs::create_dir(&model_dir).unwrap();
+    let model = hyperclone_model::Gpt::<Flex>::init(&model_cfg, 1, &device).unwrap();
+    hyperclone_model::checkpoint::save_model(&model, &model_dir).unwrap();
+    let init = |dir: &Path| TrainOptions {
+        init_from: Some(dir.to_path_buf()),
+        ..options(&run)
+    };
+    let e = train::<AB>(&config(&[]), &init(&tmp.path().join("absent")), &device).unwrap_err();
+    expect_clean(e, &["absent"]);
+
+    // No [model]: the checkpoint fixes the architecture, and its context is 32 tokens.
+    let mut long = config(&[]);
+    long.model = None;
+    long.run.seq_len = 64;
+    let e = train::<AB>(&long, &init(&model_dir), &device).unwrap_err();
+    expect_clean(e, &["run.seq_len", "64", "context_length", "32"]);
+
+    let damaged = tmp.path().join("damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    for f in ["model.json", "model.safetensors"] {
+        std::fs::copy(model_dir.join(f), damaged.join(f)).unwrap();
+    }
+    let weights = damaged.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    std::fs::write(&weights, bytes).unwrap();
+    let e = train::<AB>(&config(&[]), &init(&damaged), &device).unwrap_err();
+    expect_clean(e, &["damaged", "sha256"]);
+}
+
+/// A run directory locked by another process (`run.lock`, an advisory file lock naming its
+/// holder) is refused with the holder's pid and host; nothing is written.
+#[test]
+fn a_locked_run_directory_is_refused_naming_the_holder() {
+    let _serial = prepare_once();
+    let tmp = tempfile::tempdir().unwrap();
+    let lock_path = tmp.path().join("run.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.lock().unwrap();
+    std::fs::write(&lock_path, r#"{"pid":4242,"host":"elsewhere"}"#).unwrap();
+    let e = train::<AB>(&config(&[]), &options(tmp.path()), &Default::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("run.lock") && msg.contains("pid 4242") && msg.contains("elsewhere"),
+        "{msg}"
+    );
+    assert!(!tmp.path().join("metrics.jsonl").exists());
+    drop(lock);
 }

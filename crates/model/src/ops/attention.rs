@@ -37,7 +37,7 @@ use super::{accumulation_dtype, cast_to, float_tensor, GptBackend};
 #[serde(rename_all = "lowercase")]
 pub enum AttentionKernel {
     /// The faster of the two on every backend and length measured so far:
-    /// [`AttentionKernel::Fused`]. (Until the CPU got an attention kernel of its own
+    /// [`AttentionKernel::Fused`] ([`AttentionKernel::resolve`]). (Until the CPU got an attention kernel of its own
     /// ([`super::cpu_kernels`]), flex trained sequences shorter than 256 tokens composed.)
     #[default]
     Auto,
@@ -61,21 +61,26 @@ impl AttentionKernel {
         }
     }
 
+    /// The kernel that runs for this choice, never `Auto`. The one place where `Auto` is
+    /// decided: it is [`AttentionKernel::Fused`] on every backend (fused was the faster at every
+    /// length measured, `benches/results/cpu-throughput.md`). `Auto` stays a value of its own
+    /// so that configs that say `attention = "auto"` keep their meaning (and their hash) if the
+    /// choice ever depends on the backend again.
+    pub fn resolve(self) -> AttentionKernel {
+        match self {
+            AttentionKernel::Auto | AttentionKernel::Fused => AttentionKernel::Fused,
+            AttentionKernel::Composed => AttentionKernel::Composed,
+        }
+    }
+
     /// Whether training runs the fused attention.
     pub fn is_fused(self) -> bool {
-        match self {
-            AttentionKernel::Auto | AttentionKernel::Fused => true,
-            AttentionKernel::Composed => false,
-        }
+        self.resolve() == AttentionKernel::Fused
     }
 
     /// The name of what runs: `fused` or `composed`.
     pub fn resolved_name(self) -> &'static str {
-        if self.is_fused() {
-            AttentionKernel::Fused.as_str()
-        } else {
-            AttentionKernel::Composed.as_str()
-        }
+        self.resolve().as_str()
     }
 }
 
