@@ -273,8 +273,9 @@ fn pipeline_killed_during_the_large_stage_resumes_it() {
         "{stdout}"
     );
     assert!(exp.join("large/final/model.json").exists());
-    let (train, _) =
-        hyperclone_training::metrics::read_metrics(&exp.join("large/metrics.jsonl")).unwrap();
+    let train = hyperclone_training::metrics::read_metrics(exp.join("large/metrics.jsonl"))
+        .unwrap()
+        .train;
     let steps: Vec<u64> = train.iter().map(|t| t.step).collect();
     assert_eq!(steps, (1..=40).collect::<Vec<_>>());
 }

@@ -9,8 +9,8 @@ use hyperclone_model::tokens_tensor;
 use hyperclone_model::GptBackend;
 
 use crate::{
-    expand, probe_tokens, save_expanded, verify, CloneError, ExpandOptions, ExpandRecord,
-    RecordError, Verification, VerifyError,
+    expand, expand_record, probe_tokens, save_expanded, verify, CloneError, ExpandOptions,
+    ExpandRecord, RecordError, Verification, VerifyError,
 };
 
 /// Why a folder expansion failed. Nothing is written in any of these cases.
@@ -103,7 +103,7 @@ pub fn expand_folder<B: GptBackend>(
     let verify_s = verification
         .as_ref()
         .map(|_| verify_start.elapsed().as_secs_f64());
-    let mut record = ExpandRecord::new(
+    let mut record = expand_record(
         opts,
         sc.param_count(),
         tc.param_count(),

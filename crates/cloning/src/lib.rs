@@ -38,6 +38,8 @@ pub use plan::{
     expand_config, factors_between, source_config_of, CloneError, ExpandOptions, ParamKind, Rule,
     Section, Variant,
 };
-pub use record::{read_expand_record, save_expanded, ExpandRecord, RecordError, EXPAND_FILE};
+pub use record::{
+    expand_record, read_expand_record, save_expanded, ExpandRecord, RecordError, EXPAND_FILE,
+};
 pub use symmetry::{symmetry, SymmetryError, SymmetryReport};
 pub use verify::{probe_tokens, verify, Verification, VerifyError, DEFAULT_TOLERANCE_F32};

@@ -10,8 +10,8 @@ use burn::backend::Flex;
 use common::{all_archs, logits, random_config, random_model, tensors};
 use hyperclone_cloning::plan::{parameters, rule, target_shape};
 use hyperclone_cloning::{
-    expand, expand_config, factors_between, probe_tokens, save_expanded, symmetry, verify,
-    ExpandOptions, ExpandRecord, Variant, DEFAULT_TOLERANCE_F32,
+    expand, expand_config, expand_record, factors_between, probe_tokens, save_expanded, symmetry,
+    verify, ExpandOptions, Variant, DEFAULT_TOLERANCE_F32,
 };
 use hyperclone_model::checkpoint::{load_model, weights_to_bytes};
 use hyperclone_model::{tokens_tensor, Gpt, GptConfig, SplitMix64};
@@ -87,7 +87,7 @@ fn every_architecture_factor_and_variant_preserves_the_function() {
 
         // Round trip through the saved folder.
         let dir = tmp.path().join(format!("c{c}"));
-        let record = ExpandRecord::new(&opts, 0, 0, 0.0, Some(&v), Some(1e-5), "cpu".into(), None);
+        let record = expand_record(&opts, 0, 0, 0.0, Some(&v), Some(1e-5), "cpu".into(), None);
         save_expanded(&dir, &target, &record).unwrap();
         let loaded = load_model::<B>(&dir, &device).unwrap();
         assert_eq!(loaded.config(), target.config(), "{case}");

@@ -509,8 +509,8 @@ impl SeedPipeline<'_> {
         if let Some(v) = result.verification {
             tracing::info!(
                 "expanded {} → {} parameters; logits check: max |Δ| {:.2e}, relative {:.2e}, KL {:.2e}",
-                result.record.source_params,
-                result.record.target_params,
+                result.record.source_params.unwrap_or_default(),
+                result.record.target_params.unwrap_or_default(),
                 v.max_abs_logit_diff,
                 v.rel_err,
                 v.kl

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::inputs::{SeedRun, Stage};
-use crate::metrics::Metrics;
+use hyperclone_runfiles::Metrics;
 
 /// The budget fractions at which the baseline's val loss becomes an intermediate target, in
 /// addition to its final val loss (fraction 1).
@@ -496,7 +496,7 @@ pub fn analyse_seed(run: &SeedRun) -> SeedAnalysis {
     let baseline_m = stage_metrics(&run.baseline);
     let control_m = stage_metrics(&run.control);
     let small = small_m.map(stage_stats);
-    let expand_hours = run.expand.as_ref().and_then(|e| e.cost_hours());
+    let expand_hours = run.expand.as_ref().and_then(|e| e.record.cost_hours());
     let prefix_hours = small
         .as_ref()
         .and_then(|s| s.device_hours)

@@ -18,30 +18,9 @@ pub enum ReportError {
         #[source]
         source: std::io::Error,
     },
-    /// A line of a `metrics.jsonl` file is not a valid metrics record.
-    #[error("{path} line {line}: invalid metrics record")]
-    MetricsLine {
-        /// The metrics file.
-        path: PathBuf,
-        /// 1-based line number of the bad line.
-        line: usize,
-        /// Why the line did not parse.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// A metrics line has a key with a value that cannot be used (e.g. a negative or
-    /// non-finite cumulative counter).
-    #[error("{path} line {line}: key `{key}` has invalid value {value}")]
-    MetricsValue {
-        /// The metrics file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// The offending key.
-        key: &'static str,
-        /// The offending value, as text.
-        value: String,
-    },
+    /// A run file (`metrics.jsonl`, ...) could not be read or holds an invalid line.
+    #[error(transparent)]
+    RunFile(#[from] hyperclone_runfiles::RunFileError),
     /// A JSON summary file (`run_info.json`, `expand.json`) could not be parsed.
     #[error("{path}: invalid JSON")]
     Json {

@@ -3,89 +3,19 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::ReportError;
-use crate::metrics::{read_metrics, Metrics};
+use hyperclone_runfiles::{read_metrics, ExpandRecord, Metrics, RunInfo};
 
-/// `run_info.json` of a training run. Every field may be missing.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RunInfo {
-    /// burn backend name ("flex", "cuda", ...).
-    #[serde(default)]
-    pub backend: Option<String>,
-    /// Device kind ("cpu", "cuda", ...).
-    #[serde(default)]
-    pub device: Option<String>,
-    /// Human-readable device name.
-    #[serde(default)]
-    pub device_name: Option<String>,
-    /// Number of devices used.
-    #[serde(default)]
-    pub devices: Option<u64>,
-    /// Model parameter count.
-    #[serde(default)]
-    pub param_count: Option<u64>,
-    /// Training FLOPs per token used for the FLOP counters.
-    #[serde(default)]
-    pub flops_per_token: Option<f64>,
-    /// Seed of the run.
-    #[serde(default)]
-    pub seed: Option<u64>,
-    /// Compute precision ("f32", "bf16", ...).
-    #[serde(default)]
-    pub precision: Option<String>,
-    /// How training differentiated attention ("fused", "composed").
-    #[serde(default)]
-    pub attention: Option<String>,
-    /// How the weights were initialised ("random", "expanded", "resume").
-    #[serde(default)]
-    pub init: Option<String>,
-}
-
-/// `expand/expand.json`: the summary of the expansion stage. Every field may be missing.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `expand/expand.json` as the report reads it: the record, and every key of the file verbatim
+/// (a key this version does not know is still shown).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExpandInfo {
-    /// Wall-clock seconds the expansion took.
-    #[serde(default)]
-    pub wall_s: Option<f64>,
-    /// Device-hours the expansion took.
-    #[serde(default)]
-    pub device_hours: Option<f64>,
-    /// Parameter count of the small (source) model.
-    #[serde(default)]
-    pub source_params: Option<u64>,
-    /// Parameter count of the expanded (target) model.
-    #[serde(default)]
-    pub target_params: Option<u64>,
-    /// Width expansion factor.
-    #[serde(default)]
-    pub width_factor: Option<u32>,
-    /// FFN expansion factor.
-    #[serde(default)]
-    pub ffn_factor: Option<u32>,
-    /// Cloning variant ("symmetric", ...).
-    #[serde(default)]
-    pub variant: Option<String>,
-    /// Largest absolute difference between the small and the expanded model's logits.
-    #[serde(default)]
-    pub max_abs_logit_diff: Option<f64>,
-    /// Relative error of the expanded model's logits.
-    #[serde(default)]
-    pub rel_err: Option<f64>,
-    /// KL divergence between the two models' next-token distributions.
-    #[serde(default)]
-    pub kl: Option<f64>,
-    /// Every key of the file, including those not listed above (e.g. an SNR setting).
-    #[serde(skip)]
+    /// The known fields.
+    pub record: ExpandRecord,
+    /// Every key of the file, including those not in [`ExpandRecord`].
     pub raw: serde_json::Map<String, serde_json::Value>,
-}
-
-impl ExpandInfo {
-    /// Device-hours of the expansion: `device_hours`, else `wall_s / 3600`, else `None`.
-    pub fn cost_hours(&self) -> Option<f64> {
-        self.device_hours.or(self.wall_s.map(|s| s / 3600.0))
-    }
 }
 
 /// Which stage of the experiment a run directory holds.
@@ -330,10 +260,9 @@ fn parse_expand(text: &str, path: &Path) -> Result<ExpandInfo, ReportError> {
     };
     let raw: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(text).map_err(json_err)?;
-    let mut info: ExpandInfo =
+    let record: ExpandRecord =
         serde_json::from_value(serde_json::Value::Object(raw.clone())).map_err(json_err)?;
-    info.raw = raw;
-    Ok(info)
+    Ok(ExpandInfo { record, raw })
 }
 
 /// Reads a text file; `Ok(None)` when it does not exist.
@@ -356,12 +285,12 @@ mod tests {
             Path::new("expand.json"),
         )
         .unwrap();
-        assert_eq!(info.width_factor, Some(2));
-        assert_eq!(info.kl, None);
+        assert_eq!(info.record.width_factor, Some(2));
+        assert_eq!(info.record.kl, None);
         assert!(info.raw.contains_key("snr_db"));
-        assert_eq!(info.cost_hours(), None);
+        assert_eq!(info.record.cost_hours(), None);
         let info = parse_expand(r#"{"wall_s":36.0}"#, Path::new("expand.json")).unwrap();
-        assert!((info.cost_hours().unwrap() - 0.01).abs() < 1e-12);
+        assert!((info.record.cost_hours().unwrap() - 0.01).abs() < 1e-12);
     }
 
     #[test]

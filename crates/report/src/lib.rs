@@ -15,7 +15,6 @@ pub mod error;
 mod format;
 mod fsutil;
 pub mod inputs;
-pub mod metrics;
 mod plot;
 mod render;
 
@@ -25,7 +24,7 @@ use serde::Serialize;
 
 pub use analysis::{SeedAnalysis, TargetAggregate, TargetResult};
 pub use error::ReportError;
-pub use metrics::{read_metrics, EvalRecord, Metrics, Symmetry, TrainRecord};
+pub use hyperclone_runfiles::{read_metrics, EvalLine, Metrics, SymmetryLine, TrainLine};
 pub use render::SECTIONS;
 
 /// The numbers of a written report, for the CLI to print.

@@ -29,24 +29,22 @@ pub(crate) fn make_progress(total: Option<u64>, start: u64) -> Progress {
 
 impl Progress {
     pub(crate) fn report(&self, line: &TrainLine, every: u64) {
+        let value = |v: Option<f64>| v.unwrap_or(f64::NAN);
+        let (loss, lr, tokens_per_s) = (value(line.loss), value(line.lr), value(line.tokens_per_s));
         match &self.bar {
             Some(bar) => {
                 bar.set_position(line.step);
                 bar.set_message(format!(
-                    "loss {:.4} | {:.0} tok/s | lr {:.2e}",
-                    line.loss, line.tokens_per_s, line.lr
+                    "loss {loss:.4} | {tokens_per_s:.0} tok/s | lr {lr:.2e}"
                 ));
             }
             None => {
                 if line.step == 1 || line.step.is_multiple_of(every.max(1)) {
                     tracing::info!(
-                        "step {} | loss {:.4} | lr {:.2e} | grad norm {:.3} | {:.0} tok/s | {:.1} ms/step",
+                        "step {} | loss {loss:.4} | lr {lr:.2e} | grad norm {:.3} | {tokens_per_s:.0} tok/s | {:.1} ms/step",
                         line.step,
-                        line.loss,
-                        line.lr,
-                        line.grad_norm,
-                        line.tokens_per_s,
-                        line.step_time_s * 1e3
+                        value(line.grad_norm),
+                        value(line.step_time_s) * 1e3
                     );
                 }
             }

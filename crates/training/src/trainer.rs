@@ -26,16 +26,20 @@ use crate::checkpoint::{
 };
 use crate::config::{OptimizerConfig, TrainConfig};
 use crate::lock::{LockError, RunLock};
-use crate::metrics::{
-    peak_flops, peak_rss_bytes, EvalLine, MetricsWriter, RunInfo, SymmetryLine, TrainLine,
-};
+use crate::metrics::{peak_flops, peak_rss_bytes};
 use crate::optim::{read_scalars, AdamW};
 use crate::progress::make_progress;
 use crate::schedule::learning_rate;
+use hyperclone_runfiles::{
+    EvalLine, Line, MetricsWriter, RunInfo, SymmetryLine, TrainLine, WarmupLine,
+};
 
 /// Why training stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// `metrics.jsonl` could not be opened or appended to.
+    #[error(transparent)]
+    RunFile(#[from] hyperclone_runfiles::RunFileError),
     /// The run directory or one of its files could not be written.
     #[error("{path}: {source}")]
     Io {
@@ -267,11 +271,10 @@ pub fn evaluate<B: GptBackend>(model: &Gpt<B>, batches: &[Batch], device: &B::De
 /// Width and FFN factors recorded in `expand.json` of a model folder made by
 /// `hyperclone expand`.
 pub fn expansion_factors(model_dir: &Path) -> Option<(usize, usize)> {
-    let text = std::fs::read_to_string(model_dir.join("expand.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let w = v.get("width_factor")?.as_u64()? as usize;
-    let m = v.get("ffn_factor")?.as_u64()? as usize;
-    Some((w, m))
+    let text = std::fs::read_to_string(model_dir.join(hyperclone_runfiles::EXPAND_FILE)).ok()?;
+    serde_json::from_str::<hyperclone_runfiles::ExpandRecord>(&text)
+        .ok()?
+        .factors()
 }
 
 fn describe_diff(config: &GptConfig, checkpoint: &GptConfig) -> String {
@@ -678,6 +681,8 @@ impl RunInputs {
 struct Clock {
     start: Instant,
     wall_at_start: f64,
+    /// Seconds of this segment kept off the clock (measurements only some runs make).
+    excluded: f64,
 }
 
 impl Clock {
@@ -685,11 +690,17 @@ impl Clock {
         Self {
             start: Instant::now(),
             wall_at_start,
+            excluded: 0.0,
         }
     }
 
     fn now(&self) -> f64 {
-        self.wall_at_start + self.start.elapsed().as_secs_f64()
+        self.wall_at_start + self.start.elapsed().as_secs_f64() - self.excluded
+    }
+
+    /// Keeps `seconds` that just passed off the clock.
+    fn exclude(&mut self, seconds: f64) {
+        self.excluded += seconds;
     }
 }
 
@@ -703,7 +714,6 @@ struct Session<'a, AB: GptAutodiffBackend> {
     sampler: BatchSampler,
     val: Vec<Batch>,
     metrics: MetricsWriter,
-    metrics_path: PathBuf,
     total_steps: Option<u64>,
     /// The schedule's length: `total_steps`, or practically endless under a wall-time budget.
     sched_total: u64,
@@ -722,10 +732,16 @@ struct Session<'a, AB: GptAutodiffBackend> {
     _lock: RunLock,
 }
 
+/// A finished step: its metrics line (written) and its loss.
+struct StepReport {
+    line: TrainLine,
+    loss: f64,
+}
+
 /// What one step of the loop came to.
 enum StepOutcome {
     /// The step's metrics line (written).
-    Done(TrainLine),
+    Done(Box<StepReport>),
     /// The loss or the gradient norm was NaN or infinite; nothing was saved from this step.
     NonFinite {
         step: u64,
@@ -772,25 +788,24 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
         let peak = peak_flops(&options.device_name, precision.matmuls_in_bf16());
         let on_cpu = options.device_name.starts_with("cpu");
         let info = RunInfo {
-            backend: options.backend_name.clone(),
-            device: if on_cpu { "cpu".into() } else { "gpu".into() },
-            device_name: options.device_name.clone(),
-            devices: 1,
-            param_count: model_config.param_count() as u64,
-            flops_per_token,
-            seed: config.run.seed,
-            precision: precision.as_str().into(),
-            attention: config.run.attention.resolved_name().into(),
-            init: init.as_str().into(),
+            backend: Some(options.backend_name.clone()),
+            device: Some(if on_cpu { "cpu".into() } else { "gpu".into() }),
+            device_name: Some(options.device_name.clone()),
+            devices: Some(1),
+            param_count: Some(model_config.param_count() as u64),
+            flops_per_token: Some(flops_per_token),
+            seed: Some(config.run.seed),
+            precision: Some(precision.as_str().into()),
+            attention: Some(config.run.attention.resolved_name().into()),
+            init: Some(init.as_str().into()),
             peak_flops: peak.map(|p| p.0),
-            peak_estimated: peak.is_none_or(|p| p.1),
+            peak_estimated: Some(peak.is_none_or(|p| p.1)),
         };
         if init != InitKind::Resume {
             let info_json = serde_json::to_vec_pretty(&info).expect("RunInfo serialises");
             std::fs::write(run_dir.join("run_info.json"), info_json).map_err(io_err(run_dir))?;
         }
-        let metrics_path = run_dir.join("metrics.jsonl");
-        let mut metrics = MetricsWriter::open(&metrics_path).map_err(io_err(&metrics_path))?;
+        let mut metrics = MetricsWriter::open(&run_dir.join("metrics.jsonl"))?;
 
         let sampler =
             BatchSampler::new(config.run.batch_size, config.run.seq_len, config.run.seed)?;
@@ -832,9 +847,10 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             trainer.warm_up(&config.optimizer, x, y, val.first())?;
             let seconds = t0.elapsed().as_secs_f64();
             tracing::info!("warm-up step (kernel compilation, autotuning): {seconds:.2} s, not counted in device-hours");
-            let line =
-                serde_json::json!({ "kind": "warmup", "step": state.step, "seconds": seconds });
-            metrics.write(&line).map_err(io_err(&metrics_path))?;
+            metrics.write(&Line::Warmup(WarmupLine {
+                step: state.step,
+                seconds,
+            }))?;
         }
 
         let clock = Clock::new(state.wall_s);
@@ -848,7 +864,6 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             sampler,
             val,
             metrics,
-            metrics_path,
             total_steps,
             sched_total: total_steps.unwrap_or(u64::MAX / 2),
             flops_per_token,
@@ -872,25 +887,26 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
     fn evaluate_and_log(&mut self) -> Result<f64, TrainError> {
         let inner = self.trainer.model().valid();
         let val_loss = evaluate(&inner, &self.val, self.trainer.device());
+        // The symmetry metric is a measurement only the cloned run makes: its time is kept off
+        // the device-hour clock, or the cloned run would pay for it and its baseline would not.
+        let measured = Instant::now();
         let symmetry = match (&self.options.symmetry, self.state.expanded) {
             (Some(measure), Some(factors)) => measure(&inner, factors),
             _ => None,
         };
+        self.clock.exclude(measured.elapsed().as_secs_f64());
         let wall = self.clock.now();
         let line = EvalLine {
-            kind: "eval".into(),
             step: self.state.step,
-            tokens: self.state.tokens,
-            val_loss,
-            val_ppl: val_loss.exp(),
-            wall_s: wall,
-            device_hours: wall / 3600.0,
-            flops: self.state.flops,
+            tokens: Some(self.state.tokens),
+            val_loss: Some(val_loss),
+            val_ppl: Some(val_loss.exp()),
+            wall_s: Some(wall),
+            device_hours: Some(wall / 3600.0),
+            flops: Some(self.state.flops),
             symmetry: symmetry.clone(),
         };
-        self.metrics
-            .write(&line)
-            .map_err(io_err(&self.metrics_path))?;
+        self.metrics.write(&Line::Eval(line))?;
         if self.state.best_val.is_none_or(|(_, best)| val_loss < best) {
             self.state.best_val = Some((self.state.step, val_loss));
         }
@@ -967,27 +983,24 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
         let wall = self.clock.now();
         let achieved = self.flops_per_token * self.tokens_per_step as f64 / step_time;
         let line = TrainLine {
-            kind: "train".into(),
             step,
-            tokens: state.tokens,
-            loss,
-            lr,
-            grad_norm,
-            step_time_s: step_time,
-            tokens_per_s: self.tokens_per_step as f64 / step_time,
-            wall_s: wall,
-            device_hours: wall / 3600.0,
-            flops: state.flops,
-            tflops_per_s: achieved / 1e12,
+            tokens: Some(state.tokens),
+            loss: Some(loss),
+            lr: Some(lr),
+            grad_norm: Some(grad_norm),
+            step_time_s: Some(step_time),
+            tokens_per_s: Some(self.tokens_per_step as f64 / step_time),
+            wall_s: Some(wall),
+            device_hours: Some(wall / 3600.0),
+            flops: Some(state.flops),
+            tflops_per_s: Some(achieved / 1e12),
             mfu: self.peak.map(|(p, _)| achieved / p),
-            mfu_estimated: self.peak.is_none_or(|p| p.1),
+            mfu_estimated: Some(self.peak.is_none_or(|p| p.1)),
             peak_memory_bytes: if self.on_cpu { peak_rss_bytes() } else { None },
-            data_time_s: data_time,
+            data_time_s: Some(data_time),
         };
-        self.metrics
-            .write(&line)
-            .map_err(io_err(&self.metrics_path))?;
-        Ok(StepOutcome::Done(line))
+        self.metrics.write(&Line::Train(line.clone()))?;
+        Ok(StepOutcome::Done(Box::new(StepReport { line, loss })))
     }
 
     /// Writes the checkpoint of the current step and prunes old ones.
@@ -1096,8 +1109,9 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
                     });
                 }
             };
+            let StepReport { line, loss } = *line;
             let step = line.step;
-            losses.push((step, line.loss));
+            losses.push((step, loss));
             progress.report(&line, config.run.log_every);
 
             let last = self.total_steps == Some(step)

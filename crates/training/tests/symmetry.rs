@@ -104,14 +104,14 @@ fn train_clone(tmp: &Path, small: &Path, variant: Variant, dropout: f64) -> (f64
         ..config(&tmp.join("data"), &[])
     };
     train::<AB>(&cfg, &options(run.clone(), Some(expanded)), &device).unwrap();
-    let (_, evals) = read_metrics(&run.join("metrics.jsonl")).unwrap();
+    let evals = read_metrics(run.join("metrics.jsonl")).unwrap().eval;
     let first = evals.first().unwrap();
     let last = evals.last().unwrap();
     (
         first.symmetry.as_ref().unwrap().mean,
         last.symmetry.as_ref().unwrap().mean,
-        first.val_loss,
-        last.val_loss,
+        first.val_loss.unwrap(),
+        last.val_loss.unwrap(),
     )
 }
 

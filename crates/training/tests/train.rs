@@ -97,30 +97,33 @@ fn training_lowers_val_loss_well_below_its_start() {
         "run.checkpoint_every=0",
     ]);
     let summary = train::<AB>(&cfg, &options(tmp.path()), &Default::default()).unwrap();
-    let (train_lines, evals) = read_metrics(&tmp.path().join("metrics.jsonl")).unwrap();
+    let metrics = read_metrics(tmp.path().join("metrics.jsonl")).unwrap();
+    let (train_lines, evals) = (&metrics.train, &metrics.eval);
     assert_eq!(train_lines.len(), 300);
     let initial = evals.first().unwrap();
     assert_eq!(initial.step, 0);
+    let initial_loss = initial.val_loss.unwrap();
     let last = summary.final_val_loss.unwrap();
     // ln(4096) = 8.32 at the start; 1.5 nats lower is a 4.5× smaller perplexity.
-    assert!(initial.val_loss > 8.0, "initial {}", initial.val_loss);
+    assert!(initial_loss > 8.0, "initial {initial_loss}");
     assert!(
-        last < initial.val_loss - 1.5,
-        "val loss {} → {last}",
-        initial.val_loss
+        last < initial_loss - 1.5,
+        "val loss {initial_loss} → {last}"
     );
     // Every field is present and cumulative counters grow.
     for w in train_lines.windows(2) {
-        assert!(w[1].wall_s > w[0].wall_s);
-        assert!(w[1].device_hours > w[0].device_hours);
-        assert!(w[1].flops > w[0].flops);
-        assert_eq!(w[1].tokens - w[0].tokens, 8 * 32);
+        assert!(w[1].wall_s.unwrap() > w[0].wall_s.unwrap());
+        assert!(w[1].device_hours.unwrap() > w[0].device_hours.unwrap());
+        assert!(w[1].flops.unwrap() > w[0].flops.unwrap());
+        assert_eq!(w[1].tokens.unwrap() - w[0].tokens.unwrap(), 8 * 32);
     }
     let l = &train_lines[10];
-    assert!(l.tokens_per_s > 0.0 && l.tflops_per_s > 0.0 && l.grad_norm > 0.0);
-    assert!(l.mfu.is_some() && l.mfu_estimated);
+    assert!(l.tokens_per_s.unwrap() > 0.0 && l.tflops_per_s.unwrap() > 0.0);
+    assert!(l.grad_norm.unwrap() > 0.0 && l.loss.is_some() && l.lr.is_some());
+    assert!(l.step_time_s.is_some() && l.data_time_s.is_some());
+    assert!(l.mfu.is_some() && l.mfu_estimated == Some(true));
     assert!(l.peak_memory_bytes.unwrap() > 1 << 20);
-    assert!((l.device_hours - l.wall_s / 3600.0).abs() < 1e-12);
+    assert!((l.device_hours.unwrap() - l.wall_s.unwrap() / 3600.0).abs() < 1e-12);
     // One warm-up line before step 1: its seconds are kept out of wall_s / device_hours.
     let text = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();
     let warmups: Vec<serde_json::Value> = text
@@ -315,8 +318,9 @@ fn mixed_bf16_run_tracks_the_f32_run_and_saves_f32_weights() {
     // f32 ulps, so one of 30 may coincide by chance (seen once); loss and gradient norm together
     // do not.
     let steps = |dir: &std::path::Path| {
-        let (lines, _) = read_metrics(&dir.join("metrics.jsonl")).unwrap();
-        lines
+        read_metrics(dir.join("metrics.jsonl"))
+            .unwrap()
+            .train
             .iter()
             .map(|l| (l.step, l.loss, l.grad_norm))
             .collect::<Vec<_>>()

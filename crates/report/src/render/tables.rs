@@ -527,33 +527,35 @@ pub(crate) fn expansion_table(exp: &Experiment) -> Option<Block> {
     }));
     type Getter = fn(&crate::inputs::ExpandInfo) -> Option<String>;
     let known: [(&str, &str, Getter); 10] = [
-        ("variant", "variant", |e| e.variant.clone()),
+        ("variant", "variant", |e| e.record.variant.clone()),
         ("width_factor", "width factor", |e| {
-            e.width_factor.map(|v| v.to_string())
+            e.record.width_factor.map(|v| v.to_string())
         }),
         ("ffn_factor", "FFN factor", |e| {
-            e.ffn_factor.map(|v| v.to_string())
+            e.record.ffn_factor.map(|v| v.to_string())
         }),
         ("source_params", "small model parameters", |e| {
-            e.source_params.map(fmt::count)
+            e.record.source_params.map(fmt::count)
         }),
         ("target_params", "expanded model parameters", |e| {
-            e.target_params.map(fmt::count)
+            e.record.target_params.map(fmt::count)
         }),
         (
             "max_abs_logit_diff",
             "max |logit difference| small vs expanded",
-            |e| e.max_abs_logit_diff.map(|v| fmt::sig(v, 3)),
+            |e| e.record.max_abs_logit_diff.map(|v| fmt::sig(v, 3)),
         ),
         ("rel_err", "relative error of the logits", |e| {
-            e.rel_err.map(|v| fmt::sig(v, 3))
+            e.record.rel_err.map(|v| fmt::sig(v, 3))
         }),
         ("kl", "KL(small ‖ expanded)", |e| {
-            e.kl.map(|v| fmt::sig(v, 3))
+            e.record.kl.map(|v| fmt::sig(v, 3))
         }),
-        ("wall_s", "wall time", |e| e.wall_s.map(fmt::duration)),
+        ("wall_s", "wall time", |e| {
+            e.record.wall_s.map(fmt::duration)
+        }),
         ("device_hours", "device-hours", |e| {
-            e.device_hours.map(fmt::hours)
+            e.record.device_hours.map(fmt::hours)
         }),
     ];
     let mut rows = Vec::new();

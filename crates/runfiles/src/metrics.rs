@@ -1,22 +1,27 @@
-//! Reading `metrics.jsonl`: one JSON object per line, `kind` = `"train"` or `"eval"`.
+//! `metrics.jsonl`: one JSON object per line, `kind` = `"train"`, `"eval"` or `"warmup"`,
+//! written by the trainer ([`MetricsWriter`], [`Line`]) and read by the report
+//! ([`read_metrics`]) with the same types.
 //!
 //! A resumed run re-logs the steps between its last checkpoint and the interruption, so the
 //! reader deduplicates by `(kind, step)` and keeps the LAST occurrence. `"warmup"` lines (the
 //! trainer's discarded first step, kept off the device-hour clock) are summed. Unknown fields and
-//! unknown kinds are ignored; every field except `kind` and `step` may be missing or null.
+//! unknown kinds are ignored; every field except `kind` and `step` may be missing or null (files
+//! of older versions, lines cut short), which is why they are `Option`s on both sides.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ReportError;
+use crate::error::RunFileError;
 
 /// One `"kind":"train"` line: statistics of one optimiser step.
 ///
 /// `tokens`, `wall_s`, `device_hours` and `flops` are cumulative for the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainRecord {
+pub struct TrainLine {
     /// Optimiser step, counted from 1.
     pub step: u64,
     /// Tokens consumed so far (cumulative).
@@ -65,7 +70,7 @@ pub struct TrainRecord {
 
 /// The symmetry metric of a cloned model: mean cosine similarity between cloned sub-blocks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Symmetry {
+pub struct SymmetryLine {
     /// Mean over layers (1.0 right after symmetric cloning).
     pub mean: f64,
     /// One value per layer.
@@ -75,7 +80,7 @@ pub struct Symmetry {
 
 /// One `"kind":"eval"` line: a validation measurement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalRecord {
+pub struct EvalLine {
     /// Optimiser step at which it was taken (0 = before training).
     pub step: u64,
     /// Tokens consumed so far (cumulative).
@@ -98,16 +103,84 @@ pub struct EvalRecord {
     pub flops: Option<f64>,
     /// Symmetry metric, only for runs initialised from an expanded checkpoint.
     #[serde(default)]
-    pub symmetry: Option<Symmetry>,
+    pub symmetry: Option<SymmetryLine>,
+}
+
+/// One `"kind":"warmup"` line: the discarded first step of a training call (kernel compilation
+/// and autotuning on GPU backends), timed but kept off the device-hour clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmupLine {
+    /// The step the run stood at (0 for a fresh run).
+    pub step: u64,
+    /// Wall seconds of the warm-up step.
+    pub seconds: f64,
+}
+
+/// A line as written: its `kind` tag and its fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Line {
+    /// A training step.
+    Train(TrainLine),
+    /// An evaluation.
+    Eval(EvalLine),
+    /// The discarded warm-up step.
+    Warmup(WarmupLine),
+}
+
+/// Appends [`Line`]s to `metrics.jsonl`, flushing each one (a killed run loses at most the line
+/// being written, which the reader skips).
+#[derive(Debug)]
+pub struct MetricsWriter {
+    file: File,
+    path: PathBuf,
+}
+
+impl MetricsWriter {
+    /// Opens (creating or appending to) the file.
+    pub fn open(path: &Path) -> Result<Self, RunFileError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| RunFileError::Io {
+                action: "opening",
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes one line and flushes it.
+    pub fn write(&mut self, line: &Line) -> Result<(), RunFileError> {
+        let mut text = serde_json::to_string(line).expect("metrics lines serialise");
+        text.push('\n');
+        self.file
+            .write_all(text.as_bytes())
+            .and_then(|()| self.file.flush())
+            .map_err(|source| RunFileError::Io {
+                action: "appending to",
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// The file written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// The deduplicated content of one `metrics.jsonl`, each list sorted by step.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Metrics {
     /// Train lines, one per step, ascending.
-    pub train: Vec<TrainRecord>,
+    pub train: Vec<TrainLine>,
     /// Eval lines, one per step, ascending.
-    pub eval: Vec<EvalRecord>,
+    pub eval: Vec<EvalLine>,
     /// How many lines were dropped because a later line re-logged the same (kind, step).
     pub relogged: usize,
     /// Whether an unterminated, unparsable last line (a write cut short) was skipped.
@@ -172,16 +245,20 @@ fn max_opt(values: impl Iterator<Item = f64>) -> Option<f64> {
 /// whose fields have the wrong type, is an error naming the file and the 1-based line number;
 /// the one exception is an unterminated last line that does not parse (a write interrupted by
 /// a kill), which is skipped with a warning.
-pub fn read_metrics(path: impl AsRef<Path>) -> Result<Metrics, ReportError> {
+pub fn read_metrics(path: impl AsRef<Path>) -> Result<Metrics, RunFileError> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| ReportError::io("reading", path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|source| RunFileError::Io {
+        action: "reading",
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse_metrics(&text, path)
 }
 
 /// Parses the text of a `metrics.jsonl` file; `path` is used in error messages only.
-pub(crate) fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, ReportError> {
-    let mut train: BTreeMap<u64, TrainRecord> = BTreeMap::new();
-    let mut eval: BTreeMap<u64, EvalRecord> = BTreeMap::new();
+pub fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, RunFileError> {
+    let mut train: BTreeMap<u64, TrainLine> = BTreeMap::new();
+    let mut eval: BTreeMap<u64, EvalLine> = BTreeMap::new();
     let mut relogged = 0usize;
     let mut truncated_last_line = false;
     let mut warmup_s: Option<f64> = None;
@@ -207,7 +284,7 @@ pub(crate) fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, ReportEr
                     truncated_last_line = true;
                     continue;
                 }
-                return Err(ReportError::MetricsLine {
+                return Err(RunFileError::MetricsLine {
                     path: path.to_path_buf(),
                     line: line_no,
                     source,
@@ -218,7 +295,7 @@ pub(crate) fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, ReportEr
             serde_json::Value::Object(map) => match map.get("kind") {
                 Some(serde_json::Value::String(kind)) => kind.clone(),
                 Some(other) => {
-                    return Err(ReportError::MetricsValue {
+                    return Err(RunFileError::MetricsValue {
                         path: path.to_path_buf(),
                         line: line_no,
                         key: "kind",
@@ -226,7 +303,7 @@ pub(crate) fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, ReportEr
                     })
                 }
                 None => {
-                    return Err(ReportError::MetricsValue {
+                    return Err(RunFileError::MetricsValue {
                         path: path.to_path_buf(),
                         line: line_no,
                         key: "kind",
@@ -235,7 +312,7 @@ pub(crate) fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, ReportEr
                 }
             },
             other => {
-                return Err(ReportError::MetricsValue {
+                return Err(RunFileError::MetricsValue {
                     path: path.to_path_buf(),
                     line: line_no,
                     key: "(line)",
@@ -243,7 +320,7 @@ pub(crate) fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, ReportEr
                 })
             }
         };
-        let line_err = |source| ReportError::MetricsLine {
+        let line_err = |source| RunFileError::MetricsLine {
             path: path.to_path_buf(),
             line: line_no,
             source,
@@ -262,14 +339,14 @@ pub(crate) fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, ReportEr
         };
         match kind.as_str() {
             "train" => {
-                let record: TrainRecord = serde_json::from_value(value).map_err(line_err)?;
+                let record: TrainLine = serde_json::from_value(value).map_err(line_err)?;
                 check(record.wall_s, record.device_hours, record.flops)?;
                 if train.insert(record.step, record).is_some() {
                     relogged += 1;
                 }
             }
             "eval" => {
-                let record: EvalRecord = serde_json::from_value(value).map_err(line_err)?;
+                let record: EvalLine = serde_json::from_value(value).map_err(line_err)?;
                 check(record.wall_s, record.device_hours, record.flops)?;
                 if eval.insert(record.step, record).is_some() {
                     relogged += 1;
@@ -278,7 +355,7 @@ pub(crate) fn parse_metrics(text: &str, path: &Path) -> Result<Metrics, ReportEr
             "warmup" => {
                 let seconds = value.get("seconds").and_then(|v| v.as_f64());
                 let Some(seconds) = seconds.filter(|s| s.is_finite() && *s >= 0.0) else {
-                    return Err(ReportError::MetricsValue {
+                    return Err(RunFileError::MetricsValue {
                         path: path.to_path_buf(),
                         line: line_no,
                         key: "seconds",
@@ -309,11 +386,11 @@ fn check_counters(
     path: &Path,
     line: usize,
     counters: &[(&'static str, Option<f64>)],
-) -> Result<(), ReportError> {
+) -> Result<(), RunFileError> {
     for &(key, value) in counters {
         if let Some(v) = value {
             if !v.is_finite() || v < 0.0 {
-                return Err(ReportError::MetricsValue {
+                return Err(RunFileError::MetricsValue {
                     path: path.to_path_buf(),
                     line,
                     key,
@@ -404,7 +481,7 @@ mod tests {
         let err = parse_metrics(text, p()).unwrap_err();
         let msg = err.to_string();
         assert!(
-            matches!(err, ReportError::MetricsLine { line: 2, .. }),
+            matches!(err, RunFileError::MetricsLine { line: 2, .. }),
             "{msg}"
         );
         assert!(msg.contains("run/metrics.jsonl line 2"), "{msg}");
@@ -413,7 +490,7 @@ mod tests {
     #[test]
     fn wrong_type_and_bad_counter_are_errors() {
         let err = parse_metrics("{\"kind\":\"train\",\"step\":\"one\"}\n", p()).unwrap_err();
-        assert!(matches!(err, ReportError::MetricsLine { line: 1, .. }));
+        assert!(matches!(err, RunFileError::MetricsLine { line: 1, .. }));
         let err = parse_metrics(
             "{\"kind\":\"eval\",\"step\":1}\n{\"kind\":\"eval\",\"step\":2,\"flops\":-1.0}\n",
             p(),
@@ -422,7 +499,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                ReportError::MetricsValue {
+                RunFileError::MetricsValue {
                     line: 2,
                     key: "flops",
                     ..
@@ -431,7 +508,7 @@ mod tests {
             "{err}"
         );
         let err = parse_metrics("[1,2]\n", p()).unwrap_err();
-        assert!(matches!(err, ReportError::MetricsValue { line: 1, .. }));
+        assert!(matches!(err, RunFileError::MetricsValue { line: 1, .. }));
     }
 
     #[test]
@@ -446,7 +523,7 @@ mod tests {
         assert!(m.truncated_last_line);
         // The same bytes with a newline after them are a real corruption.
         let err = parse_metrics(&format!("{text}\n"), p()).unwrap_err();
-        assert!(matches!(err, ReportError::MetricsLine { line: 2, .. }));
+        assert!(matches!(err, RunFileError::MetricsLine { line: 2, .. }));
     }
 
     #[test]
