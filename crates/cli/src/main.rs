@@ -4,6 +4,7 @@
 mod alloc;
 mod backend;
 mod bench;
+mod eval;
 mod expand;
 mod interop;
 mod prepare;
@@ -39,6 +40,8 @@ enum Command {
     Import(interop::ImportArgs),
     /// Export a model folder or run as a Hugging Face folder (config.json + model.safetensors).
     Export(interop::ExportArgs),
+    /// Validation loss and perplexity of a model folder or run on any prepared data.
+    Eval(eval::EvalArgs),
     /// Measure training-step throughput (tokens/s, TFLOP/s, MFU) for a preset.
     Bench(bench::BenchArgs),
     /// Write report.md / report.html with plots for an experiment directory.
@@ -56,6 +59,7 @@ fn main() -> Result<()> {
         Command::Train(args) => train::run(args),
         Command::Generate(args) => train::run_generate(args),
         Command::Report(args) => report::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Import(args) => interop::run_import(args),
         Command::Export(args) => interop::run_export(args),

@@ -308,6 +308,92 @@ fn tiny_train_config(dir: &Path) -> PathBuf {
 }
 
 #[test]
+fn eval_scores_a_run_on_prepared_data_and_refuses_another_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_train_config(tmp.path());
+    let run_dir = tmp.path().join("run");
+    run_ok(
+        bin()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--run-dir")
+            .arg(&run_dir),
+    );
+    // The same batches as the run's own evaluation (8 × 32, 4 batches of the val split) give the
+    // run's final val loss. Inference may take other kernels than training's evaluation (the
+    // backend's own norm), so the two agree to float rounding, not bit for bit.
+    let out = run_ok(
+        bin()
+            .args(["eval", "--model"])
+            .arg(&run_dir)
+            .arg("--data")
+            .arg(tmp.path().join("data"))
+            .args(["--batch", "8", "--seq", "32", "--batches", "4", "--json"]),
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let logged = last_metric(&run_dir, "val_loss");
+    let loss = result["loss"].as_f64().unwrap();
+    assert!((loss - logged).abs() <= 1e-5 * logged, "{loss} vs {logged}");
+    assert_eq!(result["tokens"], 4 * 8 * 32);
+    assert_eq!(result["same_tokenizer"], true);
+    assert!(result["model"].as_str().unwrap().ends_with("final"));
+    // The whole val split by default, in words.
+    let out = run_ok(
+        bin()
+            .args(["eval", "--model"])
+            .arg(&run_dir)
+            .arg("--data")
+            .arg(tmp.path().join("data")),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("perplexity") && text.contains("Val split"),
+        "{text}"
+    );
+
+    // Data made with another tokenizer is refused, naming it, unless asked for.
+    let other = tmp.path().join("other");
+    run_ok(
+        bin()
+            .arg("prepare")
+            .arg(repo().join("datasets/gutenberg/val/austen-persuasion.txt"))
+            .args(["--train-bpe", "300", "--out"])
+            .arg(&other),
+    );
+    let refused = bin()
+        .args(["eval", "--model"])
+        .arg(&run_dir)
+        .arg("--data")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("another tokenizer") && err.contains(&other.display().to_string()),
+        "{err}"
+    );
+    run_ok(
+        bin()
+            .args(["eval", "--model"])
+            .arg(&run_dir)
+            .arg("--data")
+            .arg(&other)
+            .arg("--allow-tokenizer-mismatch"),
+    );
+    // A missing model folder names it.
+    let missing = bin()
+        .args(["eval", "--model"])
+        .arg(tmp.path().join("nope"))
+        .arg("--data")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nope"));
+}
+
+#[test]
 fn sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_train_config(tmp.path());
