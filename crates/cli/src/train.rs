@@ -79,6 +79,7 @@ impl Job for TrainJob {
             backend_name: env.backend_name.to_string(),
             device_name: env.device_name,
             symmetry: Some(hyperclone_experiment::symmetry_metric()),
+            cost_offset: Default::default(),
         };
         tracing::info!(
             "training on {} ({}) into {}",
