@@ -375,7 +375,10 @@ mod tests {
             force: false,
         })
         .unwrap();
-        assert!(model_dir.join(METADATA_DIR).join("token_ids.json").is_file());
+        assert!(model_dir
+            .join(METADATA_DIR)
+            .join("token_ids.json")
+            .is_file());
         let record: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(model_dir.join(IMPORT_FILE)).unwrap())
                 .unwrap();
@@ -439,10 +442,18 @@ mod tests {
             serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap()
         };
         let config_json = json(out.join("config.json"));
-        for (key, id) in [("bos_token_id", 1), ("eos_token_id", 2), ("pad_token_id", 0)] {
+        for (key, id) in [
+            ("bos_token_id", 1),
+            ("eos_token_id", 2),
+            ("pad_token_id", 0),
+        ] {
             assert_eq!(config_json[key], id, "{key}");
         }
-        for file in ["generation_config.json", "tokenizer_config.json", TOKENIZER_FILE] {
+        for file in [
+            "generation_config.json",
+            "tokenizer_config.json",
+            TOKENIZER_FILE,
+        ] {
             assert_eq!(
                 fs::read(out.join(file)).unwrap(),
                 fs::read(src.join(file)).unwrap(),

@@ -229,7 +229,10 @@ fn expand_carries_the_tokenizer_and_the_kept_hf_metadata() {
     std::fs::create_dir_all(src.join("hf_metadata")).unwrap();
     save_model(&Gpt::<B>::init(&small(), 4, &device).unwrap(), &src).unwrap();
     let files = [
-        ("tokenizer.json", &br#"{"model": {"type": "WordLevel"}}"#[..]),
+        (
+            "tokenizer.json",
+            &br#"{"model": {"type": "WordLevel"}}"#[..],
+        ),
         (
             "hf_metadata/token_ids.json",
             b"{\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n  \"pad_token_id\": 0\n}\n",

@@ -9,10 +9,9 @@ use hyperclone_model::tokens_tensor;
 use hyperclone_model::GptBackend;
 
 use crate::{
-    expand, expand_record, probe_tokens, verify, CloneError, ExpandOptions, ExpandRecord,
-    RecordError, Verification, VerifyError,
+    expand, expand_record, probe_tokens, save_expanded_from, verify, CloneError, ExpandOptions,
+    ExpandRecord, RecordError, Verification, VerifyError,
 };
-use crate::record::save_expanded_from;
 
 /// Why a folder expansion failed. Nothing is written in any of these cases.
 #[derive(Debug, thiserror::Error)]

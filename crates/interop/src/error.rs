@@ -27,11 +27,15 @@ pub enum InteropError {
         /// The parser's message (it names the key).
         reason: String,
     },
-    /// A special token id key of `config.json` (`bos_token_id`, `eos_token_id`,
-    /// `pad_token_id`) is not an integer, a list of integers or `null`.
-    #[error("{path}: {key} = {value}: expected a token id (an integer), a list of token ids or null")]
+    /// A special token id key (`bos_token_id`, `eos_token_id`, `pad_token_id`) of a source's
+    /// `config.json`, or of the copy kept in `hf_metadata/token_ids.json`, is not an integer,
+    /// a list of integers or `null`: exporting it would give transformers a config it rejects
+    /// or misreads.
+    #[error(
+        "{path}: {key} = {value}: expected a token id (an integer), a list of token ids or null"
+    )]
     BadTokenId {
-        /// The `config.json` file.
+        /// The `config.json` or `token_ids.json` file.
         path: PathBuf,
         /// The key at fault.
         key: &'static str,

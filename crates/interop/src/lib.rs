@@ -30,8 +30,7 @@ pub use error::InteropError;
 pub use export::{eot_id, export_hf, export_hf_with_metadata, hf_tensors, ExportInfo};
 pub use import::{import_hf, ImportInfo, CONFIG_FILE, TOKENIZER_FILE};
 pub use metadata::{
-    HfMetadata, SpecialTokenIds, TokenIdKey, TokenIds, METADATA_DIR, TOKEN_IDS_FILE,
-    VERBATIM_FILES,
+    HfMetadata, SpecialTokenIds, TokenIdKey, TokenIds, METADATA_DIR, TOKEN_IDS_FILE, VERBATIM_FILES,
 };
 pub use resolve::{
     parse_hub_spec, resolve_model_source, resolve_model_source_with, ResolvedSource,

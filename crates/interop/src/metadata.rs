@@ -23,7 +23,7 @@ use std::fs;
 use std::path::Path;
 
 use hyperclone_model::checkpoint::write_file_atomically;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use crate::error::{io_err, InteropError};
@@ -53,7 +53,7 @@ pub const TOKEN_ID_KEYS: [&str; 3] = ["bos_token_id", "eos_token_id", "pad_token
 
 /// The value of a token-id key: one id, or a list (`eos_token_id` often is one, e.g. Llama 3's
 /// end-of-text and end-of-turn tokens). Signed, because some configs say `-1` for "none".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum TokenIds {
     /// A single id.
@@ -100,20 +100,12 @@ impl Serialize for TokenIdKey {
     }
 }
 
-impl<'de> Deserialize<'de> for TokenIdKey {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // A present key is `null` or ids; an absent one is `Absent` through `#[serde(default)]`.
-        Ok(match Option::<TokenIds>::deserialize(d)? {
-            None => TokenIdKey::Null,
-            Some(ids) => TokenIdKey::Ids(ids),
-        })
-    }
-}
-
 /// The special token ids of a source `config.json` (`token_ids.json` in [`METADATA_DIR`]): only
 /// the keys the source has are written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// Read back with [`SpecialTokenIds::from_kept`] rather than serde, so that a damaged file is
+/// refused naming the key and value, as a bad `config.json` is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SpecialTokenIds {
     /// `bos_token_id`.
     #[serde(default, skip_serializing_if = "TokenIdKey::is_absent")]
@@ -157,6 +149,31 @@ impl SpecialTokenIds {
             eos_token_id: key("eos_token_id")?,
             pad_token_id: key("pad_token_id")?,
         })
+    }
+
+    /// Parses a kept `token_ids.json` (`path` is named in errors): a JSON object with only
+    /// [`TOKEN_ID_KEYS`], each valued as in [`from_config`](Self::from_config). Anything else
+    /// is refused rather than exported: a mistyped key would silently become "absent", and
+    /// transformers would then apply its architecture default instead of the source's id.
+    pub fn from_kept(text: &str, path: &Path) -> Result<Self, InteropError> {
+        let bad = |reason: String| InteropError::BadJson {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let value: Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let Value::Object(map) = &value else {
+            return Err(bad(format!(
+                "expected a JSON object, found {}",
+                json_kind(&value)
+            )));
+        };
+        if let Some(unknown) = map.keys().find(|k| !TOKEN_ID_KEYS.contains(&k.as_str())) {
+            return Err(bad(format!(
+                "unknown key {unknown:?}; the keys are {}",
+                TOKEN_ID_KEYS.join(", ")
+            )));
+        }
+        Self::from_config(&value, path)
     }
 
     /// The keys in [`TOKEN_ID_KEYS`] order.
@@ -269,10 +286,7 @@ impl HfMetadata {
         }
         let ids_path = dir.join(TOKEN_IDS_FILE);
         let text = fs::read_to_string(&ids_path).map_err(io_err(&ids_path))?;
-        let token_ids = serde_json::from_str(&text).map_err(|e| InteropError::BadJson {
-            path: ids_path.clone(),
-            reason: e.to_string(),
-        })?;
+        let token_ids = SpecialTokenIds::from_kept(&text, &ids_path)?;
         let files = Self::read_files(&dir)?;
         Ok(Some(Self { token_ids, files }))
     }
@@ -337,7 +351,10 @@ mod tests {
             text,
             r#"{"bos_token_id":1,"eos_token_id":[2,32007],"pad_token_id":null}"#
         );
-        assert_eq!(serde_json::from_str::<SpecialTokenIds>(&text).unwrap(), t);
+        assert_eq!(
+            SpecialTokenIds::from_kept(&text, Path::new("token_ids.json")).unwrap(),
+            t
+        );
 
         // Absent keys stay absent (transformers' architecture default then applies).
         let t = ids(r#"{"eos_token_id": -1}"#).unwrap();
@@ -345,7 +362,10 @@ mod tests {
         assert_eq!(t.eos_token_id, TokenIdKey::Ids(TokenIds::One(-1)));
         let text = serde_json::to_string(&t).unwrap();
         assert_eq!(text, r#"{"eos_token_id":-1}"#);
-        assert_eq!(serde_json::from_str::<SpecialTokenIds>(&text).unwrap(), t);
+        assert_eq!(
+            SpecialTokenIds::from_kept(&text, Path::new("token_ids.json")).unwrap(),
+            t
+        );
 
         // apply() sets present keys and removes absent ones.
         let mut config = serde_json::json!({"bos_token_id": 0, "eos_token_id": 0, "x": 1});
@@ -358,7 +378,11 @@ mod tests {
         for (text, key, value) in [
             (r#"{"eos_token_id": "2"}"#, "eos_token_id", r#""2""#),
             (r#"{"bos_token_id": 1.5}"#, "bos_token_id", "1.5"),
-            (r#"{"eos_token_id": [2, "x"]}"#, "eos_token_id", r#"[2,"x"]"#),
+            (
+                r#"{"eos_token_id": [2, "x"]}"#,
+                "eos_token_id",
+                r#"[2,"x"]"#,
+            ),
             (r#"{"pad_token_id": {}}"#, "pad_token_id", "{}"),
         ] {
             let e = ids(text).unwrap_err();
@@ -369,8 +393,24 @@ mod tests {
                 "{msg}"
             );
         }
-        let e = serde_json::from_str::<SpecialTokenIds>(r#"{"eos_token": 2}"#).unwrap_err();
-        assert!(e.to_string().contains("eos_token"), "{e}");
+        // A kept token_ids.json is held to the same rules, and to its three keys.
+        let kept = |text: &str| {
+            SpecialTokenIds::from_kept(text, Path::new("m/hf_metadata/token_ids.json"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = kept(r#"{"eos_token": 2}"#);
+        assert!(
+            e.contains("m/hf_metadata/token_ids.json") && e.contains("unknown key \"eos_token\""),
+            "{e}"
+        );
+        let e = kept(r#"{"eos_token_id": "2"}"#);
+        assert!(
+            e.contains("token_ids.json") && e.contains("eos_token_id = \"2\""),
+            "{e}"
+        );
+        assert!(kept("[1]").contains("found an array"));
+        assert!(kept("{").contains("token_ids.json"));
     }
 
     #[test]
@@ -381,7 +421,11 @@ mod tests {
         std::fs::write(tmp.path().join(CHAT_TEMPLATE_FILE), "{{ x }}\n").unwrap();
         let meta = HfMetadata::from_hf_dir(tmp.path()).unwrap();
         assert_eq!(meta.file_names(), vec![CHAT_TEMPLATE_FILE.to_string()]);
-        std::fs::write(tmp.path().join(GENERATION_CONFIG_FILE), "{\"eos_token_id\": ").unwrap();
+        std::fs::write(
+            tmp.path().join(GENERATION_CONFIG_FILE),
+            "{\"eos_token_id\": ",
+        )
+        .unwrap();
         let e = HfMetadata::from_hf_dir(tmp.path()).unwrap_err();
         assert!(matches!(e, InteropError::BadJson { .. }), "{e}");
         assert!(e.to_string().contains(GENERATION_CONFIG_FILE), "{e}");

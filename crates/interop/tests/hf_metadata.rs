@@ -98,11 +98,16 @@ fn the_chat_fixture_has_non_default_ids_a_generation_config_and_a_chat_template(
     assert_eq!(files, source_files());
     let template = json(&src.join(TOKENIZER_CONFIG_FILE))["chat_template"].clone();
     assert!(
-        template.as_str().is_some_and(|t| t.contains("<|im_start|>")),
+        template
+            .as_str()
+            .is_some_and(|t| t.contains("<|im_start|>")),
         "{template}"
     );
     // The tokenizer's <|endoftext|> is 0: what an export without the kept ids would write.
-    assert_eq!(hyperclone_interop::eot_id(&read(&src.join(TOKENIZER_FILE))), Some(0));
+    assert_eq!(
+        hyperclone_interop::eot_id(&read(&src.join(TOKENIZER_FILE))),
+        Some(0)
+    );
     // The folder names agree across the crates that carry hf_metadata/.
     assert!(CARRIED_ENTRIES.contains(&METADATA_DIR));
     assert!(CARRIED_ENTRIES.contains(&TOKENIZER_FILE));
@@ -130,13 +135,9 @@ fn import_expand_export_keeps_ids_generation_config_and_chat_template() {
         let model = load_model::<B>(dir, &Default::default()).unwrap();
         let kept = HfMetadata::load(dir).unwrap().unwrap();
         let out = tmp.path().join(format!("hf-{name}"));
-        let info = export_hf_with_metadata(
-            &model,
-            &out,
-            Some(&dir.join(TOKENIZER_FILE)),
-            Some(&kept),
-        )
-        .unwrap();
+        let info =
+            export_hf_with_metadata(&model, &out, Some(&dir.join(TOKENIZER_FILE)), Some(&kept))
+                .unwrap();
         assert_eq!(info.hf_metadata, Some(meta.file_names()), "{name}");
 
         // config.json: the source's ids, value for value; our architecture otherwise.
@@ -180,7 +181,10 @@ fn import_expand_export_keeps_ids_generation_config_and_chat_template() {
     let info = export_hf(&model, &out, Some(&model_dir.join(TOKENIZER_FILE))).unwrap();
     assert_eq!(info.hf_metadata, None);
     let config = json(&out.join("config.json"));
-    assert_eq!((&config["bos_token_id"], &config["eos_token_id"]), (&Value::from(0), &Value::from(0)));
+    assert_eq!(
+        (&config["bos_token_id"], &config["eos_token_id"]),
+        (&Value::from(0), &Value::from(0))
+    );
     assert!(config.get("pad_token_id").is_none(), "{config}");
     for file in VERBATIM_FILES {
         assert!(!out.join(file).exists(), "{file}");
@@ -199,7 +203,11 @@ fn absent_keys_stay_absent_and_a_chat_template_file_is_carried() {
     obj.remove("bos_token_id");
     obj.remove("pad_token_id");
     obj.insert("eos_token_id".into(), serde_json::json!([2, 0]));
-    fs::write(src.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+    fs::write(
+        src.join("config.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
     for file in ["model.safetensors", TOKENIZER_FILE] {
         fs::copy(fixture(CHAT).join(file), src.join(file)).unwrap();
     }
@@ -282,7 +290,13 @@ struct Recorded {
 /// transformers' greedy search: each step appends the argmax of the last position's logits to
 /// the unfinished rows and `pad` to the finished ones; a row finishes on any of `eos`; the
 /// search ends when every row has finished or after `max_new` tokens.
-fn greedy(model: &Gpt<B>, prompts: &[Vec<u32>], eos: &[i64], pad: i64, max_new: usize) -> Vec<Vec<i64>> {
+fn greedy(
+    model: &Gpt<B>,
+    prompts: &[Vec<u32>],
+    eos: &[i64],
+    pad: i64,
+    max_new: usize,
+) -> Vec<Vec<i64>> {
     let device = Default::default();
     let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
     let mut done = vec![false; seqs.len()];
@@ -290,16 +304,26 @@ fn greedy(model: &Gpt<B>, prompts: &[Vec<u32>], eos: &[i64], pad: i64, max_new: 
         let (b, t) = (seqs.len(), seqs[0].len());
         let logits = model.forward(tokens_tensor::<B>(&seqs.concat(), b, t, &device));
         let v = logits.dims()[2];
-        let data = logits.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+        let data = logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap();
         for (r, seq) in seqs.iter_mut().enumerate() {
             let last = &data[(r * t + t - 1) * v..(r * t + t) * v];
             let next = if done[r] {
                 pad
             } else {
-                let (i, _) = last
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best });
+                let (i, _) =
+                    last.iter()
+                        .enumerate()
+                        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+                            if x > best.1 {
+                                (i, x)
+                            } else {
+                                best
+                            }
+                        });
                 i as i64
             };
             seq.push(u32::try_from(next).unwrap());
@@ -331,8 +355,7 @@ fn generation_settings(path: &Path) -> (Vec<i64>, i64, usize) {
 #[test]
 fn expanded_export_decodes_like_transformers_generate_on_the_source() {
     let src = fixture(CHAT);
-    let recorded: Recorded =
-        serde_json::from_value(json(&src.join("generate.json"))).unwrap();
+    let recorded: Recorded = serde_json::from_value(json(&src.join("generate.json"))).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let model_dir = tmp.path().join("model");
     import_folder(&src, &model_dir);
@@ -357,5 +380,8 @@ fn expanded_export_decodes_like_transformers_generate_on_the_source() {
     assert_ne!(stops[0], stops[1], "{:?}", recorded.sequences);
     // Stopping at the tokenizer's <|endoftext|> (0) alone, as an export without the kept ids
     // would, does not give transformers' sequences.
-    assert_ne!(greedy(&model, &recorded.tokens, &[0], 0, max_new), recorded.sequences);
+    assert_ne!(
+        greedy(&model, &recorded.tokens, &[0], 0, max_new),
+        recorded.sequences
+    );
 }

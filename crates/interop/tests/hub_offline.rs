@@ -45,8 +45,15 @@ fn hub_sources_resolve_from_the_cache_offline() {
         "generation_config.json",
         &fs::read(fixture.join("generation_config.json")).unwrap(),
     );
-    let tokenizer_config = br#"{"chat_template": "{{ messages[0]['content'] }}", "eos_token": "</s>"}"#;
-    put(&cache, folder, "v1", "tokenizer_config.json", tokenizer_config);
+    let tokenizer_config =
+        br#"{"chat_template": "{{ messages[0]['content'] }}", "eos_token": "</s>"}"#;
+    put(
+        &cache,
+        folder,
+        "v1",
+        "tokenizer_config.json",
+        tokenizer_config,
+    );
     // A repo with only pickled weights.
     let pickled = "models--acme--pickled";
     put(
@@ -76,7 +83,10 @@ fn hub_sources_resolve_from_the_cache_offline() {
         meta.file_names(),
         vec!["generation_config.json", "tokenizer_config.json"]
     );
-    assert_eq!(meta.files["tokenizer_config.json"], tokenizer_config.to_vec());
+    assert_eq!(
+        meta.files["tokenizer_config.json"],
+        tokenizer_config.to_vec()
+    );
     assert_eq!(
         serde_json::to_string(&meta.token_ids).unwrap(),
         r#"{"bos_token_id":1,"eos_token_id":2,"pad_token_id":0}"#

@@ -131,7 +131,8 @@ pub enum RunDirError {
         /// The step the file records.
         found: u64,
     },
-    /// A file could not be read to checksum it.
+    /// A file could not be read to checksum it, or the kept Hugging Face metadata
+    /// ([`HF_METADATA_DIR`]) could not be copied or removed.
     #[error("{path}: {source}")]
     Io {
         /// The file.
@@ -475,11 +476,9 @@ pub fn carry_hf_metadata(init_from: Option<&Path>, run_dir: &Path) -> Result<(),
         Some(src) if src.is_dir() => {
             write_dir_atomically::<RunDirError>(&dest, |tmp| copy_files(&src, tmp))
         }
-        _ if dest.exists() => fs::remove_dir_all(&dest).map_err(|source| {
-            RunDirError::Model(CheckpointError::Io {
-                path: dest.clone(),
-                source,
-            })
+        _ if dest.exists() => fs::remove_dir_all(&dest).map_err(|source| RunDirError::Io {
+            path: dest.clone(),
+            source,
         }),
         _ => Ok(()),
     }
@@ -493,20 +492,19 @@ pub fn copy_hf_metadata(run_dir: &Path, model_dir: &Path) -> Result<(), RunDirEr
         return Ok(());
     }
     let dest = model_dir.join(HF_METADATA_DIR);
-    fs::create_dir_all(&dest).map_err(|source| {
-        RunDirError::Model(CheckpointError::Io {
-            path: dest.clone(),
-            source,
-        })
+    fs::create_dir_all(&dest).map_err(|source| RunDirError::Io {
+        path: dest.clone(),
+        source,
     })?;
     copy_files(&src, &dest)
 }
 
-/// Copies the files of the flat folder `src` into `dest` (fsynced, one by one).
+/// Copies the files of the flat folder `src` (what `hyperclone import` writes there has no
+/// subfolders) into `dest`, each written atomically.
 fn copy_files(src: &Path, dest: &Path) -> Result<(), RunDirError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source: std::io::Error| RunDirError::Model(CheckpointError::Io { path, source })
+        move |source: std::io::Error| RunDirError::Io { path, source }
     };
     let mut files = Vec::new();
     for entry in fs::read_dir(src).map_err(io(src))? {
@@ -525,7 +523,7 @@ fn copy_files(src: &Path, dest: &Path) -> Result<(), RunDirError> {
 }
 
 #[cfg(test)]
-mod hf_metadata_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -541,7 +539,11 @@ mod hf_metadata_tests {
         fs::create_dir_all(&run).unwrap();
         fs::create_dir_all(&fin).unwrap();
         fs::write(meta.join("token_ids.json"), b"{\"eos_token_id\": 2}\n").unwrap();
-        fs::write(meta.join("tokenizer_config.json"), b"{\"chat_template\": \"{{ x }}\"}").unwrap();
+        fs::write(
+            meta.join("tokenizer_config.json"),
+            b"{\"chat_template\": \"{{ x }}\"}",
+        )
+        .unwrap();
 
         carry_hf_metadata(Some(&model), &run).unwrap();
         copy_hf_metadata(&run, &fin).unwrap();
