@@ -13,6 +13,14 @@ extra in or mis-shaped in model.safetensors; 2 on bad input):
 Dump mode (writes tensor "logits", f32 [B, T, vocab], atomically):
     python scripts/hf/check_export.py --model-dir DIR --tokens tokens.json --dump-logits OUT.safetensors
 
+Generate mode: does DIR generate like the SOURCE folder it was made from, by default? Runs
+`generate` on both with each folder's own defaults (generation_config.json, else config.json:
+eos/pad ids, max_new_tokens, greedy or not) on the token rows as prompts and requires the same
+sequences (so the same stop and padding); where both folders have a tokenizer, also the same
+`apply_chat_template` output for a fixed conversation, and the same special tokens. Sampling
+configs are compared with a fixed seed. Exit 0 when alike, 1 when not, 2 on bad input:
+    python scripts/hf/check_export.py --model-dir DIR --tokens prompts.json --generate-like SOURCE
+
 `tokens.json` is {"tokens": [[id, ...], ...]} (B rows of equal length T).
 """
 
@@ -99,6 +107,73 @@ def run_model(model_dir: Path, tokens: torch.Tensor, attn_implementation: str) -
         return model(input_ids=tokens).logits.float().contiguous()
 
 
+CONVERSATION = [
+    {"role": "system", "content": "you are a good model ."},
+    {"role": "user", "content": "hello , tell me a story please !"},
+]
+
+
+def load_model(model_dir: Path):
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"{model_dir}: no config.json (not a Hugging Face model folder)")
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32, attn_implementation="eager", local_files_only=True).eval()
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for bad folders
+        raise InputError(f"{model_dir}: transformers cannot load it: {type(exc).__name__}: {exc}") from exc
+
+
+@torch.no_grad()
+def generate(model_dir: Path, prompts: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """transformers' default generate on `prompts`, and the generation settings it used."""
+    model = load_model(model_dir)
+    torch.manual_seed(0)  # only matters for a config that samples
+    out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts))
+    config = model.generation_config
+    used = {key: getattr(config, key, None) for key in
+            ("bos_token_id", "eos_token_id", "pad_token_id", "max_new_tokens", "max_length", "do_sample")}
+    return out, used
+
+
+def chat_prompt(model_dir: Path) -> tuple[str, dict] | None:
+    """The chat template's text for CONVERSATION and the special tokens, or None without a tokenizer."""
+    if not (model_dir / "tokenizer.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{model_dir}: transformers cannot load its tokenizer: {type(exc).__name__}: {exc}") from exc
+    special = {k: getattr(tokenizer, k, None) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    if not getattr(tokenizer, "chat_template", None):
+        return None, special
+    return tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True), special
+
+
+def generate_like(model_dir: Path, source_dir: Path, prompts: torch.Tensor) -> int:
+    ours, our_config = generate(model_dir, prompts)
+    theirs, their_config = generate(source_dir, prompts)
+    ok = True
+    print(f"generation settings: {model_dir}: {our_config}; {source_dir}: {their_config}")
+    for row in range(prompts.shape[0]):
+        a, b = ours[row].tolist(), theirs[row].tolist()
+        same = a == b
+        ok &= same
+        print(f"row {row}: {'same' if same else 'DIFFERENT'}: {len(a)} tokens {a[prompts.shape[1]:]} "
+              f"vs source {len(b)} tokens {b[prompts.shape[1]:]}")
+    if tuple(ours.shape) != tuple(theirs.shape):
+        ok = False
+        print(f"shapes differ: {list(ours.shape)} vs source {list(theirs.shape)}")
+    our_chat, their_chat = chat_prompt(model_dir), chat_prompt(source_dir)
+    if our_chat is not None or their_chat is not None:
+        same = our_chat == their_chat
+        ok &= same
+        print(f"chat template and special tokens: {'same' if same else 'DIFFERENT'}: {our_chat!r}"
+              + ("" if same else f" vs source {their_chat!r}"))
+    print("OK" if ok else "MISMATCH")
+    return 0 if ok else 1
+
+
 def write_logits(path: Path, logits: torch.Tensor) -> None:
     """Writes tensor "logits" atomically (temp file in the same folder, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,11 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--expected", type=Path, help="safetensors with the expected \"logits\"")
     mode.add_argument("--dump-logits", type=Path, help="write the model's logits here instead of checking")
+    mode.add_argument("--generate-like", type=Path, metavar="SOURCE_DIR",
+                      help="check that --model-dir generates (and chats) like this folder by default")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |Δ| per logit")
     parser.add_argument("--attn-implementation", default="eager", choices=["eager", "sdpa"])
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     transformers.utils.logging.disable_progress_bar()
+
+    if args.generate_like:
+        try:
+            return generate_like(args.model_dir, args.generate_like, load_tokens(args.tokens))
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
     try:
         tokens = load_tokens(args.tokens)

@@ -64,7 +64,9 @@ class FixtureTests(unittest.TestCase):
                                  capture_output=True, text=True, timeout=300)
             self.assertEqual(out.returncode, 0, out.stderr)
             for name in NAMES:
-                for file in ("config.json", "model.safetensors", "tokens.json"):
+                extra = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "generate.json") \
+                    if name == make_fixtures.CHAT else ()
+                for file in ("config.json", "model.safetensors", "tokens.json", *extra):
                     with self.subTest(f"{name}/{file}"):
                         self.assertEqual((Path(tmp) / name / file).read_bytes(),
                                          (FIXTURES / name / file).read_bytes())
@@ -117,6 +119,35 @@ class CheckExportTests(unittest.TestCase):
                                "--dump-logits", f"{tmp}/x.safetensors")
             self.assertEqual(out.returncode, 2)
             self.assertIn("config.json", out.stderr)
+
+    def test_generate_mode_tells_a_faithful_export_from_one_that_lost_its_stop(self):
+        chat = FIXTURES / make_fixtures.CHAT
+        prompts = chat / "generate.json"
+        recorded = json.loads(prompts.read_text())
+        out = check_export("--model-dir", str(chat), "--tokens", str(prompts), "--generate-like", str(chat))
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertIn("OK", out.stdout)
+        with tempfile.TemporaryDirectory() as tmp:
+            # An export as it was before the kept metadata: eos = bos = <|endoftext|> (0), no
+            # generation or tokenizer config.
+            lost = Path(tmp) / "lost"
+            shutil.copytree(chat, lost)
+            for file in ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json"):
+                (lost / file).unlink(missing_ok=True)
+            config = json.loads((lost / "config.json").read_text())
+            config.update(bos_token_id=0, eos_token_id=0)
+            config.pop("pad_token_id", None)
+            (lost / "config.json").write_text(json.dumps(config))
+            out = check_export("--model-dir", str(lost), "--tokens", str(prompts), "--generate-like", str(chat))
+            self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+            self.assertIn("MISMATCH", out.stdout)
+        # Both recorded rows stop at <|im_end|> (2); the shorter one is padded with 0.
+        new = [row[len(recorded["tokens"][0]):] for row in recorded["sequences"]]
+        self.assertEqual(len(new), 2)
+        stops = [row.index(2) for row in new]
+        self.assertNotEqual(stops[0], stops[1])
+        short = new[stops.index(min(stops))]
+        self.assertTrue(all(t == 0 for t in short[min(stops) + 1:]))
 
     def test_dump_mode_writes_the_models_logits(self):
         folder = FIXTURES / "gpt2-tiny"

@@ -3,12 +3,16 @@
 //! Reads a folder holding `model.json` + `model.safetensors` (a model folder, or a training
 //! checkpoint such as `runs/x/step-00001000/` or `runs/x/final/`), expands it, checks on a
 //! probe batch that the logits are unchanged, and writes `--out` atomically with the model
-//! files and `expand.json`. When the check fails nothing is written and the command fails.
+//! files and `expand.json`, plus the source's `tokenizer.json` and `hf_metadata/` (the special
+//! token ids, generation and tokenizer configs that `import` keeps), which hold for the wider
+//! clone as they did for its source. When the check fails nothing is written and the command
+//! fails.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use hyperclone_cloning::record::CARRIED_ENTRIES;
 use hyperclone_cloning::{
     expand_config, expand_folder, ExpandOptions, ProbeSpec, Variant, DEFAULT_TOLERANCE_F32,
 };
@@ -25,7 +29,8 @@ pub struct ExpandArgs {
     /// folder, or a training checkpoint such as runs/x/final or runs/x/step-00001000).
     #[arg(long, value_name = "DIR")]
     pub from: PathBuf,
-    /// Folder to write the expanded model to (model files + expand.json), atomically.
+    /// Folder to write the expanded model to (model files + expand.json, and the source's
+    /// tokenizer.json and hf_metadata/ when it has them), atomically.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Width factor n: d_model and the head count grow n-fold (head_dim stays fixed).
@@ -145,6 +150,17 @@ pub fn run_on<B: GptBackend>(args: ExpandArgs, device: &B::Device) -> Result<()>
             "verification on {} positions ({} x {}): max |dlogit| {:.3e}, relative error {:.3e} (tolerance {:.1e}), KL(source||target) {:.3e}",
             v.positions, probe.batch, probe.seq, v.max_abs_logit_diff, v.rel_err, args.tolerance, v.kl
         ),
+    }
+    let carried: Vec<&str> = CARRIED_ENTRIES
+        .into_iter()
+        .filter(|name| args.out.join(name).exists())
+        .collect();
+    if !carried.is_empty() {
+        println!(
+            "carried over from {}: {}",
+            args.from.display(),
+            carried.join(", ")
+        );
     }
     println!(
         "wrote {} in {:.2} s",

@@ -217,3 +217,55 @@ fn probe_tokens_can_come_from_a_token_shard() {
     let e = run_on::<B>(too_many, &device).unwrap_err().to_string();
     assert!(e.contains("fewer than"), "{e}");
 }
+
+/// The source's tokenizer and the Hugging Face metadata kept by `import` (special token ids,
+/// generation and tokenizer configs) are copied byte for byte into the expanded folder, which
+/// `export` then writes back; a source without them gives a folder without them.
+#[test]
+fn expand_carries_the_tokenizer_and_the_kept_hf_metadata() {
+    let tmp = TempDir::new("carry");
+    let device = Default::default();
+    let src = tmp.0.join("small");
+    std::fs::create_dir_all(src.join("hf_metadata")).unwrap();
+    save_model(&Gpt::<B>::init(&small(), 4, &device).unwrap(), &src).unwrap();
+    let files = [
+        (
+            "tokenizer.json",
+            &br#"{"model": {"type": "WordLevel"}}"#[..],
+        ),
+        (
+            "hf_metadata/token_ids.json",
+            b"{\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n  \"pad_token_id\": 0\n}\n",
+        ),
+        (
+            "hf_metadata/generation_config.json",
+            b"{\n  \"eos_token_id\": [2, 0],\n  \"max_new_tokens\": 8\n}\n",
+        ),
+        (
+            "hf_metadata/tokenizer_config.json",
+            br#"{"chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}"#,
+        ),
+    ];
+    for (name, bytes) in files {
+        std::fs::write(src.join(name), bytes).unwrap();
+    }
+    let out = tmp.0.join("large");
+    run_on::<B>(args(&src, &out), &device).unwrap();
+    for (name, bytes) in files {
+        assert_eq!(std::fs::read(out.join(name)).unwrap(), bytes, "{name}");
+    }
+    assert_eq!(
+        std::fs::read_dir(out.join("hf_metadata")).unwrap().count(),
+        3
+    );
+    assert!(read_expand_record(&out).unwrap().is_some());
+
+    // Without them: none in the output (a model trained here).
+    let bare = tmp.0.join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    save_model(&Gpt::<B>::init(&small(), 5, &device).unwrap(), &bare).unwrap();
+    let out2 = tmp.0.join("large2");
+    run_on::<B>(args(&bare, &out2), &device).unwrap();
+    assert!(!out2.join("tokenizer.json").exists());
+    assert!(!out2.join("hf_metadata").exists());
+}

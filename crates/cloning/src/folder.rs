@@ -9,7 +9,7 @@ use hyperclone_model::tokens_tensor;
 use hyperclone_model::GptBackend;
 
 use crate::{
-    expand, expand_record, probe_tokens, save_expanded, verify, CloneError, ExpandOptions,
+    expand, expand_record, probe_tokens, save_expanded_from, verify, CloneError, ExpandOptions,
     ExpandRecord, RecordError, Verification, VerifyError,
 };
 
@@ -58,7 +58,8 @@ pub struct FolderExpansion {
 }
 
 /// Loads the model in `from`, expands it with `opts`, verifies it on the probe and writes
-/// `out` (model files + `expand.json`) atomically. `device_name` is recorded.
+/// `out` (model files + `expand.json`, and the tokenizer and Hugging Face metadata of `from`:
+/// [`CARRIED_ENTRIES`](crate::record::CARRIED_ENTRIES)) atomically. `device_name` is recorded.
 pub fn expand_folder<B: GptBackend>(
     from: &Path,
     out: &Path,
@@ -114,7 +115,7 @@ pub fn expand_folder<B: GptBackend>(
         Some(PathBuf::from(from)),
     );
     record.verify_s = verify_s;
-    save_expanded(out, &target, &record)?;
+    save_expanded_from(out, &target, &record, from)?;
     Ok(FolderExpansion {
         record,
         verification,

@@ -39,7 +39,8 @@ pub use plan::{
     Section, Variant,
 };
 pub use record::{
-    expand_record, read_expand_record, save_expanded, ExpandRecord, RecordError, EXPAND_FILE,
+    expand_record, read_expand_record, save_expanded, save_expanded_from, ExpandRecord,
+    RecordError, CARRIED_ENTRIES, EXPAND_FILE,
 };
 pub use symmetry::{symmetry, SymmetryError, SymmetryReport};
 pub use verify::{probe_tokens, verify, Verification, VerifyError, DEFAULT_TOLERANCE_F32};

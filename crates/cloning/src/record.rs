@@ -1,7 +1,8 @@
 //! The expanded model folder: `model.safetensors` + `model.json` (the model crate's format)
 //! plus `expand.json`, the summary of the expansion ([`ExpandRecord`], declared once in
 //! `hyperclone-runfiles` for this writer and its readers: the report, and the training loop
-//! for the factors it needs to measure symmetry).
+//! for the factors it needs to measure symmetry), and what it shares with its source
+//! ([`CARRIED_ENTRIES`]: the tokenizer and the kept Hugging Face metadata).
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,15 @@ use crate::plan::ExpandOptions;
 use crate::verify::Verification;
 
 pub use hyperclone_runfiles::{ExpandRecord, EXPAND_FILE};
+
+/// Entries of a source model folder that an expansion copies unchanged into its output: the
+/// tokenizer, and the Hugging Face metadata that `hyperclone import` keeps (`hf_metadata/`: the
+/// source's special token ids, generation config, tokenizer config and chat template). A wider
+/// clone computes the same function over the same vocabulary, so they hold for it as they did
+/// for its source, and `hyperclone export` of the expansion finds them. The folder name is
+/// `hyperclone_interop::METADATA_DIR`, repeated here because cloning does not depend on
+/// interop; a test of the interop crate checks that the two agree.
+pub const CARRIED_ENTRIES: [&str; 2] = ["tokenizer.json", "hf_metadata"];
 
 /// The `expand.json` record of an expansion: its options, parameter counts, timing and
 /// (optional) verification. `verify_s` is left for the caller, who times the check.
@@ -55,6 +65,15 @@ pub enum RecordError {
     /// Writing the model files failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A file or folder carried over from the source folder ([`CARRIED_ENTRIES`]) could not
+    /// be copied.
+    #[error("copying {from} into the expanded model folder: {source}")]
+    Carry {
+        /// The source file or folder.
+        from: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// `expand.json` exists but could not be read or parsed.
     #[error("{path}: {reason}")]
     Bad {
@@ -72,15 +91,68 @@ pub fn save_expanded<B: Backend>(
     target: &Gpt<B>,
     record: &ExpandRecord,
 ) -> Result<(), RecordError> {
+    write_expanded(out, target, record, None)
+}
+
+/// [`save_expanded`], also copying the [`CARRIED_ENTRIES`] that the source folder `from` has
+/// (in the same atomic write: the folder appears complete or not at all).
+pub fn save_expanded_from<B: Backend>(
+    out: &Path,
+    target: &Gpt<B>,
+    record: &ExpandRecord,
+    from: &Path,
+) -> Result<(), RecordError> {
+    write_expanded(out, target, record, Some(from))
+}
+
+fn write_expanded<B: Backend>(
+    out: &Path,
+    target: &Gpt<B>,
+    record: &ExpandRecord,
+    from: Option<&Path>,
+) -> Result<(), RecordError> {
     let json = serde_json::to_vec_pretty(record).map_err(|e| RecordError::Bad {
         path: out.join(EXPAND_FILE),
         reason: e.to_string(),
     })?;
     write_dir_atomically(out, |dir| -> Result<(), RecordError> {
         save_model(target, dir)?;
+        if let Some(from) = from {
+            for name in CARRIED_ENTRIES {
+                let src = from.join(name);
+                if src.exists() {
+                    copy_entry(&src, &dir.join(name))?;
+                }
+            }
+        }
         write_file_atomically(&dir.join(EXPAND_FILE), &json)?;
         Ok(())
     })
+}
+
+/// Copies a file, or a folder with everything in it, from `src` to `dst` (fsynced files).
+fn copy_entry(src: &Path, dst: &Path) -> Result<(), RecordError> {
+    let carry = |source| RecordError::Carry {
+        from: src.to_path_buf(),
+        source,
+    };
+    if src.is_dir() {
+        std::fs::create_dir_all(dst).map_err(carry)?;
+        let mut entries = std::fs::read_dir(src)
+            .map_err(carry)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(carry)?;
+        entries.sort();
+        for entry in entries {
+            let name = entry.file_name().expect("read_dir entries have names");
+            copy_entry(&entry, &dst.join(name))?;
+        }
+        Ok(())
+    } else {
+        let bytes = std::fs::read(src).map_err(carry)?;
+        Ok(write_file_atomically(dst, &bytes)?)
+    }
 }
 
 /// Reads `dir/expand.json`; `Ok(None)` when the folder has none (not an expanded model).

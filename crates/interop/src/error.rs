@@ -17,13 +17,30 @@ pub enum InteropError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// `config.json` (or the shard index) is not valid JSON of the expected shape.
+    /// `config.json`, the shard index or a kept metadata file (`generation_config.json`,
+    /// `tokenizer_config.json`, `special_tokens_map.json`, `hf_metadata/token_ids.json`) is not
+    /// valid JSON of the expected shape.
     #[error("{path}: {reason}")]
     BadJson {
         /// The JSON file.
         path: PathBuf,
         /// The parser's message (it names the key).
         reason: String,
+    },
+    /// A special token id key (`bos_token_id`, `eos_token_id`, `pad_token_id`) of a source's
+    /// `config.json`, or of the copy kept in `hf_metadata/token_ids.json`, is not an integer,
+    /// a list of integers or `null`: exporting it would give transformers a config it rejects
+    /// or misreads.
+    #[error(
+        "{path}: {key} = {value}: expected a token id (an integer), a list of token ids or null"
+    )]
+    BadTokenId {
+        /// The `config.json` or `token_ids.json` file.
+        path: PathBuf,
+        /// The key at fault.
+        key: &'static str,
+        /// Its value, as written in JSON.
+        value: String,
     },
     /// `config.json` names an architecture or `model_type` that we do not model.
     #[error("{path}: unsupported architecture: model_type = {model_type:?}, architectures = {architectures:?}; supported: model_type \"gpt2\" (GPT2LMHeadModel) and \"llama\" (LlamaForCausalLM)")]

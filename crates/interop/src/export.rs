@@ -1,6 +1,7 @@
 //! Our [`Gpt`] → a Hugging Face folder that transformers loads without custom code:
 //! `config.json` + `model.safetensors` (f32, the names and layouts `save_pretrained` writes),
-//! and `tokenizer.json` when one is given.
+//! `tokenizer.json` when one is given, and the source's generation and tokenizer configs when
+//! the model came from the hub ([`export_hf_with_metadata`]).
 //!
 //! GPT-2-shaped models become `GPT2LMHeadModel` (keys prefixed `transformer.`, Conv1D weights
 //! `[in, out]` as ours); RoPE/RMSNorm/SwiGLU models without biases become `LlamaForCausalLM`
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{HfArchitecture, HfConfig};
 use crate::error::{io_err, InteropError};
 use crate::import::{CONFIG_FILE, TOKENIZER_FILE};
+use crate::metadata::HfMetadata;
 use crate::tensors::{transpose, F32Safetensors, NamedTensors, WEIGHTS_FILE};
 
 /// What [`export_hf`] wrote.
@@ -38,6 +40,10 @@ pub struct ExportInfo {
     pub config_sha256: String,
     /// Whether `tokenizer.json` was copied.
     pub tokenizer: bool,
+    /// With kept Hugging Face metadata: the files written from it (the special token ids in
+    /// `config.json` are the source's). `None`: ids from the tokenizer's `<|endoftext|>`.
+    #[serde(default)]
+    pub hf_metadata: Option<Vec<String>>,
 }
 
 fn values<B: Backend, const D: usize>(p: &Param<Tensor<B, D>>) -> Result<Vec<f32>, InteropError> {
@@ -192,12 +198,29 @@ pub fn eot_id(tokenizer_json: &[u8]) -> Option<u32> {
 /// `config.json`, `model.safetensors` and, when `tokenizer` is given, a copy of it as
 /// `tokenizer.json`. `bos_token_id`/`eos_token_id` are set to the tokenizer's `<|endoftext|>`
 /// when it has one (for GPT-2 without one and a vocabulary below 50257: `null`, instead of
-/// transformers' out-of-range default 50256). The files are a pure function of the weights and
-/// the tokenizer (byte-identical on reruns).
+/// transformers' out-of-range default 50256): the behaviour for models trained here. A model
+/// imported from the hub exports with [`export_hf_with_metadata`] instead. The files are a pure
+/// function of the weights and the tokenizer (byte-identical on reruns).
 pub fn export_hf<B: Backend>(
     model: &Gpt<B>,
     dir: &Path,
     tokenizer: Option<&Path>,
+) -> Result<ExportInfo, InteropError> {
+    export_hf_with_metadata(model, dir, tokenizer, None)
+}
+
+/// [`export_hf`], and with `metadata` (what `hyperclone import` kept of the source) the
+/// source's generation behaviour: `config.json`'s `bos_token_id`, `eos_token_id` and
+/// `pad_token_id` are the source's (a key the source left out is left out, so transformers'
+/// default applies to both alike) instead of the tokenizer's `<|endoftext|>`, and the kept
+/// `generation_config.json`, `tokenizer_config.json`, `special_tokens_map.json` and
+/// `chat_template.jinja` are written byte for byte. transformers' default `generate` then stops
+/// and pads where the source's does, and `apply_chat_template` gives the source's prompts.
+pub fn export_hf_with_metadata<B: Backend>(
+    model: &Gpt<B>,
+    dir: &Path,
+    tokenizer: Option<&Path>,
+    metadata: Option<&HfMetadata>,
 ) -> Result<ExportInfo, InteropError> {
     let (hf, tensors) = hf_tensors(model)?;
     // Laid out (and checked) up front; the values are streamed into the file below, so the
@@ -208,19 +231,25 @@ pub fn export_hf<B: Backend>(
         None => None,
     };
     let mut json = hf.to_json();
-    let eot = tokenizer_bytes.as_deref().and_then(eot_id);
-    let vocab = model.config().vocab_size;
-    let special = match eot {
-        Some(id) if (id as usize) < vocab => Some(serde_json::Value::from(id)),
-        // transformers' GPT-2 defaults (50256) would point outside a smaller vocabulary.
-        _ if hf.architecture() == HfArchitecture::Gpt2 && vocab <= 50_256 => {
-            Some(serde_json::Value::Null)
+    let obj = json.as_object_mut().expect("config.json is an object");
+    match metadata {
+        Some(meta) => meta.token_ids.apply(obj),
+        None => {
+            let eot = tokenizer_bytes.as_deref().and_then(eot_id);
+            let vocab = model.config().vocab_size;
+            let special = match eot {
+                Some(id) if (id as usize) < vocab => Some(serde_json::Value::from(id)),
+                // transformers' GPT-2 defaults (50256) would point outside a smaller vocabulary.
+                _ if hf.architecture() == HfArchitecture::Gpt2 && vocab <= 50_256 => {
+                    Some(serde_json::Value::Null)
+                }
+                _ => None,
+            };
+            if let Some(value) = special {
+                obj.insert("bos_token_id".into(), value.clone());
+                obj.insert("eos_token_id".into(), value);
+            }
         }
-        _ => None,
-    };
-    if let (Some(value), Some(obj)) = (special, json.as_object_mut()) {
-        obj.insert("bos_token_id".into(), value.clone());
-        obj.insert("eos_token_id".into(), value);
     }
     let mut config = serde_json::to_vec_pretty(&json).expect("JSON value serialises");
     config.push(b'\n');
@@ -230,6 +259,9 @@ pub fn export_hf<B: Backend>(
         write_file_atomically(&tmp.join(CONFIG_FILE), &config)?;
         if let Some(bytes) = &tokenizer_bytes {
             write_file_atomically(&tmp.join(TOKENIZER_FILE), bytes)?;
+        }
+        if let Some(meta) = metadata {
+            meta.write_files(tmp)?;
         }
         Ok(())
     })?;
@@ -241,5 +273,6 @@ pub fn export_hf<B: Backend>(
         weights_sha256,
         config_sha256: sha256_hex(&config),
         tokenizer: tokenizer_bytes.is_some(),
+        hf_metadata: metadata.map(HfMetadata::file_names),
     })
 }

@@ -7,6 +7,7 @@ use hyperclone_data::{HubClient, HubError, RepoKind};
 
 use crate::error::InteropError;
 use crate::import::{CONFIG_FILE, TOKENIZER_FILE};
+use crate::metadata::VERBATIM_FILES;
 use crate::tensors::{INDEX_FILE, WEIGHTS_FILE};
 
 /// Prefix of hub model sources.
@@ -57,8 +58,9 @@ fn resolve_local(spec: &str) -> Result<ResolvedSource, InteropError> {
 
 /// Resolves `spec`: a local folder is returned as is; `hf:owner/name[@revision]` fetches
 /// `config.json`, `model.safetensors` (or `model.safetensors.index.json` and every shard it
-/// lists) and, if the repo has one, `tokenizer.json` into the cache, and returns the snapshot
-/// folder. Pickled weights are never fetched.
+/// lists) and, if the repo has them, `tokenizer.json` and the generation/tokenizer files that
+/// import keeps ([`VERBATIM_FILES`]) into the cache, and returns the snapshot folder. Pickled
+/// weights are never fetched.
 pub fn resolve_model_source_with(
     spec: &str,
     hub: &HubClient,
@@ -130,6 +132,17 @@ pub fn resolve_model_source_with(
             tracing::warn!(repo, revision = rev, "no tokenizer.json: {e}");
         }
         Err(e) => return Err(e.into()),
+    }
+    // Optional: how the model generates and chats (kept by import, written back by export).
+    // Many repos lack some of them, so a missing one is only noted.
+    for file in VERBATIM_FILES {
+        match fetch(file) {
+            Ok(path) => in_dir(path, file)?,
+            Err(e @ (HubError::NotCached { .. } | HubError::Download { .. })) => {
+                tracing::info!(repo, revision = rev, "no {file}: {e}");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(ResolvedSource {
         dir,

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use burn::backend::Flex;
-use hyperclone_interop::{import_hf, resolve_model_source, InteropError};
+use hyperclone_interop::{import_hf, resolve_model_source, HfMetadata, InteropError};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -36,6 +36,24 @@ fn hub_sources_resolve_from_the_cache_offline() {
         );
     }
     put(&cache, folder, "v1", "tokenizer.json", br#"{"model": {}}"#);
+    // The generation and tokenizer settings that import keeps (no special_tokens_map.json nor
+    // chat_template.jinja in this repo: they are optional).
+    put(
+        &cache,
+        folder,
+        "v1",
+        "generation_config.json",
+        &fs::read(fixture.join("generation_config.json")).unwrap(),
+    );
+    let tokenizer_config =
+        br#"{"chat_template": "{{ messages[0]['content'] }}", "eos_token": "</s>"}"#;
+    put(
+        &cache,
+        folder,
+        "v1",
+        "tokenizer_config.json",
+        tokenizer_config,
+    );
     // A repo with only pickled weights.
     let pickled = "models--acme--pickled";
     put(
@@ -60,6 +78,19 @@ fn hub_sources_resolve_from_the_cache_offline() {
     let (model, info) = import_hf::<Flex>(&source.dir, &Default::default()).unwrap();
     assert_eq!(info.tokenizer, Some(source.dir.join("tokenizer.json")));
     assert_eq!(model.config().kv_heads(), 2);
+    let meta = HfMetadata::from_hf_dir(&source.dir).unwrap();
+    assert_eq!(
+        meta.file_names(),
+        vec!["generation_config.json", "tokenizer_config.json"]
+    );
+    assert_eq!(
+        meta.files["tokenizer_config.json"],
+        tokenizer_config.to_vec()
+    );
+    assert_eq!(
+        serde_json::to_string(&meta.token_ids).unwrap(),
+        r#"{"bos_token_id":1,"eos_token_id":2,"pad_token_id":0}"#
+    );
 
     // A revision that is not cached: the error names the repo, the revision and the switch.
     let e = resolve_model_source("hf:acme/tiny-llama@v2").unwrap_err();

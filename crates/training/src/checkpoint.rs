@@ -131,7 +131,8 @@ pub enum RunDirError {
         /// The step the file records.
         found: u64,
     },
-    /// A file could not be read to checksum it.
+    /// A file could not be read to checksum it, or the kept Hugging Face metadata
+    /// ([`HF_METADATA_DIR`]) could not be copied or removed.
     #[error("{path}: {source}")]
     Io {
         /// The file.
@@ -455,5 +456,114 @@ pub fn prune(run_dir: &Path, keep_last: usize, best_step: Option<u64>) {
         if name.starts_with(".step-") && name.contains(".tmp-") {
             let _ = fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+/// Folder of a model folder holding the Hugging Face metadata that `hyperclone import` keeps
+/// (the source's special token ids, generation config, tokenizer config and chat template):
+/// `hyperclone_interop::METADATA_DIR`, repeated because training does not depend on interop
+/// (a CLI test checks that the two agree).
+pub const HF_METADATA_DIR: &str = "hf_metadata";
+
+/// Makes `run_dir/hf_metadata/` a copy of `init_from/hf_metadata/`, or removes a stale one when
+/// the run starts from a model without it (or from random weights): a run trained from an
+/// imported model keeps how its source generates and chats, so that [`copy_hf_metadata`] puts
+/// it into `final/` and `hyperclone export --from RUN_DIR` writes it back. Called when a run
+/// starts, not when it resumes, so a resume without `--init-from` keeps it.
+pub fn carry_hf_metadata(init_from: Option<&Path>, run_dir: &Path) -> Result<(), RunDirError> {
+    let dest = run_dir.join(HF_METADATA_DIR);
+    match init_from.map(|dir| dir.join(HF_METADATA_DIR)) {
+        Some(src) if src.is_dir() => {
+            write_dir_atomically::<RunDirError>(&dest, |tmp| copy_files(&src, tmp))
+        }
+        _ if dest.exists() => fs::remove_dir_all(&dest).map_err(|source| RunDirError::Io {
+            path: dest.clone(),
+            source,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Copies `run_dir/hf_metadata/`, when there is one, into the model folder `model_dir` being
+/// written (see [`carry_hf_metadata`]).
+pub fn copy_hf_metadata(run_dir: &Path, model_dir: &Path) -> Result<(), RunDirError> {
+    let src = run_dir.join(HF_METADATA_DIR);
+    if !src.is_dir() {
+        return Ok(());
+    }
+    let dest = model_dir.join(HF_METADATA_DIR);
+    fs::create_dir_all(&dest).map_err(|source| RunDirError::Io {
+        path: dest.clone(),
+        source,
+    })?;
+    copy_files(&src, &dest)
+}
+
+/// Copies the files of the flat folder `src` (what `hyperclone import` writes there has no
+/// subfolders) into `dest`, each written atomically.
+fn copy_files(src: &Path, dest: &Path) -> Result<(), RunDirError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source: std::io::Error| RunDirError::Io { path, source }
+    };
+    let mut files = Vec::new();
+    for entry in fs::read_dir(src).map_err(io(src))? {
+        let path = entry.map_err(io(src))?.path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    for path in files {
+        let bytes = fs::read(&path).map_err(io(&path))?;
+        let name = path.file_name().expect("read_dir entries have names");
+        write_file_atomically(&dest.join(name), &bytes)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_metadata_follows_the_init_model_into_the_run_and_its_final_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (model, run, fin) = (
+            tmp.path().join("model"),
+            tmp.path().join("run"),
+            tmp.path().join("final"),
+        );
+        let meta = model.join(HF_METADATA_DIR);
+        fs::create_dir_all(&meta).unwrap();
+        fs::create_dir_all(&run).unwrap();
+        fs::create_dir_all(&fin).unwrap();
+        fs::write(meta.join("token_ids.json"), b"{\"eos_token_id\": 2}\n").unwrap();
+        fs::write(
+            meta.join("tokenizer_config.json"),
+            b"{\"chat_template\": \"{{ x }}\"}",
+        )
+        .unwrap();
+
+        carry_hf_metadata(Some(&model), &run).unwrap();
+        copy_hf_metadata(&run, &fin).unwrap();
+        for dir in [&run, &fin] {
+            for name in ["token_ids.json", "tokenizer_config.json"] {
+                assert_eq!(
+                    fs::read(dir.join(HF_METADATA_DIR).join(name)).unwrap(),
+                    fs::read(meta.join(name)).unwrap(),
+                    "{}",
+                    dir.display()
+                );
+            }
+        }
+        // A fresh start from a model without metadata drops the stale copy; nothing to copy.
+        carry_hf_metadata(Some(&fin.join("nothing")), &run).unwrap();
+        assert!(!run.join(HF_METADATA_DIR).exists());
+        carry_hf_metadata(None, &run).unwrap();
+        let other = tmp.path().join("other");
+        fs::create_dir_all(&other).unwrap();
+        copy_hf_metadata(&run, &other).unwrap();
+        assert!(!other.join(HF_METADATA_DIR).exists());
     }
 }

@@ -387,6 +387,9 @@ impl<AB: GptAutodiffBackend> Trainer<AB> {
         if let Some(r) = resumed {
             return Self::resume(r, config, config_hash, data, run_dir, device);
         }
+        // An imported model's special token ids, generation and tokenizer configs stay with
+        // the run (and its final/), so that `hyperclone export` of the run writes them back.
+        crate::checkpoint::carry_hf_metadata(options.init_from.as_deref(), run_dir)?;
         let (model, init, width) = match &options.init_from {
             Some(dir) => {
                 let inner =
@@ -571,11 +574,15 @@ impl<AB: GptAutodiffBackend> Trainer<AB> {
         save_checkpoint(run_dir, self.model(), &self.optimizer, state)
     }
 
-    /// Writes the weights alone to `run_dir/final` (for `--init-from`, `expand`, `generate`).
+    /// Writes the weights alone to `run_dir/final` (for `--init-from`, `expand`, `generate`),
+    /// with the run's Hugging Face metadata when it started from an imported model.
     pub fn save_final(&self, run_dir: &Path) -> Result<PathBuf, RunDirError> {
         let final_dir = run_dir.join("final");
         let inner = self.model().valid();
-        write_dir_atomically::<RunDirError>(&final_dir, |tmp| Ok(save_model(&inner, tmp)?))?;
+        write_dir_atomically::<RunDirError>(&final_dir, |tmp| {
+            save_model(&inner, tmp)?;
+            crate::checkpoint::copy_hf_metadata(run_dir, tmp)
+        })?;
         Ok(final_dir)
     }
 
