@@ -463,6 +463,7 @@ impl SeedPipeline<'_> {
             backend_name: self.options.backend_name.clone(),
             device_name: self.options.device_name.clone(),
             symmetry: Some(symmetry_metric()),
+            optimizer_state: Default::default(),
         };
         train::<AB>(config, &options, device).map_err(|source| ExperimentError::Train {
             stage: stage.dir_name(),
