@@ -110,6 +110,7 @@ impl Job for TrainJob {
             device_name: env.device_name,
             symmetry: Some(hyperclone_experiment::symmetry_metric()),
             optimizer_state,
+            cost_offset: Default::default(),
         };
         tracing::info!(
             "training on {} ({}) into {}",

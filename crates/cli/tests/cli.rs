@@ -222,6 +222,37 @@ fn run_with_seeds_repeats_every_stage_and_the_control_for_each_seed() {
             "{small} + {control} vs {baseline}"
         );
     }
+    // TensorBoard: every stage writes event files whose val losses are those of metrics.jsonl;
+    // on the total-cost axis the cloned run starts where the small run (and the expansion)
+    // ended, the baseline at zero.
+    let root = exp.join("seed-1");
+    for stage in ["small", "large", "baseline", "control"] {
+        let dir = root.join(stage);
+        let files = hyperclone_runfiles::tensorboard::event_files(&dir);
+        assert_eq!(files.len(), 1, "{stage}: {files:?}");
+        let scalars = hyperclone_runfiles::tensorboard::read_events(&files[0]).unwrap();
+        let logged: Vec<f32> = hyperclone_runfiles::read_metrics(dir.join("metrics.jsonl"))
+            .unwrap()
+            .eval
+            .iter()
+            .map(|e| e.val_loss.unwrap() as f32)
+            .collect();
+        let events: Vec<f32> = scalars
+            .iter()
+            .filter(|s| s.tag == "eval/val_loss")
+            .map(|s| s.value)
+            .collect();
+        assert_eq!(events, logged, "{stage}");
+        let first_step = |tag: &str| scalars.iter().find(|s| s.tag == tag).unwrap().step;
+        let (own, total) = (
+            first_step("cost_device_ms/val_loss"),
+            first_step("total_device_ms/val_loss"),
+        );
+        match stage {
+            "large" | "control" => assert!(total > own, "{stage}: {own} vs {total}"),
+            _ => assert_eq!(total, own, "{stage}"),
+        }
+    }
     let md = std::fs::read_to_string(exp.join("report.md")).unwrap();
     assert!(md.contains("2 seeds"), "report header");
     assert!(md.contains("n=2)"), "no spread over seeds in the report");

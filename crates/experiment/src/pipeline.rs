@@ -18,8 +18,8 @@ use hyperclone_model::checkpoint::sha256_hex;
 use hyperclone_model::GptAutodiffBackend;
 use hyperclone_training::metrics::SymmetryLine;
 use hyperclone_training::trainer::{train, trajectory_hash, TrainError, TrainOptions};
-use hyperclone_training::SymmetryFn;
 use hyperclone_training::TrainConfig;
+use hyperclone_training::{CostOffset, SymmetryFn};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ExperimentConfig, ReplicaSeeds};
@@ -397,6 +397,40 @@ impl SeedPipeline<'_> {
         Ok(outcomes)
     }
 
+    /// What the route paid before `stage` started, for the total-cost axes of its TensorBoard
+    /// events: the small run (and the expansion) before the cloned run, the small run before the
+    /// control, nothing before the small run and the baseline.
+    fn cost_before(&self, stage: Stage) -> CostOffset {
+        if !matches!(stage, Stage::Large | Stage::Control) {
+            return CostOffset::default();
+        }
+        let small = self.dir(Stage::Small).join("metrics.jsonl");
+        let Ok(metrics) = hyperclone_runfiles::read_metrics(&small) else {
+            tracing::warn!(
+                "{}: unreadable; the total-cost axes of stage {} start at 0",
+                small.display(),
+                stage.dir_name()
+            );
+            return CostOffset::default();
+        };
+        let expand_hours = if stage == Stage::Large {
+            std::fs::read_to_string(
+                self.dir(Stage::Expand)
+                    .join(hyperclone_runfiles::EXPAND_FILE),
+            )
+            .ok()
+            .and_then(|t| serde_json::from_str::<hyperclone_runfiles::ExpandRecord>(&t).ok())
+            .and_then(|r| r.cost_hours())
+            .unwrap_or(0.0)
+        } else {
+            0.0
+        };
+        CostOffset {
+            flops: metrics.total_flops().unwrap_or(0.0),
+            device_hours: metrics.total_device_hours().unwrap_or(0.0) + expand_hours,
+        }
+    }
+
     /// Errors unless `upstream` has finished.
     fn needs(&self, stage: Stage, upstream: Stage) -> Result<(), ExperimentError> {
         if finished(&self.dir(upstream)) {
@@ -464,6 +498,7 @@ impl SeedPipeline<'_> {
             device_name: self.options.device_name.clone(),
             symmetry: Some(symmetry_metric()),
             optimizer_state: Default::default(),
+            cost_offset: self.cost_before(stage),
         };
         train::<AB>(config, &options, device).map_err(|source| ExperimentError::Train {
             stage: stage.dir_name(),

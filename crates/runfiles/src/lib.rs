@@ -5,6 +5,7 @@
 //! metrics.jsonl   one line per training step, evaluation and warm-up   (metrics)
 //! run_info.json   hardware, backend, model of the run                  (info)
 //! expand.json     cost and check of an expansion                       (expand)
+//! events.out.tfevents.*   the same scalars for TensorBoard, live          (tensorboard)
 //! ```
 //!
 //! Fields are `Option`s on both sides: the writer fills every one it knows, the reader tolerates
@@ -14,6 +15,7 @@ pub mod error;
 pub mod expand;
 pub mod info;
 pub mod metrics;
+pub mod tensorboard;
 
 pub use error::RunFileError;
 pub use expand::{ExpandRecord, EXPAND_FILE};
@@ -22,6 +24,7 @@ pub use metrics::{
     parse_metrics, read_metrics, EvalLine, Line, Metrics, MetricsWriter, SymmetryLine, TrainLine,
     WarmupLine,
 };
+pub use tensorboard::{CostOffset, RunLog};
 
 #[cfg(test)]
 mod tests {

@@ -302,6 +302,14 @@ pub struct RunConfig {
     /// differ only by float rounding.
     #[serde(default)]
     pub layer_ops: LayerOpsKernel,
+    /// Also write the run's scalars as TensorBoard event files beside `metrics.jsonl`
+    /// (`tensorboard --logdir runs/EXP`; default true).
+    #[serde(default = "default_true")]
+    pub tensorboard: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl RunConfig {

@@ -12,6 +12,7 @@ pub mod schedule;
 pub mod trainer;
 
 pub use config::{BackendKind, ConfigFileError, Precision, TrainConfig};
+pub use hyperclone_runfiles::CostOffset;
 pub use trainer::{
     evaluate, train, InitKind, StepTensors, SymmetryFn, TrainError, TrainOptions, TrainSummary,
     Trainer,

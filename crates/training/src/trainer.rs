@@ -31,7 +31,7 @@ use crate::optim::{read_scalars, AdamW, AdamWState, OptimError};
 use crate::progress::make_progress;
 use crate::schedule::learning_rate;
 use hyperclone_runfiles::{
-    EvalLine, Line, MetricsWriter, RunInfo, SymmetryLine, TrainLine, WarmupLine,
+    CostOffset, EvalLine, Line, RunInfo, RunLog, SymmetryLine, TrainLine, WarmupLine,
 };
 
 /// Why training stopped with an error.
@@ -231,6 +231,9 @@ pub struct TrainOptions<B: Backend> {
     pub symmetry: Option<SymmetryFn<B>>,
     /// Where the optimizer state comes from when the run starts from `init_from`.
     pub optimizer_state: OptimizerInit,
+    /// What the route paid before this run (the small run before a cloned run or a control),
+    /// for TensorBoard's total-cost axes; zero for a run on its own.
+    pub cost_offset: CostOffset,
 }
 
 impl<B: Backend> std::fmt::Debug for TrainOptions<B> {
@@ -244,6 +247,7 @@ impl<B: Backend> std::fmt::Debug for TrainOptions<B> {
             .field("device_name", &self.device_name)
             .field("symmetry", &self.symmetry.as_ref().map(|_| "fn"))
             .field("optimizer_state", &self.optimizer_state)
+            .field("cost_offset", &self.cost_offset)
             .finish()
     }
 }
@@ -807,7 +811,7 @@ struct Session<'a, AB: GptAutodiffBackend> {
     data: PreparedData,
     sampler: BatchSampler,
     val: Vec<Batch>,
-    metrics: MetricsWriter,
+    metrics: RunLog,
     total_steps: Option<u64>,
     /// The schedule's length: `total_steps`, or practically endless under a wall-time budget.
     sched_total: u64,
@@ -899,7 +903,7 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             let info_json = serde_json::to_vec_pretty(&info).expect("RunInfo serialises");
             std::fs::write(run_dir.join("run_info.json"), info_json).map_err(io_err(run_dir))?;
         }
-        let mut metrics = MetricsWriter::open(&run_dir.join("metrics.jsonl"))?;
+        let mut metrics = RunLog::open(run_dir, config.run.tensorboard, options.cost_offset)?;
 
         let sampler =
             BatchSampler::new(config.run.batch_size, config.run.seq_len, config.run.seed)?;
@@ -1179,7 +1183,14 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
         let mut losses = Vec::new();
         let mut final_val = None;
         let mut stopped_early = false;
-        while !self.budget_spent() {
+        // The budget is judged once per step, right after it (`last` below), and that step is
+        // then evaluated and checkpointed: a wall-clock check at the top of the loop as well
+        // would see the time spent on the evaluation and checkpoint of a step that was not the
+        // last, end the run without a checkpoint at its final step, and let a re-run resume
+        // from an earlier one and train again. Here it only catches a run that was already
+        // finished when this call started.
+        let mut finished = self.budget_spent();
+        while !finished {
             let line = match self.train_step()? {
                 StepOutcome::Done(line) => line,
                 StepOutcome::NonFinite {
@@ -1208,11 +1219,14 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             losses.push((step, loss));
             progress.report(&line, config.run.log_every);
 
-            let last = self.total_steps == Some(step)
-                || config
-                    .run
-                    .max_wall_seconds
-                    .is_some_and(|l| self.clock.now() >= l);
+            let out_of_time = config
+                .run
+                .max_wall_seconds
+                .is_some_and(|l| self.clock.now() >= l);
+            if out_of_time {
+                tracing::info!("wall-time budget spent at step {step}");
+            }
+            let last = self.total_steps == Some(step) || out_of_time;
             if step.is_multiple_of(config.run.eval_every) || last {
                 let v = self.evaluate_and_log()?;
                 if last {
@@ -1228,6 +1242,7 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
                 stopped_early = true;
                 break;
             }
+            finished = last;
         }
         progress.finish();
         self.state.wall_s = self.clock.now();

@@ -70,6 +70,7 @@ fn options(run_dir: PathBuf, init_from: Option<PathBuf>) -> TrainOptions<Flex> {
             })
         })),
         optimizer_state: Default::default(),
+        cost_offset: Default::default(),
     }
 }
 

@@ -72,6 +72,7 @@ fn options(run_dir: &Path) -> TrainOptions<Flex> {
         device_name: hyperclone_training::metrics::cpu_name(),
         symmetry: None,
         optimizer_state: Default::default(),
+        cost_offset: Default::default(),
     }
 }
 

@@ -165,8 +165,10 @@ pub fn verdict(exp: &Experiment, analyses: &[SeedAnalysis], aggs: &[TargetAggreg
         .as_ref()
         .map(|s| fmt::spread(s, fmt::loss))
         .unwrap_or_else(|| "n/a".into());
-    let seeds_note = if n > 1 {
-        format!(" (mean, range and count over {n} seeds)")
+    // Over the seeds whose cloned run and baseline both have val losses (a seed still running
+    // has none yet).
+    let seeds_note = if fin.seeds > 1 {
+        format!(" (mean, range and count over {} seeds)", fin.seeds)
     } else {
         String::new()
     };
