@@ -6,7 +6,7 @@
 //! files and `expand.json`. When the check fails nothing is written and the command fails.
 //!
 //! With `--optimizer-state transfer`, `--from` must be a training checkpoint (a step folder):
-//! its AdamW state is mapped through the clone (`hyperclone_cloning::optimizer`) and written
+//! its AdamW state is mapped through the clone (`hyperclone_experiment::transfer`) and written
 //! as `optimizer.safetensors` beside the expanded weights, where `hyperclone train
 //! --init-from` finds it. It is never automatic: a transferred state changes how the wide
 //! model trains (per-parameter step factors), so it is asked for explicitly.
@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use hyperclone_cloning::{
     expand_config, expand_folder, ExpandOptions, ProbeSpec, Variant, DEFAULT_TOLERANCE_F32,
 };
-use hyperclone_cloning::{map_optimizer_state, write_optimizer_state};
+use hyperclone_experiment::{map_optimizer_state, write_optimizer_state};
 use hyperclone_model::checkpoint::read_meta;
 use hyperclone_model::GptBackend;
 
@@ -71,11 +71,11 @@ pub struct ExpandArgs {
     /// Replace --out if it already exists.
     #[arg(long)]
     pub force: bool,
-    /// AdamW's state: `none` (the wide run starts a fresh optimizer) or `transfer`: map the
-    /// moments, the update count and per-parameter factors of --from, which must then be a
-    /// training checkpoint (runs/NAME/step-NNNNNNNN), into --out/optimizer.safetensors;
-    /// `hyperclone train --init-from` continues from it.
-    #[arg(long, value_enum, default_value_t = OptimizerState::None)]
+    /// AdamW's state: `fresh` (weights only; the wide run starts a fresh optimizer) or
+    /// `transfer`: map the moments, the update count and per-parameter factors of --from,
+    /// which must then be a training checkpoint (runs/NAME/step-NNNNNNNN), into
+    /// --out/optimizer.safetensors; `hyperclone train --init-from` continues from it.
+    #[arg(long, value_enum, default_value_t = OptimizerState::Fresh)]
     pub optimizer_state: OptimizerState,
 }
 
@@ -83,7 +83,7 @@ pub struct ExpandArgs {
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptimizerState {
     /// Weights only.
-    None,
+    Fresh,
     /// Carry AdamW's state through the clone.
     Transfer,
 }
@@ -147,7 +147,7 @@ pub fn run_on<B: GptBackend>(args: ExpandArgs, device: &B::Device) -> Result<()>
     let probe = probe_spec(&args, sc.context_length)?;
     // Mapped before anything is written: a checkpoint without optimizer state fails here.
     let mapped = match args.optimizer_state {
-        OptimizerState::None => None,
+        OptimizerState::Fresh => None,
         OptimizerState::Transfer => Some(
             map_optimizer_state::<B>(&args.from, &opts, device).with_context(|| {
                 format!("--optimizer-state transfer from {}", args.from.display())

@@ -59,7 +59,7 @@ fn args(from: &Path, out: &Path) -> ExpandArgs {
         tolerance: 1e-5,
         skip_verify: false,
         force: false,
-        optimizer_state: OptimizerState::None,
+        optimizer_state: OptimizerState::Fresh,
     }
 }
 
@@ -275,11 +275,21 @@ fn optimizer_state_is_carried_from_a_checkpoint_and_refused_from_a_model_folder(
     assert_eq!(carried.updates, 1);
     assert_eq!(carried.origin.as_ref().map(|o| o.step), Some(1));
     let target = load_model::<B>(&out, &device).unwrap();
-    assert_eq!(carried.params.len(), hyperclone_cloning::plan::parameters(target.config()).len());
+    assert_eq!(
+        carried.params.len(),
+        hyperclone_cloning::plan::parameters(target.config()).len()
+    );
     let qkv = &carried.params["h.0.attn.c_attn.weight"];
     assert_eq!(
         qkv.exp_avg.len(),
-        target.h[0].attn.c_attn.weight.val().dims().iter().product::<usize>()
+        target.h[0]
+            .attn
+            .c_attn
+            .weight
+            .val()
+            .dims()
+            .iter()
+            .product::<usize>()
     );
     assert_eq!(qkv.scale.as_ref().map(|s| s.step), Some(0.5));
 

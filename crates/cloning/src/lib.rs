@@ -11,8 +11,8 @@
 //! - [`verify`](mod@verify): source vs target logits on a probe batch.
 //! - [`symmetry`](mod@symmetry): how far the cloned copies have drifted apart.
 //! - [`record`]: the expanded model folder and its `expand.json`.
-//! - [`optimizer`]: AdamW's state through the clone (moments, update count, per-parameter
-//!   factors), from a training checkpoint into an expanded folder.
+//! - [`optimizer`]: AdamW's moments and per-parameter factors through the clone (the same
+//!   rule table as the weights, factors from [`plan::adam_rule`]).
 //!
 //! ```no_run
 //! use burn::backend::Flex;
@@ -37,11 +37,7 @@ pub mod verify;
 
 pub use expand::expand;
 pub use folder::{expand_folder, FolderError, FolderExpansion, ProbeSpec};
-pub use optimizer::{
-    expand_adam_state, expand_adamw_state, expand_moments, map_optimizer_state,
-    transfer_optimizer_state, write_optimizer_state, AdamMoments, MappedState, OptimizerTransfer,
-    TransferError,
-};
+pub use optimizer::{expand_adam_state, expand_moments, AdamMoments};
 pub use plan::{
     adam_rule, expand_config, factors_between, source_config_of, AdamRule, CloneError,
     ExpandOptions, ParamKind, Rule, Section, Variant,

@@ -505,27 +505,32 @@ pub fn rule(kind: ParamKind, s: &GptConfig, n: usize, m: usize) -> Rule {
     let hidden = vec![sec(d, n)];
     match kind {
         // embeddings (V × d, ctx × d): repeat along d, no division
+        // (AdamW, `adam_rule`: lr ×1, gradient and moments ÷n)
         TokenEmbedding | PositionEmbedding => Rule::grid(1, hidden),
-        // LayerNorm γ, β / RMSNorm γ: repeat n times, eps unchanged
+        // LayerNorm γ, β / RMSNorm γ: repeat n times, eps unchanged (AdamW: lr ×1, ÷n)
         NormWeight | NormBias => Rule::grid(1, hidden),
-        // final norm: repeat; tied head: fold the head's 1/n into γ and β
+        // final norm: repeat; tied head: fold the head's 1/n into γ and β (AdamW: untied
+        // lr ×1, ÷n; tied lr ×1/n, gradient undivided)
         FinalNormWeight | FinalNormBias => Rule {
             divide_by: if s.tie_embeddings { n } else { 1 },
             ..Rule::grid(1, hidden)
         },
         // fused Q, K, V: duplicate heads per section, each block W/n (input factor)
+        // (AdamW: weight lr ×1/n, bias ×1; q ÷n, k and v ÷ their copies, MQA ÷1)
         QkvWeight => Rule::grid(n, vec![q, kv, kv]),
         QkvBias => Rule::grid(1, vec![q, kv, kv]),
-        // attention output projection: n × n grid of W/n
+        // attention output projection: n × n grid of W/n (AdamW: lr ×1/n, ÷n; bias ×1, ÷n)
         AttnOutWeight => Rule::grid(n, hidden),
         AttnOutBias => Rule::grid(1, hidden),
         // MLP up / gate (d → F): m output copies × n input copies, each W/n
+        // (AdamW: lr ×1/n, ÷m; bias ×1, ÷m)
         MlpUpWeight => Rule::grid(n, vec![sec(f, m)]),
         MlpUpBias => Rule::grid(1, vec![sec(f, m)]),
         // MLP down (F → d): n output copies × m input copies, each W/m
+        // (AdamW: lr ×1/m, ÷n; bias ×1, ÷n)
         MlpDownWeight => Rule::grid(m, hidden),
         MlpDownBias => Rule::grid(1, hidden),
-        // untied LM head (d → V): [W/n, …, W/n] along the input
+        // untied LM head (d → V): [W/n, …, W/n] along the input (AdamW: lr ×1/n, ÷1)
         LmHead => Rule::grid(n, vec![sec(v, 1)]),
     }
 }
@@ -540,6 +545,9 @@ pub fn rule(kind: ParamKind, s: &GptConfig, n: usize, m: usize) -> Rule {
 /// step when its state starts as `m/G`, `v/G²` (tiled like the weights), its ε is `ε/G`
 /// (then `m̂/(√v̂ + ε)` is unchanged) and its Adam step is multiplied by `1/step_divisor`. The
 /// decoupled decay needs no factor: it is proportional to the block, already `θ/step_divisor`.
+/// Gradient clipping compares the global norm: section `i` has `input_copies · copies` blocks
+/// with gradient `g/G`, so its squares are weighted by `G²/(input_copies · copies)` in the
+/// wide model's norm, which is then the small model's (same clip factor).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdamRule {
     /// Every target block is `θ / step_divisor` (`input_copies · divide_by` of the weight
@@ -554,20 +562,20 @@ pub struct AdamRule {
 
 /// THE OPTIMIZER TABLE, row by row beside [`rule`]: how AdamW's state and step follow each
 /// parameter (see [`AdamRule`]). `k` is `n`, or 1 for the single KV head of multi-query
-/// attention.
+/// attention (then its norm weight is `1/n`, not 1).
 ///
-/// | parameter | step ×1/… | gradient ÷ (m ÷, v ÷ its square, ε ÷) |
-/// |---|---|---|
-/// | `wte`, `wpe` (tied or not) | 1 | n |
-/// | block norms γ, β | 1 | n |
-/// | `ln_f` γ, β, untied head | 1 | n |
-/// | `ln_f` γ, β, tied head (γ/n fold) | n | 1 |
-/// | `c_attn` weight | n | q: n, k and v: k |
-/// | `c_attn` bias | 1 | q: n, k and v: k |
-/// | `attn.c_proj` weight / bias | n / 1 | n |
-/// | `c_fc`, `c_gate` weight / bias | n / 1 | m |
-/// | `mlp.c_proj` weight / bias | m / 1 | n |
-/// | untied `lm_head` | n | 1 |
+/// | parameter | lr ×1/… (`step_divisor`) | gradient ÷ `G` (m ÷G, v ÷G², ε ÷G) | norm weight `G²/blocks` |
+/// |---|---|---|---|
+/// | `wte`, `wpe` (tied or not) | 1 | n | n |
+/// | block norms γ, β | 1 | n | n |
+/// | `ln_f` γ, β, untied head | 1 | n | n |
+/// | `ln_f` γ, β, tied head (γ/n fold) | n | 1 | 1/n |
+/// | `c_attn` weight | n | q: n, k and v: k | q: 1, k and v: 1 (MQA 1/n) |
+/// | `c_attn` bias | 1 | q: n, k and v: k | q: n, k and v: k |
+/// | `attn.c_proj` weight / bias | n / 1 | n | 1 / n |
+/// | `c_fc`, `c_gate` weight / bias | n / 1 | m | m/n / m |
+/// | `mlp.c_proj` weight / bias | m / 1 | n | n/m / n |
+/// | untied `lm_head` | n | 1 | 1/n |
 pub fn adam_rule(kind: ParamKind, s: &GptConfig, n: usize, m: usize) -> AdamRule {
     use ParamKind::*;
     let kv = if is_mqa(s) { 1 } else { n };

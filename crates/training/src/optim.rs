@@ -20,8 +20,10 @@
 //! ε is added OUTSIDE the square root. `s` and `e` are per-parameter factors ([`ParamScale`]),
 //! 1 for a run's own state: a state carried through a HyperClone (`hyperclone expand
 //! --optimizer-state transfer`) sets them so that the wide model keeps following the small
-//! one (`hyperclone_cloning::plan::adam_rule`). They are saved with the state, so that a
-//! resumed run keeps them.
+//! one (`hyperclone_cloning::plan::adam_rule`). The clip's global norm likewise weights each
+//! parameter's squared gradient by a per-column factor `w` (1 for a run's own state), so
+//! that the wide model measures the small model's norm and clips by the same factor. They are
+//! saved with the state, so that a resumed run keeps them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -70,12 +72,13 @@ pub const FORMAT_V1: &str = "hyperclone-adamw-v1";
 /// that ignored them would train another model, so older builds must refuse it.
 pub const FORMAT_V2: &str = "hyperclone-adamw-v2";
 
-/// Per-parameter factors of the AdamW update `θ ← θ − (lr·step)·m̂/(√v̂ + ε·eps)`.
+/// Per-parameter factors of the AdamW update `θ ← θ − (lr·step)·m̂/(√v̂ + ε·eps)` and of the
+/// clip's global norm `√(Σ norm·g²)`.
 ///
 /// A run's own state has none (all 1). A state carried through a HyperClone has them: there
 /// the wide model's blocks are `θ/D` and their gradients `g/G` of the small model's, and the
-/// factors `step = 1/D`, `eps = 1/G` keep the wide model the clone of the small one
-/// (`hyperclone_cloning::plan::adam_rule`).
+/// factors `step = 1/D`, `eps = 1/G` and `norm = G²/(blocks)` keep the wide model the clone of
+/// the small one (`hyperclone_cloning::plan::adam_rule`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamScale {
     /// Multiplies the Adam step of the parameter (not its decoupled weight decay).
@@ -85,25 +88,58 @@ pub struct ParamScale {
     /// Per column because the fused `[q | k | v]` projection of a multi-query model has
     /// sections with different factors.
     pub eps: Vec<f64>,
+    /// Weight of the squared gradient in the global norm that gradient clipping measures (and
+    /// that the run logs), per column like `eps`. Empty: 1 for all.
+    pub norm: Vec<f64>,
+}
+
+/// `factors` as runs of equal values: `[[count, factor], …]`.
+fn runs(factors: &[f64]) -> Vec<(usize, f64)> {
+    let mut runs: Vec<(usize, f64)> = Vec::new();
+    for &e in factors {
+        match runs.last_mut() {
+            Some((count, f)) if *f == e => *count += 1,
+            _ => runs.push((1, e)),
+        }
+    }
+    runs
+}
+
+/// Expands [`runs`]' output, refusing factors that are not finite numbers > 0 and more
+/// columns than `values` (`what` names the factors in errors).
+fn unrun(runs: Vec<(usize, f64)>, values: usize, what: &str) -> Result<Vec<f64>, String> {
+    let columns = runs
+        .iter()
+        .try_fold(0usize, |sum, (count, _)| sum.checked_add(*count))
+        .filter(|&c| c <= values)
+        .ok_or_else(|| format!("more {what} factors than the parameter's {values} values"))?;
+    let mut out = Vec::with_capacity(columns);
+    for (count, f) in runs {
+        if !(f.is_finite() && f > 0.0) {
+            return Err(format!("{what} factor {f} is not a finite number > 0"));
+        }
+        out.extend(std::iter::repeat_n(f, count));
+    }
+    Ok(out)
 }
 
 impl ParamScale {
     /// Whether every factor is 1 (such a scale changes nothing and is not stored).
     pub fn is_identity(&self) -> bool {
-        self.step == 1.0 && self.eps.iter().all(|&e| e == 1.0)
+        self.step == 1.0
+            && self.eps.iter().all(|&e| e == 1.0)
+            && self.norm.iter().all(|&w| w == 1.0)
     }
 
-    /// The `scale.NAME` metadata value: `{"step":…,"eps":[[count, factor], …]}`, ε as runs
-    /// of equal factors along the columns.
+    /// The `scale.NAME` metadata value: `{"step":…,"eps":[[count, factor], …],"norm":[…]}`,
+    /// the per-column factors as runs of equal factors along the columns.
     fn to_json(&self) -> String {
-        let mut runs: Vec<(usize, f64)> = Vec::new();
-        for &e in &self.eps {
-            match runs.last_mut() {
-                Some((count, f)) if *f == e => *count += 1,
-                _ => runs.push((1, e)),
-            }
-        }
-        serde_json::json!({ "step": self.step, "eps": runs }).to_string()
+        serde_json::json!({
+            "step": self.step,
+            "eps": runs(&self.eps),
+            "norm": runs(&self.norm),
+        })
+        .to_string()
     }
 
     /// Parses [`ParamScale::to_json`]'s text for a parameter of `values` values (more ε
@@ -114,28 +150,19 @@ impl ParamScale {
         struct Raw {
             step: f64,
             eps: Vec<(usize, f64)>,
+            norm: Vec<(usize, f64)>,
         }
         let raw: Raw = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let positive = |x: f64| x.is_finite() && x > 0.0;
-        if !positive(raw.step) {
-            return Err(format!("step factor {} is not a finite number > 0", raw.step));
-        }
-        let columns = raw
-            .eps
-            .iter()
-            .try_fold(0usize, |sum, (count, _)| sum.checked_add(*count))
-            .filter(|&c| c <= values)
-            .ok_or_else(|| format!("more eps factors than the parameter's {values} values"))?;
-        let mut eps = Vec::with_capacity(columns);
-        for (count, f) in raw.eps {
-            if !positive(f) {
-                return Err(format!("eps factor {f} is not a finite number > 0"));
-            }
-            eps.extend(std::iter::repeat_n(f, count));
+        if !(raw.step.is_finite() && raw.step > 0.0) {
+            return Err(format!(
+                "step factor {} is not a finite number > 0",
+                raw.step
+            ));
         }
         Ok(Self {
             step: raw.step,
-            eps,
+            eps: unrun(raw.eps, values, "eps")?,
+            norm: unrun(raw.norm, values, "norm")?,
         })
     }
 }
@@ -285,8 +312,7 @@ impl AdamWState {
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect())
         };
-        let names: std::collections::BTreeSet<&str> =
-            st.names().into_iter().collect();
+        let names: std::collections::BTreeSet<&str> = st.names().into_iter().collect();
         let mut params = BTreeMap::new();
         for &name in &names {
             if let Some(param) = name.strip_suffix(".exp_avg_sq") {
@@ -321,7 +347,9 @@ impl AdamWState {
                 continue;
             };
             let Some(p) = params.get_mut(param) else {
-                return Err(bad(format!("metadata {key} names no parameter of the state")));
+                return Err(bad(format!(
+                    "metadata {key} names no parameter of the state"
+                )));
             };
             let scale = ParamScale::from_json(value, p.exp_avg.len())
                 .map_err(|e| bad(format!("metadata {key}: {e}")))?;
@@ -342,20 +370,51 @@ struct Moments<B: Backend> {
     v: Tensor<B, 1>,
 }
 
-/// ε factors of one parameter on the device.
+/// Per-column factors of one parameter on the device.
 #[derive(Debug, Clone)]
-enum EpsScale<B: Backend> {
+enum ColumnFactors<B: Backend> {
     /// One factor for the whole parameter.
     Uniform(f64),
     /// One factor per column (`[columns]`, f32).
     Columns(Tensor<B, 1>),
 }
 
-/// The factors of one parameter: on the host as stored, and ε's on the device as used.
+impl<B: Backend> ColumnFactors<B> {
+    /// The factors of `host` (per column; empty: all 1) on `device`.
+    fn new(host: &[f64], device: &B::Device) -> Self {
+        let first = host.first().copied().unwrap_or(1.0);
+        if host.iter().all(|&e| e == first) {
+            ColumnFactors::Uniform(first)
+        } else {
+            let values: Vec<f32> = host.iter().map(|&e| e as f32).collect();
+            let len = values.len();
+            ColumnFactors::Columns(Tensor::from_data(TensorData::new(values, [len]), device))
+        }
+    }
+
+    /// `x` (`[numel]`, flattened row-major) times the factor of each element's column.
+    fn times(&self, x: Tensor<B, 1>) -> Tensor<B, 1> {
+        match self {
+            ColumnFactors::Uniform(f) if *f == 1.0 => x,
+            ColumnFactors::Uniform(f) => x * *f,
+            ColumnFactors::Columns(f) => {
+                // [numel] → [rows, columns] · [1, columns]
+                let (n, columns) = (x.dims()[0], f.dims()[0]);
+                let f = cast_to(f.clone(), x.dtype()).reshape([1, columns]);
+                (x.reshape([n / columns, columns]) * f).reshape([n])
+            }
+        }
+    }
+}
+
+/// The factors of one parameter: on the host as stored, and on the device as used.
 #[derive(Debug, Clone)]
 struct Scale<B: Backend> {
     host: ParamScale,
-    eps: EpsScale<B>,
+    /// ε's factors.
+    eps: ColumnFactors<B>,
+    /// The squared gradient's weights in the global norm.
+    norm: ColumnFactors<B>,
 }
 
 /// AdamW state and accumulated gradients. `AB` is the autodiff backend the model trains on;
@@ -461,8 +520,8 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Updater<'_, AB> {
         // Without factors, exactly the expressions of a plain AdamW (bit for bit).
         let update = match scale.map(|s| &s.eps) {
             None => m_hat / (v_hat.sqrt() + c.eps),
-            Some(EpsScale::Uniform(e)) => m_hat / (v_hat.sqrt() + c.eps * e),
-            Some(EpsScale::Columns(e)) => {
+            Some(ColumnFactors::Uniform(e)) => m_hat / (v_hat.sqrt() + c.eps * e),
+            Some(ColumnFactors::Columns(e)) => {
                 // [numel] → [rows, columns] + [1, columns]: the factor of each column.
                 let columns = e.dims()[0];
                 let e = cast_to(e.clone(), v_hat.dtype()).reshape([1, columns]) * c.eps;
@@ -523,13 +582,9 @@ impl<AB: AutodiffBackend> AdamW<AB> {
                 Tensor::from_data(TensorData::new(values, [len]), device)
             };
             if let Some(host) = p.scale.filter(|s| !s.is_identity()) {
-                let first = host.eps.first().copied().unwrap_or(1.0);
-                let eps = if host.eps.iter().all(|&e| e == first) {
-                    EpsScale::Uniform(first)
-                } else {
-                    EpsScale::Columns(tensor(host.eps.iter().map(|&e| e as f32).collect()))
-                };
-                scales.insert(name.clone(), Scale { host, eps });
+                let eps = ColumnFactors::new(&host.eps, device);
+                let norm = ColumnFactors::new(&host.norm, device);
+                scales.insert(name.clone(), Scale { host, eps, norm });
             }
             moments.insert(
                 name,
@@ -591,12 +646,14 @@ impl<AB: AutodiffBackend> AdamW<AB> {
         }
         for (name, scale) in &self.scales {
             let columns = shapes.shapes.get(name).and_then(|s| s.last().copied());
-            if !scale.host.eps.is_empty() && Some(scale.host.eps.len()) != columns {
-                problems.push(format!(
-                    "{name} has {} eps factors, the model's parameter {} columns",
-                    scale.host.eps.len(),
-                    columns.map_or("has no".to_string(), |c| format!("has {c}"))
-                ));
+            for (what, factors) in [("eps", &scale.host.eps), ("norm", &scale.host.norm)] {
+                if !factors.is_empty() && Some(factors.len()) != columns {
+                    problems.push(format!(
+                        "{name} has {} {what} factors, the model's parameter {} columns",
+                        factors.len(),
+                        columns.map_or("has no".to_string(), |c| format!("has {c}"))
+                    ));
+                }
             }
             if !self.moments.contains_key(name) {
                 problems.push(format!("{name} has factors but no moments"));
@@ -633,11 +690,17 @@ impl<AB: AutodiffBackend> AdamW<AB> {
     }
 
     /// L2 norm of the mean gradient over the accumulated micro-batches, computed in f32 on the
-    /// device without waiting for it (`[1]`); `None` before any gradient was accumulated.
+    /// device without waiting for it (`[1]`); `None` before any gradient was accumulated. A
+    /// parameter with norm factors ([`ParamScale::norm`]) contributes `Σ w·g²`: for a state
+    /// carried through a HyperClone this is the small model's norm, which the clip compares.
     pub fn grad_norm_tensor(&self) -> Option<Tensor<AB::InnerBackend, 1>> {
         let mut total: Option<Tensor<AB::InnerBackend, 1>> = None;
-        for g in self.accumulated.values() {
-            let s = to_f32(g.clone()).square().sum(); // [1]
+        for (name, g) in &self.accumulated {
+            let square = to_f32(g.clone()).square(); // [numel]
+            let s = match self.scales.get(name) {
+                Some(scale) => scale.norm.times(square).sum(),
+                None => square.sum(),
+            }; // [1]
             total = Some(match total {
                 Some(t) => t + s,
                 None => s,

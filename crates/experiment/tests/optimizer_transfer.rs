@@ -4,19 +4,18 @@
 //! wide one train 10 more steps on the same batches with the same learning rate. The wide
 //! model must still be the small model's clone: logits within 1e-4 relative.
 //!
-//! The controls show that the test can fail: a fresh optimizer, the transferred moments
-//! without the per-parameter factors, and gradient clipping (the wide model's global norm is
-//! not the small model's) each end far outside the tolerance, and the small model itself moves
-//! much more than the tolerance over the 10 steps.
+//! The controls show that the test can fail: a fresh optimizer and the transferred moments
+//! without the per-parameter factors end far outside the tolerance, and the small model itself
+//! moves much more than the tolerance over the 10 steps. With gradient clipping that acts, the
+//! clone holds only thanks to the norm weights: without them it fails too.
 
 use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::tensor::{Int, Tensor};
-use hyperclone_cloning::{
-    expand_folder, transfer_optimizer_state, ExpandOptions, ProbeSpec, TransferError, Variant,
-};
+use hyperclone_cloning::{expand_folder, ExpandOptions, ProbeSpec, Variant};
+use hyperclone_experiment::{transfer_optimizer_state, TransferError};
 use hyperclone_model::checkpoint::{load_model, save_model};
 use hyperclone_model::{tokens_tensor, Gpt, GptConfig, MlpKind, NormKind, Positional, SplitMix64};
 use hyperclone_training::checkpoint::{save_checkpoint, trainable, TrainState, OPTIMIZER_FILE};
@@ -82,7 +81,7 @@ fn batch(
     for _ in 0..b {
         let mut tok = rng.next_u64() % v;
         for _ in 0..t {
-            let next = if rng.next_u64() % 4 == 0 {
+            let next = if rng.next_u64().is_multiple_of(4) {
                 rng.next_u64() % v
             } else {
                 (5 * tok + 3) % v
@@ -98,15 +97,16 @@ fn batch(
     )
 }
 
-/// Trains `trainer` on batches `first..first + steps`; returns the losses.
-fn train(trainer: &mut Trainer<AB>, first: u64, steps: u64, vocab: usize) -> Vec<f64> {
+/// Trains `trainer` on batches `first..first + steps`; returns the losses and the gradient
+/// norms (before clipping).
+fn train(trainer: &mut Trainer<AB>, first: u64, steps: u64, vocab: usize) -> Vec<(f64, f64)> {
     let device = *trainer.device();
     (first..first + steps)
         .map(|i| {
             let tensors = trainer
                 .step(1, LR, |_| Ok::<_, ()>(batch(i, vocab, &device)))
                 .unwrap();
-            tensors.read().0
+            tensors.read()
         })
         .collect()
 }
@@ -141,6 +141,8 @@ enum Start {
     Transferred,
     /// The transferred moments and update count, every factor 1.
     WithoutFactors,
+    /// The transferred state without its norm weights (step and ε factors kept).
+    WithoutNormWeights,
     /// A fresh AdamW.
     Fresh,
 }
@@ -172,8 +174,13 @@ fn prepare(case: &Case, dir: &Path) -> (Trainer<AB>, std::path::PathBuf) {
         best_val: None,
         expanded: None,
     };
-    let step_dir =
-        save_checkpoint(&dir.join("small"), trainer.model(), trainer.optimizer(), &state).unwrap();
+    let step_dir = save_checkpoint(
+        &dir.join("small"),
+        trainer.model(),
+        trainer.optimizer(),
+        &state,
+    )
+    .unwrap();
     let opts = ExpandOptions {
         width_factor: case.width,
         ffn_factor: case.ffn,
@@ -195,28 +202,37 @@ fn prepare(case: &Case, dir: &Path) -> (Trainer<AB>, std::path::PathBuf) {
 }
 
 /// The wide model of `out` with its optimizer started as `start`, trained [`AFTER`] steps
-/// under `optimizer`; returns its logits and losses.
+/// under `optimizer`; returns its logits and its losses and gradient norms.
 fn run_wide(
     out: &Path,
     optimizer: &OptimizerConfig,
     start: Start,
     vocab: usize,
-) -> (Vec<f32>, Vec<f64>) {
+) -> (Vec<f32>, Vec<(f64, f64)>) {
     let device = Default::default();
     let model = trainable(Gpt::<AB>::from_inner(
         load_model::<Flex>(out, &device).unwrap(),
     ));
     let adamw = match start {
         Start::Fresh => AdamW::new(optimizer.clone()),
-        Start::Transferred | Start::WithoutFactors => {
+        Start::Transferred | Start::WithoutFactors | Start::WithoutNormWeights => {
             let mut state = AdamWState::read(&out.join(OPTIMIZER_FILE)).unwrap();
-            if start == Start::WithoutFactors {
-                state.params.values_mut().for_each(|p| p.scale = None);
+            for p in state.params.values_mut() {
+                match start {
+                    Start::WithoutFactors => p.scale = None,
+                    Start::WithoutNormWeights => {
+                        if let Some(s) = p.scale.as_mut() {
+                            s.norm.clear();
+                        }
+                    }
+                    _ => {}
+                }
             }
             AdamW::from_state(optimizer.clone(), state, &device)
         }
     };
-    adamw.check_model(&model, true).unwrap();
+    // A carried state covers every parameter (a fresh one has no moments yet).
+    adamw.check_model(&model, start != Start::Fresh).unwrap();
     let mut trainer = Trainer::new(model, adamw, device);
     let losses = train(&mut trainer, BEFORE, AFTER, vocab);
     (logits(trainer.model()), losses)
@@ -233,6 +249,8 @@ fn check(case: Case) {
 
     let (wide, wide_losses) = run_wide(&out, &case.optimizer, Start::Transferred, vocab);
     let err = rel_err(&small_logits, &wide);
+    let clip = case.optimizer.grad_clip;
+    let clipped = small_losses.iter().filter(|(_, norm)| *norm > clip).count();
     let (fresh, _) = run_wide(&out, &case.optimizer, Start::Fresh, vocab);
     let (no_factors, _) = run_wide(&out, &case.optimizer, Start::WithoutFactors, vocab);
     let (err_fresh, err_no_factors) = (
@@ -243,21 +261,51 @@ fn check(case: Case) {
         "{}: after {AFTER} steps, relative logit error {err:.3e} (tolerance {TOLERANCE:.0e}); the small model moved {moved:.3e}; fresh optimizer {err_fresh:.3e}, moments without factors {err_no_factors:.3e}",
         case.name
     );
+    if clip > 0.0 {
+        // Clipping acted on most steps, and without the norm weights the wide model would
+        // have measured another norm, clipped by another factor and left the small one.
+        let (no_weights, _) = run_wide(&out, &case.optimizer, Start::WithoutNormWeights, vocab);
+        let err_no_weights = rel_err(&small_logits, &no_weights);
+        eprintln!(
+            "{}: the clip ({clip}) acted on {clipped} of {AFTER} steps; without the norm weights {err_no_weights:.3e}",
+            case.name
+        );
+        assert!(
+            clipped >= AFTER as usize / 2,
+            "{}: clipped {clipped}",
+            case.name
+        );
+        assert!(
+            err_no_weights > 10.0 * TOLERANCE,
+            "{}: without norm weights {err_no_weights:.3e}",
+            case.name
+        );
+    }
     assert!(
         err <= TOLERANCE,
         "{}: the wide model left the small one: relative logit error {err:.3e} after {AFTER} steps",
         case.name
     );
-    for (step, (s, w)) in small_losses.iter().zip(&wide_losses).enumerate() {
+    for (step, ((s, gs), (w, gw))) in small_losses.iter().zip(&wide_losses).enumerate() {
         assert!(
             (s - w).abs() <= TOLERANCE * s.abs(),
             "{}: step {step}: loss {s} vs {w}",
             case.name
         );
+        // The norm the wide model measures (and clips by) is the small model's.
+        assert!(
+            (gs - gw).abs() <= TOLERANCE * gs.abs(),
+            "{}: step {step}: gradient norm {gs} vs {gw}",
+            case.name
+        );
     }
     // The test has teeth: training moved the logits by far more than the tolerance, and the
     // wrong optimizer states end far from the small model.
-    assert!(moved > 100.0 * TOLERANCE, "{}: moved {moved:.3e}", case.name);
+    assert!(
+        moved > 100.0 * TOLERANCE,
+        "{}: moved {moved:.3e}",
+        case.name
+    );
     assert!(
         err_fresh > 10.0 * TOLERANCE,
         "{}: fresh {err_fresh:.3e}",
@@ -338,12 +386,14 @@ fn llama_style_mqa_tied_with_odd_factors_stays_the_clone_for_10_steps() {
     });
 }
 
-/// Gradient clipping acts on the global gradient norm, which differs between the models
-/// (the wide model's sums n·(g/n)² over its copies): once it clips, the trajectories part.
+/// Gradient clipping acts on the global gradient norm; the wide model's raw norm is not the
+/// small model's (it sums the squared gradients of every block), so the transferred state
+/// weights each parameter's squares: the wide model measures the small model's norm, clips by
+/// the same factor and stays the clone while the clip acts (on most steps here).
 #[test]
-fn gradient_clipping_breaks_the_exactness() {
-    let case = Case {
-        name: "GPT-2 style with grad_clip",
+fn gradient_clipping_keeps_the_clone_through_the_norm_weights() {
+    check(Case {
+        name: "GPT-2 style, grad_clip 0.05, n 2, m 2",
         config: gpt2(false),
         width: 2,
         ffn: 2,
@@ -351,19 +401,23 @@ fn gradient_clipping_breaks_the_exactness() {
             grad_clip: 0.05,
             ..optimizer(false)
         },
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let (mut small, out) = prepare(&case, tmp.path());
-    train(&mut small, BEFORE, AFTER, case.config.vocab_size);
-    let (wide, _) = run_wide(
-        &out,
-        &case.optimizer,
-        Start::Transferred,
-        case.config.vocab_size,
-    );
-    let err = rel_err(&logits(small.model()), &wide);
-    eprintln!("{}: relative logit error {err:.3e}", case.name);
-    assert!(err > 10.0 * TOLERANCE, "clipping kept the clone: {err:.3e}");
+    });
+}
+
+/// The same with MQA, a tied head and odd factors: the fused projection's norm weights differ
+/// between its sections.
+#[test]
+fn gradient_clipping_keeps_the_clone_with_mqa_and_a_tied_head() {
+    check(Case {
+        name: "Llama style, MQA 4/1, tied head, grad_clip 0.05, n 3, m 2",
+        config: llama(true, 1),
+        width: 3,
+        ffn: 2,
+        optimizer: OptimizerConfig {
+            grad_clip: 0.05,
+            ..optimizer(true)
+        },
+    });
 }
 
 /// A model folder (no optimizer state) cannot be transferred from: the error names it, and
@@ -374,7 +428,11 @@ fn a_folder_without_optimizer_state_is_refused_by_name() {
     let device = Default::default();
     let weights = tmp.path().join("final");
     std::fs::create_dir_all(&weights).unwrap();
-    save_model(&Gpt::<Flex>::init(&gpt2(false), 1, &device).unwrap(), &weights).unwrap();
+    save_model(
+        &Gpt::<Flex>::init(&gpt2(false), 1, &device).unwrap(),
+        &weights,
+    )
+    .unwrap();
     let out = tmp.path().join("wide");
     let probe = ProbeSpec {
         tokens: None,
@@ -423,7 +481,11 @@ fn a_state_of_other_weights_is_refused() {
     let device = Default::default();
     let other = tmp.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
-    save_model(&Gpt::<Flex>::init(&case.config, 77, &device).unwrap(), &other).unwrap();
+    save_model(
+        &Gpt::<Flex>::init(&case.config, 77, &device).unwrap(),
+        &other,
+    )
+    .unwrap();
     let probe = ProbeSpec {
         tokens: None,
         batch: 1,
@@ -436,7 +498,10 @@ fn a_state_of_other_weights_is_refused() {
         ..ExpandOptions::default()
     };
     expand_folder::<Flex>(&other, &out, &opts, &probe, "cpu", &device).unwrap();
-    assert!(!out.join(OPTIMIZER_FILE).exists(), "the folder was rewritten");
+    assert!(
+        !out.join(OPTIMIZER_FILE).exists(),
+        "the folder was rewritten"
+    );
     let e = transfer_optimizer_state::<Flex>(&step_dir, &out, &device).unwrap_err();
     assert!(matches!(e, TransferError::OtherWeights { .. }), "{e}");
     let msg = e.to_string();

@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
-use hyperclone_cloning::{expand_folder, transfer_optimizer_state, ExpandOptions, ProbeSpec};
+use hyperclone_cloning::{expand_folder, ExpandOptions, ProbeSpec};
+use hyperclone_experiment::transfer_optimizer_state;
 use hyperclone_training::checkpoint::{step_dir_name, OPTIMIZER_FILE};
 use hyperclone_training::optim::{AdamWState, FORMAT_V1, FORMAT_V2};
 use hyperclone_training::trainer::OptimizerInit;
@@ -75,6 +76,7 @@ fn options(run_dir: &Path, init_from: &Path, optimizer_state: OptimizerInit) -> 
         device_name: "cpu: test".into(),
         symmetry: None,
         optimizer_state,
+        cost_offset: Default::default(),
     }
 }
 
@@ -169,7 +171,10 @@ fn transferred_state_is_continued_and_kept_and_fresh_ignores_it() {
     assert!(has_tag(&auto_state, FORMAT_V2));
     let state = AdamWState::read(&auto_state).unwrap();
     assert_eq!(state.updates, 10);
-    let qkv = state.params["h.0.attn.c_attn.weight"].scale.clone().unwrap();
+    let qkv = state.params["h.0.attn.c_attn.weight"]
+        .scale
+        .clone()
+        .unwrap();
     assert_eq!(qkv.step, 0.5);
     assert!(qkv.eps.iter().all(|&e| e == 0.5));
     let wte = state.params["wte.weight"].scale.clone().unwrap();
@@ -191,8 +196,12 @@ fn transferred_state_is_continued_and_kept_and_fresh_ignores_it() {
         &device,
     )
     .unwrap();
-    let second = train::<AB>(&wide, &options(&split, &carried, OptimizerInit::Auto), &device)
-        .unwrap();
+    let second = train::<AB>(
+        &wide,
+        &options(&split, &carried, OptimizerInit::Auto),
+        &device,
+    )
+    .unwrap();
     let mut resumed = losses(&first);
     resumed.extend(losses(&second));
     assert_eq!(resumed, losses(&auto_summary));
@@ -265,13 +274,13 @@ fn transfer_without_a_state_and_a_state_that_does_not_fit_are_refused() {
     assert!(!run.exists());
 
     // The small model's own state dropped into the wide folder: it does not fit the model.
-    std::fs::copy(
-        step_dir.join(OPTIMIZER_FILE),
-        expanded.join(OPTIMIZER_FILE),
+    std::fs::copy(step_dir.join(OPTIMIZER_FILE), expanded.join(OPTIMIZER_FILE)).unwrap();
+    let e = train::<AB>(
+        &wide,
+        &options(&run, &expanded, OptimizerInit::Auto),
+        &device,
     )
-    .unwrap();
-    let e = train::<AB>(&wide, &options(&run, &expanded, OptimizerInit::Auto), &device)
-        .unwrap_err();
+    .unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, TrainError::InitOptimizer(_)), "{msg}");
     assert!(
