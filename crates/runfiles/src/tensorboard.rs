@@ -197,7 +197,8 @@ fn device_ms(hours: f64) -> u64 {
 
 impl EventWriter {
     /// Writes a metrics line's scalars. Train lines: `train/loss`, `train/lr`,
-    /// `train/grad_norm`, `train/tokens_per_s`, `train/mfu` at the optimiser step. Eval lines:
+    /// `train/grad_norm`, `train/tokens_per_s`, `train/mfu`, `train/device_hours` (this run's
+    /// own) at the optimiser step. Eval lines:
     /// `eval/val_loss`, `eval/val_ppl`, `eval/symmetry` at the step, and the val loss on four
     /// cost axes, whose "step" is the cost: `cost_mflops/val_loss` and
     /// `cost_device_ms/val_loss` (this run's own cost), `total_mflops/val_loss` and
@@ -219,6 +220,7 @@ impl EventWriter {
                     ("train/grad_norm", t.grad_norm),
                     ("train/tokens_per_s", t.tokens_per_s),
                     ("train/mfu", t.mfu),
+                    ("train/device_hours", t.device_hours),
                 ]),
             ),
             Line::Eval(e) => {
@@ -554,6 +556,7 @@ mod tests {
         };
         assert_eq!(at("train/loss"), (96, 4.5));
         assert_eq!(at("train/lr"), (96, 1e-2));
+        assert_eq!(at("train/device_hours"), (96, (10.0f64 / 3600.0) as f32));
         assert!(
             !scalars.iter().any(|s| s.tag == "train/mfu"),
             "no value, no scalar"
