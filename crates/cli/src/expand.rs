@@ -7,6 +7,12 @@
 //! token ids, generation and tokenizer configs that `import` keeps), which hold for the wider
 //! clone as they did for its source. When the check fails nothing is written and the command
 //! fails.
+//!
+//! With `--optimizer-state transfer`, `--from` must be a training checkpoint (a step folder):
+//! its AdamW state is mapped through the clone (`hyperclone_experiment::transfer`) and written
+//! as `optimizer.safetensors` beside the expanded weights, where `hyperclone train
+//! --init-from` finds it. It is never automatic: a transferred state changes how the wide
+//! model trains (per-parameter step factors), so it is asked for explicitly.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,6 +22,7 @@ use hyperclone_cloning::record::CARRIED_ENTRIES;
 use hyperclone_cloning::{
     expand_config, expand_folder, ExpandOptions, ProbeSpec, Variant, DEFAULT_TOLERANCE_F32,
 };
+use hyperclone_experiment::{map_optimizer_state, write_optimizer_state};
 use hyperclone_model::checkpoint::read_meta;
 use hyperclone_model::GptBackend;
 
@@ -69,6 +76,21 @@ pub struct ExpandArgs {
     /// Replace --out if it already exists.
     #[arg(long)]
     pub force: bool,
+    /// AdamW's state: `fresh` (weights only; the wide run starts a fresh optimizer) or
+    /// `transfer`: map the moments, the update count and per-parameter factors of --from,
+    /// which must then be a training checkpoint (runs/NAME/step-NNNNNNNN), into
+    /// --out/optimizer.safetensors; `hyperclone train --init-from` continues from it.
+    #[arg(long, value_enum, default_value_t = OptimizerState::Fresh)]
+    pub optimizer_state: OptimizerState,
+}
+
+/// What `expand` does with the optimizer state of `--from`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerState {
+    /// Weights only.
+    Fresh,
+    /// Carry AdamW's state through the clone.
+    Transfer,
 }
 
 fn parse_variant(s: &str) -> Result<Variant, String> {
@@ -128,6 +150,15 @@ pub fn run_on<B: GptBackend>(args: ExpandArgs, device: &B::Device) -> Result<()>
         opts.variant
     );
     let probe = probe_spec(&args, sc.context_length)?;
+    // Mapped before anything is written: a checkpoint without optimizer state fails here.
+    let mapped = match args.optimizer_state {
+        OptimizerState::Fresh => None,
+        OptimizerState::Transfer => Some(
+            map_optimizer_state::<B>(&args.from, &opts, device).with_context(|| {
+                format!("--optimizer-state transfer from {}", args.from.display())
+            })?,
+        ),
+    };
     // Loads, expands, verifies and writes; nothing is written when the check fails.
     let done = expand_folder::<B>(
         &args.from,
@@ -161,6 +192,25 @@ pub fn run_on<B: GptBackend>(args: ExpandArgs, device: &B::Device) -> Result<()>
             args.from.display(),
             carried.join(", ")
         );
+    }
+    if let Some(mapped) = &mapped {
+        match write_optimizer_state(&args.out, mapped) {
+            Ok(t) => println!(
+                "optimizer state: moments of {} parameters from step {}, bias correction continues from update {}, per-parameter factors set: {}",
+                t.parameters,
+                t.source_step,
+                t.updates,
+                t.path.display()
+            ),
+            Err(e) => {
+                // The weights alone would silently train with a fresh optimizer.
+                let _ = std::fs::remove_dir_all(&args.out);
+                return Err(e).context(format!(
+                    "writing the optimizer state into {}",
+                    args.out.display()
+                ));
+            }
+        }
     }
     println!(
         "wrote {} in {:.2} s",

@@ -419,6 +419,7 @@ mod tests {
             init_from,
             resume: false,
             stop_after: None,
+            optimizer_state: Default::default(),
         };
         run_training(config.clone(), plan(Some(model_dir.clone()))).unwrap();
         for dir in [run.clone(), run.join("final")] {

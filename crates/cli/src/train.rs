@@ -7,6 +7,7 @@ use hyperclone_model::checkpoint::load_model;
 use hyperclone_model::GptAutodiffBackend;
 use hyperclone_model::{generate, SampleOptions};
 use hyperclone_training::checkpoint::complete_checkpoints;
+use hyperclone_training::trainer::OptimizerInit;
 use hyperclone_training::{train, BackendKind, Precision, TrainConfig, TrainOptions, TrainSummary};
 
 use crate::backend::{run_job, Env, Job};
@@ -42,6 +43,32 @@ pub struct TrainArgs {
     /// Stop after this step as if interrupted (for splitting runs and testing resume).
     #[arg(long)]
     pub stop_after: Option<u64>,
+    /// AdamW's state of a run started from --init-from: `auto` continues the state that
+    /// `hyperclone expand --optimizer-state transfer` wrote into the folder when there is one,
+    /// `transfer` requires it, `fresh` ignores it.
+    #[arg(long, value_enum, default_value_t = OptimizerStateArg::Auto)]
+    pub optimizer_state: OptimizerStateArg,
+}
+
+/// `--optimizer-state` of `train` (see [`OptimizerInit`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerStateArg {
+    /// The transferred state when the --init-from folder holds one.
+    Auto,
+    /// The transferred state; an error without one.
+    Transfer,
+    /// A fresh optimizer.
+    Fresh,
+}
+
+impl From<OptimizerStateArg> for OptimizerInit {
+    fn from(a: OptimizerStateArg) -> Self {
+        match a {
+            OptimizerStateArg::Auto => OptimizerInit::Auto,
+            OptimizerStateArg::Transfer => OptimizerInit::Transfer,
+            OptimizerStateArg::Fresh => OptimizerInit::Fresh,
+        }
+    }
 }
 
 /// Where and how `train` runs (the backend-independent part of its [`TrainOptions`]).
@@ -55,6 +82,8 @@ pub struct TrainPlan {
     pub resume: bool,
     /// Stop after this step as if interrupted.
     pub stop_after: Option<u64>,
+    /// Where the optimizer state of a run from `init_from` comes from.
+    pub optimizer_state: OptimizerInit,
 }
 
 struct TrainJob {
@@ -70,6 +99,7 @@ impl Job for TrainJob {
             init_from,
             resume,
             stop_after,
+            optimizer_state,
         } = self.plan;
         let options = TrainOptions::<AB::InnerBackend> {
             run_dir,
@@ -79,6 +109,7 @@ impl Job for TrainJob {
             backend_name: env.backend_name.to_string(),
             device_name: env.device_name,
             symmetry: Some(hyperclone_experiment::symmetry_metric()),
+            optimizer_state,
             cost_offset: Default::default(),
         };
         tracing::info!(
@@ -113,6 +144,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         init_from: args.init_from,
         resume: args.resume == ResumeMode::Auto,
         stop_after: args.stop_after,
+        optimizer_state: args.optimizer_state.into(),
     };
     let summary = run_training(config, plan.clone())?;
     println!(

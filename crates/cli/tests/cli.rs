@@ -155,6 +155,45 @@ fn pipeline_runs_every_stage_writes_the_report_and_skips_finished_stages() {
     assert!(text.starts_with("The") && text.trim().len() > 3, "{text:?}");
 }
 
+/// `[large.cloned] optimizer_state = "transfer"`: the expand stage expands the small run's last
+/// checkpoint and writes its AdamW state mapped through the clone; the large stage continues it
+/// (the update count goes on from the small run's, the factors stay in its checkpoints).
+#[test]
+fn pipeline_carries_the_optimizer_state_when_asked() {
+    use hyperclone_training::checkpoint::{step_dir_name, OPTIMIZER_FILE};
+    use hyperclone_training::optim::AdamWState;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_experiment(tmp.path());
+    run_ok(bin().arg("run").arg(&cfg).args([
+        "--set",
+        "experiment.baseline=false",
+        "--set",
+        "large.cloned.optimizer_state=transfer",
+    ]));
+    let exp = tmp.path().join("exp");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp.join("expand/expand.json")).unwrap())
+            .unwrap();
+    let source = record["source_dir"].as_str().unwrap();
+    assert!(source.ends_with(&step_dir_name(40)), "{record}");
+    let carried = AdamWState::read(&exp.join("expand").join(OPTIMIZER_FILE)).unwrap();
+    assert_eq!(carried.updates, 40);
+    assert_eq!(carried.origin.as_ref().map(|o| o.step), Some(40));
+    let large = AdamWState::read(
+        &exp.join("large")
+            .join(step_dir_name(40))
+            .join(OPTIMIZER_FILE),
+    )
+    .unwrap();
+    assert_eq!(large.updates, 80);
+    let qkv = large.params["h.0.attn.c_attn.weight"]
+        .scale
+        .as_ref()
+        .unwrap();
+    assert_eq!(qkv.step, 0.5);
+}
+
 /// The last value of `key` in a run's metrics.jsonl.
 fn last_metric(run: &Path, key: &str) -> f64 {
     std::fs::read_to_string(run.join("metrics.jsonl"))

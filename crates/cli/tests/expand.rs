@@ -9,7 +9,7 @@ mod expand;
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
-use expand::{run_on, ExpandArgs};
+use expand::{run_on, ExpandArgs, OptimizerState};
 use hyperclone_cloning::{read_expand_record, Variant};
 use hyperclone_model::checkpoint::{load_model, save_model};
 use hyperclone_model::{tokens_tensor, Gpt, GptConfig};
@@ -59,6 +59,7 @@ fn args(from: &Path, out: &Path) -> ExpandArgs {
         tolerance: 1e-5,
         skip_verify: false,
         force: false,
+        optimizer_state: OptimizerState::Fresh,
     }
 }
 
@@ -268,4 +269,99 @@ fn expand_carries_the_tokenizer_and_the_kept_hf_metadata() {
     run_on::<B>(args(&bare, &out2), &device).unwrap();
     assert!(!out2.join("tokenizer.json").exists());
     assert!(!out2.join("hf_metadata").exists());
+}
+
+/// `--optimizer-state transfer` from a training checkpoint writes the mapped AdamW state beside
+/// the expanded weights; from a model folder (no optimizer state) it fails naming the folder
+/// and writes nothing.
+#[test]
+fn optimizer_state_is_carried_from_a_checkpoint_and_refused_from_a_model_folder() {
+    use hyperclone_training::checkpoint::{save_checkpoint, TrainState, OPTIMIZER_FILE};
+    use hyperclone_training::config::OptimizerConfig;
+    use hyperclone_training::optim::{AdamW, AdamWState};
+    use hyperclone_training::Trainer;
+    type AB = burn::backend::Autodiff<B>;
+
+    let tmp = TempDir::new("optimizer");
+    let device: burn::tensor::Device<B> = Default::default();
+    // A checkpoint after one step of the small model.
+    let model = Gpt::<AB>::init(&small(), 4, &device).unwrap();
+    let mut trainer = Trainer::new(model, AdamW::new(OptimizerConfig::default()), device);
+    let ids: Vec<u32> = (0..33).map(|i| (i * 5 % 96) as u32).collect();
+    trainer
+        .step(1, 1e-3, |_| {
+            Ok::<_, ()>((
+                tokens_tensor(&ids[..32], 2, 16, &device),
+                tokens_tensor(&ids[1..], 2, 16, &device),
+            ))
+        })
+        .unwrap()
+        .read();
+    let state = TrainState {
+        step: 1,
+        tokens: 32,
+        wall_s: 0.0,
+        device_hours: 0.0,
+        flops: 0.0,
+        seed: 0,
+        tokenizer_hash: String::new(),
+        config_hash: String::new(),
+        best_val: None,
+        expanded: None,
+    };
+    let step_dir = save_checkpoint(
+        &tmp.0.join("run"),
+        trainer.model(),
+        trainer.optimizer(),
+        &state,
+    )
+    .unwrap();
+
+    let out = tmp.0.join("large");
+    let transfer = ExpandArgs {
+        optimizer_state: OptimizerState::Transfer,
+        ..args(&step_dir, &out)
+    };
+    run_on::<B>(transfer, &device).unwrap();
+    let carried = AdamWState::read(&out.join(OPTIMIZER_FILE)).unwrap();
+    assert_eq!(carried.updates, 1);
+    assert_eq!(carried.origin.as_ref().map(|o| o.step), Some(1));
+    let target = load_model::<B>(&out, &device).unwrap();
+    assert_eq!(
+        carried.params.len(),
+        hyperclone_cloning::plan::parameters(target.config()).len()
+    );
+    let qkv = &carried.params["h.0.attn.c_attn.weight"];
+    assert_eq!(
+        qkv.exp_avg.len(),
+        target.h[0]
+            .attn
+            .c_attn
+            .weight
+            .val()
+            .dims()
+            .iter()
+            .product::<usize>()
+    );
+    assert_eq!(qkv.scale.as_ref().map(|s| s.step), Some(0.5));
+
+    // Weights only: refused by name, and no output folder.
+    let weights = tmp.0.join("final");
+    std::fs::create_dir_all(&weights).unwrap();
+    save_model(&Gpt::<B>::init(&small(), 4, &device).unwrap(), &weights).unwrap();
+    let out2 = tmp.0.join("large2");
+    let e = run_on::<B>(
+        ExpandArgs {
+            optimizer_state: OptimizerState::Transfer,
+            ..args(&weights, &out2)
+        },
+        &device,
+    )
+    .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains(&weights.display().to_string()) && msg.contains(OPTIMIZER_FILE),
+        "{msg}"
+    );
+    assert!(!out2.exists());
 }

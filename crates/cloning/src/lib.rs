@@ -11,6 +11,8 @@
 //! - [`verify`](mod@verify): source vs target logits on a probe batch.
 //! - [`symmetry`](mod@symmetry): how far the cloned copies have drifted apart.
 //! - [`record`]: the expanded model folder and its `expand.json`.
+//! - [`optimizer`]: AdamW's moments and per-parameter factors through the clone (the same
+//!   rule table as the weights, factors from [`plan::adam_rule`]).
 //!
 //! ```no_run
 //! use burn::backend::Flex;
@@ -27,6 +29,7 @@
 
 pub mod expand;
 pub mod folder;
+pub mod optimizer;
 pub mod plan;
 pub mod record;
 pub mod symmetry;
@@ -34,9 +37,10 @@ pub mod verify;
 
 pub use expand::expand;
 pub use folder::{expand_folder, FolderError, FolderExpansion, ProbeSpec};
+pub use optimizer::{expand_adam_state, expand_moments, AdamMoments};
 pub use plan::{
-    expand_config, factors_between, source_config_of, CloneError, ExpandOptions, ParamKind, Rule,
-    Section, Variant,
+    adam_rule, expand_config, factors_between, source_config_of, AdamRule, CloneError,
+    ExpandOptions, ParamKind, Rule, Section, Variant,
 };
 pub use record::{
     expand_record, read_expand_record, save_expanded, save_expanded_from, ExpandRecord,

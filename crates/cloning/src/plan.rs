@@ -253,6 +253,27 @@ pub enum CloneError {
         /// What went wrong.
         reason: String,
     },
+    /// The optimizer state to expand lacks the moments of a parameter of the source model.
+    #[error("the optimizer state has no moments for parameter {name}: it is not the state of a model of this architecture (or of a run that has taken no step)")]
+    MissingMoments {
+        /// The parameter's checkpoint name.
+        name: String,
+    },
+    /// The optimizer state to expand holds moments for a name the source model does not have.
+    #[error("the optimizer state holds moments for {name}, which is not a parameter of the source model")]
+    UnknownMoments {
+        /// The name found in the state.
+        name: String,
+    },
+    /// A factor of the optimizer state to expand is not a finite positive number, or its
+    /// per-column ε factors do not match the parameter's columns.
+    #[error("optimizer state of {name}: {reason}")]
+    BadFactors {
+        /// The parameter's checkpoint name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -484,28 +505,106 @@ pub fn rule(kind: ParamKind, s: &GptConfig, n: usize, m: usize) -> Rule {
     let hidden = vec![sec(d, n)];
     match kind {
         // embeddings (V × d, ctx × d): repeat along d, no division
+        // (AdamW, `adam_rule`: lr ×1, gradient and moments ÷n)
         TokenEmbedding | PositionEmbedding => Rule::grid(1, hidden),
-        // LayerNorm γ, β / RMSNorm γ: repeat n times, eps unchanged
+        // LayerNorm γ, β / RMSNorm γ: repeat n times, eps unchanged (AdamW: lr ×1, ÷n)
         NormWeight | NormBias => Rule::grid(1, hidden),
-        // final norm: repeat; tied head: fold the head's 1/n into γ and β
+        // final norm: repeat; tied head: fold the head's 1/n into γ and β (AdamW: untied
+        // lr ×1, ÷n; tied lr ×1/n, gradient undivided)
         FinalNormWeight | FinalNormBias => Rule {
             divide_by: if s.tie_embeddings { n } else { 1 },
             ..Rule::grid(1, hidden)
         },
         // fused Q, K, V: duplicate heads per section, each block W/n (input factor)
+        // (AdamW: weight lr ×1/n, bias ×1; q ÷n, k and v ÷ their copies, MQA ÷1)
         QkvWeight => Rule::grid(n, vec![q, kv, kv]),
         QkvBias => Rule::grid(1, vec![q, kv, kv]),
-        // attention output projection: n × n grid of W/n
+        // attention output projection: n × n grid of W/n (AdamW: lr ×1/n, ÷n; bias ×1, ÷n)
         AttnOutWeight => Rule::grid(n, hidden),
         AttnOutBias => Rule::grid(1, hidden),
         // MLP up / gate (d → F): m output copies × n input copies, each W/n
+        // (AdamW: lr ×1/n, ÷m; bias ×1, ÷m)
         MlpUpWeight => Rule::grid(n, vec![sec(f, m)]),
         MlpUpBias => Rule::grid(1, vec![sec(f, m)]),
         // MLP down (F → d): n output copies × m input copies, each W/m
+        // (AdamW: lr ×1/m, ÷n; bias ×1, ÷n)
         MlpDownWeight => Rule::grid(m, hidden),
         MlpDownBias => Rule::grid(1, hidden),
-        // untied LM head (d → V): [W/n, …, W/n] along the input
+        // untied LM head (d → V): [W/n, …, W/n] along the input (AdamW: lr ×1/n, ÷1)
         LmHead => Rule::grid(n, vec![sec(v, 1)]),
+    }
+}
+
+/// How AdamW follows one parameter through the clone: what [`adam_rule`] returns.
+///
+/// Under the noise-free symmetric variant, every block of the target is the source parameter
+/// divided by `step_divisor`, and the gradient reaching every block of output section `i` is
+/// the source's gradient divided by `grad_divisor[i]` (proof in `docs/hypercloning.md`,
+/// "AdamW's state through the clone"). Our AdamW's update is
+/// `θ ← θ·(1 − lr·wd) − lr·m̂/(√v̂ + ε)`, so the target stays the clone of the source step after
+/// step when its state starts as `m/G`, `v/G²` (tiled like the weights), its ε is `ε/G`
+/// (then `m̂/(√v̂ + ε)` is unchanged) and its Adam step is multiplied by `1/step_divisor`. The
+/// decoupled decay needs no factor: it is proportional to the block, already `θ/step_divisor`.
+/// Gradient clipping compares the global norm: section `i` has `input_copies · copies` blocks
+/// with gradient `g/G`, so its squares are weighted by `G²/(input_copies · copies)` in the
+/// wide model's norm, which is then the small model's (same clip factor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdamRule {
+    /// Every target block is `θ / step_divisor` (`input_copies · divide_by` of the weight
+    /// rule): the parameter's Adam step is multiplied by `1 / step_divisor`.
+    pub step_divisor: usize,
+    /// One per output section of the weight rule, in order: the gradient of every block of
+    /// the section is the source's divided by this (how many copies of the section's output
+    /// the loss sees, `copies / divide_by`). The first moment is divided by it, the second
+    /// by its square, and ε by it.
+    pub grad_divisor: Vec<usize>,
+}
+
+/// THE OPTIMIZER TABLE, row by row beside [`rule`]: how AdamW's state and step follow each
+/// parameter (see [`AdamRule`]). `k` is `n`, or 1 for the single KV head of multi-query
+/// attention (then its norm weight is `1/n`, not 1).
+///
+/// | parameter | lr ×1/… (`step_divisor`) | gradient ÷ `G` (m ÷G, v ÷G², ε ÷G) | norm weight `G²/blocks` |
+/// |---|---|---|---|
+/// | `wte`, `wpe` (tied or not) | 1 | n | n |
+/// | block norms γ, β | 1 | n | n |
+/// | `ln_f` γ, β, untied head | 1 | n | n |
+/// | `ln_f` γ, β, tied head (γ/n fold) | n | 1 | 1/n |
+/// | `c_attn` weight | n | q: n, k and v: k | q: 1, k and v: 1 (MQA 1/n) |
+/// | `c_attn` bias | 1 | q: n, k and v: k | q: n, k and v: k |
+/// | `attn.c_proj` weight / bias | n / 1 | n | 1 / n |
+/// | `c_fc`, `c_gate` weight / bias | n / 1 | m | m/n / m |
+/// | `mlp.c_proj` weight / bias | m / 1 | n | n/m / n |
+/// | untied `lm_head` | n | 1 | 1/n |
+pub fn adam_rule(kind: ParamKind, s: &GptConfig, n: usize, m: usize) -> AdamRule {
+    use ParamKind::*;
+    let kv = if is_mqa(s) { 1 } else { n };
+    let (step_divisor, grad_divisor) = match kind {
+        // Tables whose rows are tiled undivided; each copy of the output gets 1/n of the
+        // gradient. With a tied head, `wte` also gets the head's gradient: the head reads
+        // the stacked [h/n; …] (the ln_f fold), so that part is 1/n of the source's as well.
+        TokenEmbedding | PositionEmbedding => (1, vec![n]),
+        NormWeight | NormBias => (1, vec![n]),
+        // Tied head: γ/n, β/n feed the head, whose logits sum the n copies: every copy's
+        // gradient is the source's whole gradient, and each copy is θ/n.
+        FinalNormWeight | FinalNormBias if s.tie_embeddings => (n, vec![1]),
+        FinalNormWeight | FinalNormBias => (1, vec![n]),
+        // Blocks W/n read the stacked input; q heads are duplicated n times, the KV heads k.
+        QkvWeight => (n, vec![n, kv, kv]),
+        QkvBias => (1, vec![n, kv, kv]),
+        AttnOutWeight => (n, vec![n]),
+        AttnOutBias => (1, vec![n]),
+        MlpUpWeight => (n, vec![m]),
+        MlpUpBias => (1, vec![m]),
+        // Blocks W/m read the m-fold inner activation.
+        MlpDownWeight => (m, vec![n]),
+        MlpDownBias => (1, vec![n]),
+        // One output copy (the logits themselves), n input blocks W/n.
+        LmHead => (n, vec![1]),
+    };
+    AdamRule {
+        step_divisor,
+        grad_divisor,
     }
 }
 
@@ -718,6 +817,48 @@ mod tests {
                 assert_eq!(parameters(&s).len(), parameters(&t).len());
             }
         }
+    }
+
+    /// The optimizer table agrees with the weight table everywhere: the step divisor is the
+    /// block's division (`input_copies · divide_by`) and each section's gradient divisor is
+    /// its output copies over `divide_by` (the derivation in `docs/hypercloning.md`).
+    #[test]
+    fn adam_rule_follows_the_weight_rule() {
+        for kv in [None, Some(2), Some(1)] {
+            for tie in [false, true] {
+                let s = GptConfig {
+                    tie_embeddings: tie,
+                    bias: true,
+                    n_kv_head: kv,
+                    ..gqa()
+                };
+                for (n, m) in [(1, 1), (2, 1), (3, 2), (4, 3)] {
+                    for (name, kind) in parameters(&s) {
+                        let r = rule(kind, &s, n, m);
+                        let a = adam_rule(kind, &s, n, m);
+                        assert_eq!(a.step_divisor, r.input_copies * r.divide_by, "{name}");
+                        let copies: Vec<usize> = r.output.iter().map(|x| x.copies).collect();
+                        let from_grad: Vec<usize> =
+                            a.grad_divisor.iter().map(|g| g * r.divide_by).collect();
+                        assert_eq!(from_grad, copies, "{name} (n {n}, m {m}, tied {tie})");
+                    }
+                }
+            }
+        }
+        let mqa = GptConfig {
+            n_kv_head: Some(1),
+            ..gqa()
+        };
+        assert_eq!(
+            adam_rule(ParamKind::QkvWeight, &mqa, 3, 2).grad_divisor,
+            vec![3, 1, 1]
+        );
+        let tied = GptConfig {
+            tie_embeddings: true,
+            ..gqa()
+        };
+        let a = adam_rule(ParamKind::FinalNormWeight, &tied, 2, 2);
+        assert_eq!((a.step_divisor, a.grad_divisor), (2, vec![1]));
     }
 
     #[test]

@@ -63,6 +63,30 @@ pub struct SmallSection {
     pub run: RunConfig,
 }
 
+/// Where the cloned run's AdamW state comes from (`[large.cloned] optimizer_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClonedOptimizerState {
+    /// A fresh AdamW (zero moments, update count 0), as before transfers existed.
+    #[default]
+    Fresh,
+    /// The small run's AdamW state at its last checkpoint, mapped through the clone
+    /// (`crate::transfer`): moments, update count and per-parameter factors. The expand stage
+    /// then expands that checkpoint (the same weights as `small/final`) and writes the mapped
+    /// state beside the wide weights; the large stage continues it.
+    Transfer,
+}
+
+impl ClonedOptimizerState {
+    /// The value as written in the experiment file.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClonedOptimizerState::Fresh => "fresh",
+            ClonedOptimizerState::Transfer => "transfer",
+        }
+    }
+}
+
 /// The cloned arm's own optimiser and schedule (`[large.cloned.optimizer]`,
 /// `[large.cloned.schedule]`): a model that starts trained may want a lower peak learning rate
 /// or a shorter warm-up than one that starts from random weights. Keys not given are taken from
@@ -70,6 +94,11 @@ pub struct SmallSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClonedArm {
+    /// `"fresh"` (default) or `"transfer"`: start the cloned run with a fresh AdamW, or with
+    /// the small run's state carried through the clone ([`ClonedOptimizerState`]). (First: a
+    /// plain value is written before the tables in the resolved TOML.)
+    #[serde(default)]
+    pub optimizer_state: ClonedOptimizerState,
     /// AdamW settings of the cloned run.
     pub optimizer: OptimizerConfig,
     /// Learning-rate schedule of the cloned run.
@@ -363,6 +392,15 @@ impl ExperimentConfig {
         c
     }
 
+    /// Where the cloned run's AdamW state comes from (`[large.cloned] optimizer_state`;
+    /// fresh without a `[large.cloned]` section).
+    pub fn cloned_optimizer_state(&self) -> ClonedOptimizerState {
+        self.large
+            .cloned
+            .as_ref()
+            .map_or(ClonedOptimizerState::Fresh, |arm| arm.optimizer_state)
+    }
+
     /// Training FLOPs of the small run's whole budget.
     pub fn small_flops(&self) -> Option<f64> {
         let c = self.small_config(&self.replica_seeds(None));
@@ -503,6 +541,37 @@ mod tests {
         assert!(e.contains("experiment.seeds"), "{e}");
         let e = tiny(&["experiment.seeds=[0]"]).unwrap_err().to_string();
         assert!(e.contains("experiment.seeds"), "{e}");
+    }
+
+    /// `[large.cloned] optimizer_state`: fresh unless asked, "transfer" read and kept by the
+    /// resolved file, anything else refused naming the key and the value.
+    #[test]
+    fn the_cloned_optimizer_state_is_fresh_by_default_and_validated() {
+        let exp = tiny(&[]).unwrap();
+        assert_eq!(exp.cloned_optimizer_state(), ClonedOptimizerState::Fresh);
+        let exp = tiny(&["large.cloned.optimizer.lr=5e-4"]).unwrap();
+        assert_eq!(exp.cloned_optimizer_state(), ClonedOptimizerState::Fresh);
+        let exp = tiny(&["large.cloned.optimizer_state=\"transfer\""]).unwrap();
+        assert_eq!(exp.cloned_optimizer_state(), ClonedOptimizerState::Transfer);
+        // The section appears for the key alone and inherits the baseline's optimiser.
+        assert_eq!(
+            exp.large.cloned.as_ref().unwrap().optimizer,
+            exp.large.optimizer
+        );
+        let again =
+            ExperimentConfig::from_toml_str(&exp.to_toml(), Path::new("resolved.toml"), &[])
+                .unwrap();
+        assert_eq!(again, exp);
+        let e = tiny(&["large.cloned.optimizer_state=\"warm\""])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("large.cloned.optimizer_state")
+                && e.contains("warm")
+                && e.contains("transfer")
+                && e.contains("fresh"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! ```text
 //! small     train the small model from random init              → <out>/small/
 //! expand    HyperClone small/final into the wide model          → <out>/expand/
+//!           (with `[large.cloned] optimizer_state = "transfer"`: the small run's last
+//!           checkpoint, and its AdamW state too, see [`transfer`])
 //! large     train the wide model from the expanded weights      → <out>/large/
 //! baseline  train the same wide model from random init          → <out>/baseline/
 //! control   train the small model on, to the baseline's FLOPs   → <out>/control/   ([control])
@@ -15,12 +17,17 @@
 
 pub mod config;
 pub mod pipeline;
+pub mod transfer;
 
 pub use config::{
-    ClonedArm, ControlSection, ExperimentConfig, ExperimentSection, LargeSection, ReplicaSeeds,
-    SmallSection, WIDE_SEED_OFFSET,
+    ClonedArm, ClonedOptimizerState, ControlSection, ExperimentConfig, ExperimentSection,
+    LargeSection, ReplicaSeeds, SmallSection, WIDE_SEED_OFFSET,
 };
 pub use pipeline::{
     run_experiment, symmetry_metric, ExperimentError, ExperimentOptions, ExperimentSummary, Stage,
     StageOutcome,
+};
+pub use transfer::{
+    expand_adamw_state, map_optimizer_state, transfer_optimizer_state, write_optimizer_state,
+    MappedState, OptimizerTransfer, TransferError,
 };

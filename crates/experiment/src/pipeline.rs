@@ -16,13 +16,17 @@ use burn::tensor::backend::Backend;
 use hyperclone_cloning::{expand_folder, ProbeSpec};
 use hyperclone_model::checkpoint::sha256_hex;
 use hyperclone_model::GptAutodiffBackend;
+use hyperclone_training::checkpoint::complete_checkpoints;
 use hyperclone_training::metrics::SymmetryLine;
-use hyperclone_training::trainer::{train, trajectory_hash, TrainError, TrainOptions};
+use hyperclone_training::trainer::{
+    train, trajectory_hash, OptimizerInit, TrainError, TrainOptions,
+};
 use hyperclone_training::TrainConfig;
 use hyperclone_training::{CostOffset, SymmetryFn};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ExperimentConfig, ReplicaSeeds};
+use crate::config::{ClonedOptimizerState, ExperimentConfig, ReplicaSeeds};
+use crate::transfer::{map_optimizer_state, write_optimizer_state, TransferError};
 
 /// A pipeline stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +96,10 @@ pub enum ExperimentError {
     /// The expansion failed (nothing was written).
     #[error("stage expand: {0}")]
     Expand(#[from] hyperclone_cloning::FolderError),
+    /// The small run's optimizer state could not be carried through the clone
+    /// (`[large.cloned] optimizer_state = "transfer"`); nothing was written.
+    #[error("stage expand: [large.cloned] optimizer_state = \"transfer\": {0}")]
+    Transfer(#[from] TransferError),
     /// The expansion settings are impossible for the small model.
     #[error("[expand]: {0}")]
     Plan(#[from] hyperclone_cloning::CloneError),
@@ -350,7 +358,18 @@ impl SeedPipeline<'_> {
         // Expand.
         let expand_opts = exp.expand_options(&self.seeds);
         let expand_json = serde_json::to_string(&expand_opts).expect("expand serialises");
-        let expand_hash = hash_of(&["expand", &small_hash, &expand_json]);
+        let optimizer_state = exp.cloned_optimizer_state();
+        // A fresh state keeps the hash it had before transfers existed, so that finished
+        // experiments stay finished; a transfer makes another expand folder (and large run).
+        let expand_hash = match optimizer_state {
+            ClonedOptimizerState::Fresh => hash_of(&["expand", &small_hash, &expand_json]),
+            ClonedOptimizerState::Transfer => hash_of(&[
+                "expand",
+                &small_hash,
+                &expand_json,
+                "optimizer_state=transfer",
+            ]),
+        };
         let expand_dir = self.dir(Stage::Expand);
         let expand_done = check_stage(Stage::Expand, &expand_dir, &expand_hash, None)?;
         if self.wants(Stage::Expand) {
@@ -358,7 +377,7 @@ impl SeedPipeline<'_> {
                 tracing::info!("stage expand: finished earlier, skipped");
             } else {
                 self.needs(Stage::Expand, Stage::Small)?;
-                self.expand::<AB>(&expand_opts, &expand_hash, device)?;
+                self.expand::<AB>(&expand_opts, optimizer_state, &expand_hash, device)?;
             }
             outcomes.push(self.outcome(Stage::Expand, expand_done));
         }
@@ -368,9 +387,17 @@ impl SeedPipeline<'_> {
         let large_model = exp.large_model()?;
         let cloned_cfg = exp.cloned_config(&self.seeds, large_model.clone());
         let hash = training_stage_hash(Stage::Large, &cloned_cfg, &expand_hash);
-        if let Some(o) =
-            self.train_stage::<AB>(Stage::Large, &cloned_cfg, &hash, Some(expand_dir), device)?
-        {
+        let large_init = match optimizer_state {
+            ClonedOptimizerState::Fresh => OptimizerInit::Fresh,
+            ClonedOptimizerState::Transfer => OptimizerInit::Transfer,
+        };
+        if let Some(o) = self.train_stage::<AB>(
+            Stage::Large,
+            &cloned_cfg,
+            &hash,
+            Some((expand_dir, large_init)),
+            device,
+        )? {
             outcomes.push(o);
         }
         if exp.experiment.baseline {
@@ -388,9 +415,13 @@ impl SeedPipeline<'_> {
                 .map_err(|(key, message)| ExperimentError::Control { key, message })?;
             let hash = training_stage_hash(Stage::Control, &cfg, &small_hash);
             let from = self.dir(Stage::Small).join("final");
-            if let Some(o) =
-                self.train_stage::<AB>(Stage::Control, &cfg, &hash, Some(from), device)?
-            {
+            if let Some(o) = self.train_stage::<AB>(
+                Stage::Control,
+                &cfg,
+                &hash,
+                Some((from, OptimizerInit::Fresh)),
+                device,
+            )? {
                 outcomes.push(o);
             }
         }
@@ -444,15 +475,19 @@ impl SeedPipeline<'_> {
     }
 
     /// Trains one stage unless it is finished (or not wanted); `init_from` is a model folder
-    /// made by an earlier stage.
+    /// made by an earlier stage, with where the run's optimizer state comes from.
     fn train_stage<AB: GptAutodiffBackend>(
         &self,
         stage: Stage,
         config: &TrainConfig,
         hash: &str,
-        init_from: Option<PathBuf>,
+        init_from: Option<(PathBuf, OptimizerInit)>,
         device: &AB::Device,
     ) -> Result<Option<StageOutcome>, ExperimentError> {
+        let (init_from, optimizer_state) = match init_from {
+            Some((dir, init)) => (Some(dir), init),
+            None => (None, OptimizerInit::Fresh),
+        };
         let dir = self.dir(stage);
         let budget = config.total_steps();
         let done = check_stage(stage, &dir, hash, budget)?;
@@ -497,6 +532,7 @@ impl SeedPipeline<'_> {
             backend_name: self.options.backend_name.clone(),
             device_name: self.options.device_name.clone(),
             symmetry: Some(symmetry_metric()),
+            optimizer_state,
             cost_offset: self.cost_before(stage),
         };
         train::<AB>(config, &options, device).map_err(|source| ExperimentError::Train {
@@ -516,6 +552,7 @@ impl SeedPipeline<'_> {
     fn expand<AB: GptAutodiffBackend>(
         &self,
         opts: &hyperclone_cloning::ExpandOptions,
+        optimizer_state: ClonedOptimizerState,
         hash: &str,
         device: &AB::Device,
     ) -> Result<(), ExperimentError> {
@@ -533,14 +570,47 @@ impl SeedPipeline<'_> {
             skip: false,
         };
         let dir = self.dir(Stage::Expand);
+        // A transfer needs the optimizer state, which only the step folders hold: expand the
+        // small run's newest checkpoint, its last step, whose weights are those of final/ (the
+        // last step is always checkpointed). The state is mapped first, so that a checkpoint
+        // without one fails before anything is written.
+        let small_dir = self.dir(Stage::Small);
+        let (source, mapped) = match optimizer_state {
+            ClonedOptimizerState::Fresh => (small_dir.join("final"), None),
+            ClonedOptimizerState::Transfer => {
+                let newest = complete_checkpoints(&small_dir).into_iter().next();
+                let Some((step, checkpoint)) = newest else {
+                    return Err(TransferError::NotACheckpoint {
+                        dir: small_dir,
+                        reason: "the small run has no complete checkpoint (step-NNNNNNNN/) to take the optimizer state from".into(),
+                    }
+                    .into());
+                };
+                tracing::info!(
+                    "stage expand: AdamW's state of {} (step {step}) goes through the clone too",
+                    checkpoint.display()
+                );
+                let mapped = map_optimizer_state::<AB::InnerBackend>(&checkpoint, opts, device)?;
+                (checkpoint, Some(mapped))
+            }
+        };
         let result = expand_folder::<AB::InnerBackend>(
-            &self.dir(Stage::Small).join("final"),
+            &source,
             &dir,
             opts,
             &probe,
             &self.options.device_name,
             device,
         )?;
+        if let Some(mapped) = &mapped {
+            let t = write_optimizer_state(&dir, mapped)?;
+            tracing::info!(
+                "optimizer state: moments of {} parameters, bias correction continues from update {}: {}",
+                t.parameters,
+                t.updates,
+                t.path.display()
+            );
+        }
         if let Some(v) = result.verification {
             tracing::info!(
                 "expanded {} → {} parameters; logits check: max |Δ| {:.2e}, relative {:.2e}, KL {:.2e}",

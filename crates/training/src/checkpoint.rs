@@ -382,10 +382,20 @@ pub fn load_checkpoint<AB: AutodiffBackend>(
             found: state.step,
         });
     }
-    let model = load_model::<AB::InnerBackend>(dir, device)?;
-    let optimizer = AdamW::<AB>::load(optimizer, &dir.join(OPTIMIZER_FILE), device)?;
+    let model = trainable(Gpt::<AB>::from_inner(load_model::<AB::InnerBackend>(
+        dir, device,
+    )?));
+    let optimizer_path = dir.join(OPTIMIZER_FILE);
+    let optimizer = AdamW::<AB>::load(optimizer, &optimizer_path, device)?;
+    // A state that does not fit the weights would fail in the middle of the first update.
+    optimizer
+        .check_model(&model, false)
+        .map_err(|reason| OptimError::Mismatch {
+            path: optimizer_path,
+            reason,
+        })?;
     Ok(Resumed {
-        model: trainable(Gpt::<AB>::from_inner(model)),
+        model,
         optimizer,
         state,
         dir: dir.to_path_buf(),

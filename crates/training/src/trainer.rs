@@ -22,12 +22,12 @@ use hyperclone_model::{GptAutodiffBackend, GptBackend};
 
 use crate::checkpoint::{
     complete_checkpoints, load_latest, load_latest_before, prune, save_checkpoint, Resumed,
-    RunDirError, TrainState,
+    RunDirError, TrainState, OPTIMIZER_FILE,
 };
 use crate::config::{OptimizerConfig, TrainConfig};
 use crate::lock::{LockError, RunLock};
 use crate::metrics::{peak_flops, peak_rss_bytes};
-use crate::optim::{read_scalars, AdamW};
+use crate::optim::{read_scalars, AdamW, AdamWState, OptimError};
 use crate::progress::make_progress;
 use crate::schedule::learning_rate;
 use hyperclone_runfiles::{
@@ -138,6 +138,17 @@ pub enum TrainError {
     /// The run directory is locked by another training.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// [`OptimizerInit::Transfer`] was asked for, but the `--init-from` folder holds no
+    /// optimizer state (or no `--init-from` folder was given).
+    #[error("optimizer state \"transfer\": {}; write one with `hyperclone expand --from runs/SMALL/step-NNNNNNNN --optimizer-state transfer`, or start with a fresh optimizer state", describe_no_state(.init_from.as_deref()))]
+    NoOptimizerState {
+        /// The `--init-from` folder, if any.
+        init_from: Option<PathBuf>,
+    },
+    /// The optimizer state of the `--init-from` folder could not be read or does not fit
+    /// its model.
+    #[error("--init-from optimizer state: {0}")]
+    InitOptimizer(OptimError),
 }
 
 /// The end of a [`TrainError::NonFiniteLoss`] message: what is left on disk.
@@ -154,6 +165,14 @@ fn describe_newest(run_dir: &Path, newest: Option<&Path>) -> String {
     }
 }
 
+/// The middle of a [`TrainError::NoOptimizerState`] message.
+fn describe_no_state(init_from: Option<&Path>) -> String {
+    match init_from {
+        Some(dir) => format!("{} holds no {OPTIMIZER_FILE}", dir.display()),
+        None => "there is no --init-from folder to take it from".to_string(),
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io {
         path: path.to_path_buf(),
@@ -165,6 +184,29 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 /// are (the caller's choice of metric: the CLI and the experiment pass HyperCloning's
 /// `symmetry`, which the training crate does not depend on). `None` when it cannot be measured.
 pub type SymmetryFn<B> = Arc<dyn Fn(&Gpt<B>, (usize, usize)) -> Option<SymmetryLine> + Send + Sync>;
+
+/// Where the optimizer state of a run that starts from an `--init-from` folder comes from. A
+/// resumed run always continues its own checkpoint's state; a run from random weights starts
+/// fresh.
+///
+/// A transferred state (`optimizer.safetensors` written into an expanded folder by `hyperclone
+/// expand --optimizer-state transfer`) brings the small run's moments, its update count (the
+/// bias correction continues from it) and per-parameter factors on the Adam step and on ε,
+/// which stay with the run through its checkpoints. The run's step, data position and
+/// learning-rate schedule are its own and start at 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerInit {
+    /// The transferred state when the folder holds one (`optimizer.safetensors` beside
+    /// `expand.json`), else fresh.
+    #[default]
+    Auto,
+    /// The folder's `optimizer.safetensors`; a folder without one is an error
+    /// ([`TrainError::NoOptimizerState`]).
+    Transfer,
+    /// Fresh state (zero moments, update count 0), whatever the folder holds.
+    Fresh,
+}
 
 /// How to start and describe a run (what the config file does not say). `B` is the backend the
 /// model is evaluated on: the inner backend of the training backend.
@@ -187,6 +229,8 @@ pub struct TrainOptions<B: Backend> {
     /// The symmetry metric logged at every evaluation of a run that started from an expanded
     /// model (`expand.json` in `init_from`); `None`: no symmetry metric.
     pub symmetry: Option<SymmetryFn<B>>,
+    /// Where the optimizer state comes from when the run starts from `init_from`.
+    pub optimizer_state: OptimizerInit,
     /// What the route paid before this run (the small run before a cloned run or a control),
     /// for TensorBoard's total-cost axes; zero for a run on its own.
     pub cost_offset: CostOffset,
@@ -202,6 +246,7 @@ impl<B: Backend> std::fmt::Debug for TrainOptions<B> {
             .field("backend_name", &self.backend_name)
             .field("device_name", &self.device_name)
             .field("symmetry", &self.symmetry.as_ref().map(|_| "fn"))
+            .field("optimizer_state", &self.optimizer_state)
             .field("cost_offset", &self.cost_offset)
             .finish()
     }
@@ -429,19 +474,68 @@ impl<AB: GptAutodiffBackend> Trainer<AB> {
             best_val: None,
             expanded: width,
         };
+        let optimizer = Self::initial_optimizer(config, options, &model, device)?;
         // Mixed precision and the kernels are properties of the forward pass, not of the
         // weights: set them on every path (fresh, --init-from, resume).
         let model = model.with_kernels(config.run.kernels());
         Ok(Started {
-            trainer: Trainer::new(
-                model,
-                AdamW::<AB>::new(config.optimizer.clone()),
-                device.clone(),
-            ),
+            trainer: Trainer::new(model, optimizer, device.clone()),
             state,
             init,
             resumed_from: None,
         })
+    }
+
+    /// The optimizer state of a run that starts from `options.init_from` (or random weights),
+    /// as `options.optimizer_state` says; a transferred state must cover every parameter of
+    /// `model`.
+    fn initial_optimizer(
+        config: &TrainConfig,
+        options: &TrainOptions<AB::InnerBackend>,
+        model: &Gpt<AB>,
+        device: &AB::Device,
+    ) -> Result<AdamW<AB>, TrainError> {
+        let fresh = || Ok(AdamW::<AB>::new(config.optimizer.clone()));
+        let wanted = options.optimizer_state;
+        let dir = match (&options.init_from, wanted) {
+            (_, OptimizerInit::Fresh) => return fresh(),
+            (None, OptimizerInit::Transfer) => {
+                return Err(TrainError::NoOptimizerState { init_from: None })
+            }
+            (None, _) => return fresh(),
+            (Some(dir), _) => dir,
+        };
+        let path = dir.join(OPTIMIZER_FILE);
+        if !path.exists() {
+            return match wanted {
+                OptimizerInit::Transfer => Err(TrainError::NoOptimizerState {
+                    init_from: Some(dir.clone()),
+                }),
+                _ => fresh(),
+            };
+        }
+        // Auto takes only a state that `expand` carried through the clone: the optimizer
+        // file of a step folder given as --init-from keeps being ignored, as before.
+        let expanded = dir.join(hyperclone_runfiles::EXPAND_FILE).exists();
+        if wanted == OptimizerInit::Auto && !expanded {
+            return fresh();
+        }
+        let state = AdamWState::read(&path).map_err(TrainError::InitOptimizer)?;
+        let origin = state.origin.clone();
+        let optimizer = AdamW::<AB>::from_state(config.optimizer.clone(), state, device);
+        optimizer
+            .check_model(model, true)
+            .map_err(|reason| TrainError::InitOptimizer(OptimError::Mismatch { path, reason }))?;
+        tracing::info!(
+            "optimizer state from {} (bias correction continues from update {}{}): moments and per-parameter factors carried through the clone",
+            dir.display(),
+            optimizer.updates(),
+            origin.map_or(String::new(), |o| format!(
+                ", checkpoint {} at step {}",
+                o.checkpoint, o.step
+            ))
+        );
+        Ok(optimizer)
     }
 
     /// The trainer of the loaded checkpoint `r`, whose config and tokenizer hashes must match

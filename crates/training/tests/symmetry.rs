@@ -69,6 +69,7 @@ fn options(run_dir: PathBuf, init_from: Option<PathBuf>) -> TrainOptions<Flex> {
                 per_layer: report.per_layer,
             })
         })),
+        optimizer_state: Default::default(),
         cost_offset: Default::default(),
     }
 }

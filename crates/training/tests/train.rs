@@ -71,6 +71,7 @@ fn options(run_dir: &Path) -> TrainOptions<Flex> {
         backend_name: "flex".into(),
         device_name: hyperclone_training::metrics::cpu_name(),
         symmetry: None,
+        optimizer_state: Default::default(),
         cost_offset: Default::default(),
     }
 }
