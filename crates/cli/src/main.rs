@@ -27,7 +27,7 @@ enum Command {
     /// The main job: train small → expand → train large, plus the random-init baseline, and
     /// write the report.
     Run(run::RunArgs),
-    /// Tokenise text into checksummed token shards.
+    /// Tokenise text, JSONL, parquet or hub datasets into checksummed token shards.
     Prepare(prepare::PrepareArgs),
     /// Train a model from a TOML config (resumes automatically).
     Train(train::TrainArgs),

@@ -6,24 +6,27 @@ use hyperclone_data::{
 };
 use std::path::PathBuf;
 
-/// Tokenize text files, directories or JSONL into binary token shards with a manifest.
-///
-/// Examples:
-///   hyperclone prepare datasets/gutenberg/train --val datasets/gutenberg/val \
-///       --tokenizer datasets/gutenberg/tokenizer-4096.json --out runs/data/gutenberg-4096
-///   hyperclone prepare corpus.jsonl --jsonl-field body --train-bpe 8192 --out runs/data/mine
-///   hyperclone prepare --config configs/quickstart.toml
+/// Tokenize text files, directories, JSONL, parquet or hub datasets into binary token shards
+/// with a manifest. Examples and the hub inputs are in [`EXAMPLES`], shown by `--help`.
 #[derive(clap::Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, after_help = EXAMPLES)]
 pub struct PrepareArgs {
-    /// Training inputs: text files, directories (their .txt/.md/.jsonl files, recursively) or
-    /// JSONL files. Replace the config's `train` when given with --config.
+    /// Training inputs: text files, directories (their .txt/.md/.jsonl/.parquet files,
+    /// recursively), JSONL or parquet files, or hub datasets `hf:owner/name[@rev]` (with
+    /// --files). Replace the config's `train` when given with --config.
     #[arg(value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
 
-    /// Validation inputs (repeatable). Without any, --val-fraction of the training tokens is held out.
-    #[arg(long = "val", value_name = "PATH")]
+    /// Validation inputs (repeatable), same forms. Without any, --val-fraction of the training
+    /// tokens is held out.
+    #[arg(long = "val", value_name = "INPUT")]
     pub val: Vec<PathBuf>,
+
+    /// Files of the hf: inputs to read: glob patterns over the repo's paths (`*` and `?` within a
+    /// path segment, `**` across segments), repeatable or comma-separated; matches are read in
+    /// sorted order. Applies to every hf: input.
+    #[arg(long, value_name = "PATTERN", value_delimiter = ',')]
+    pub files: Vec<String>,
 
     /// Fraction of the training tokens held out for validation when no --val is given.
     #[arg(long, value_name = "F")]
@@ -32,6 +35,10 @@ pub struct PrepareArgs {
     /// JSON field holding the text in JSONL inputs [default: text].
     #[arg(long, value_name = "NAME")]
     pub jsonl_field: Option<String>,
+
+    /// Column holding the text in parquet inputs (a string column) [default: text].
+    #[arg(long, value_name = "NAME")]
+    pub parquet_column: Option<String>,
 
     /// Use this tokenizer.json.
     #[arg(long, value_name = "FILE", group = "tok")]
@@ -83,7 +90,56 @@ pub struct PrepareArgs {
     pub force: bool,
 }
 
+/// Shown after the options by `hyperclone prepare --help`.
+const EXAMPLES: &str = "\
+Examples:
+  hyperclone prepare datasets/gutenberg/train --val datasets/gutenberg/val \\
+      --tokenizer datasets/gutenberg/tokenizer-4096.json --out runs/data/gutenberg-4096
+  hyperclone prepare corpus.jsonl --jsonl-field body --train-bpe 8192 --out runs/data/mine
+  hyperclone prepare shards/ --parquet-column content --gpt2 --out runs/data/web
+  hyperclone prepare hf:HuggingFaceFW/fineweb-edu@main \\
+      --files 'sample/10BT/000_00000.parquet' --gpt2 --out runs/data/fineweb-edu-000
+
+Hub inputs hf:owner/name[@revision] (revision default main) read the repo's files matching
+--files; they are downloaded into the Hugging Face cache (HF_HUB_CACHE, else HF_HOME/hub, else
+~/.cache/huggingface/hub) on first use, which needs network; with HF_HUB_OFFLINE=1 only that
+cache is used.";
+
+/// Prefix of hub dataset inputs on the command line.
+const HUB_PREFIX: &str = "hf:";
+
 impl PrepareArgs {
+    /// An input as given on the command line: `hf:owner/name[@rev]` (the files chosen by
+    /// --files) or a path.
+    fn input_spec(&self, arg: &std::path::Path) -> Result<InputSpec> {
+        let Some(hub) = arg.to_str().and_then(|s| s.strip_prefix(HUB_PREFIX)) else {
+            return Ok(InputSpec::Path(arg.to_path_buf()));
+        };
+        let (repo, revision) = hub.split_once('@').unwrap_or((hub, "main"));
+        if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) || revision.is_empty()
+        {
+            bail!(
+                "hub input {}: expected hf:owner/name or hf:owner/name@revision",
+                arg.display()
+            );
+        }
+        if self.files.is_empty() {
+            bail!(
+                "hub input {}: choose its files with --files PATTERN (e.g. --files 'data/*.parquet')",
+                arg.display()
+            );
+        }
+        Ok(InputSpec::HubFiles {
+            hub: repo.to_string(),
+            files: self.files.clone(),
+            revision: revision.to_string(),
+        })
+    }
+
+    fn input_specs(&self, args: &[PathBuf]) -> Result<Vec<InputSpec>> {
+        args.iter().map(|a| self.input_spec(a)).collect()
+    }
+
     fn tokenizer_spec(&self) -> Option<TokenizerSpec> {
         if let Some(p) = &self.tokenizer {
             Some(TokenizerSpec::File(p.clone()))
@@ -129,17 +185,24 @@ impl PrepareArgs {
                 PrepareOptions::new(Vec::new(), tokenizer, out)
             }
         };
+        let is_hub = |a: &PathBuf| a.to_str().is_some_and(|s| s.starts_with(HUB_PREFIX));
+        if !self.files.is_empty() && !self.inputs.iter().chain(&self.val).any(is_hub) {
+            bail!("--files chooses the files of hf:owner/name inputs; no such input was given");
+        }
         if !self.inputs.is_empty() {
-            opts.train = self.inputs.iter().cloned().map(InputSpec::Path).collect();
+            opts.train = self.input_specs(&self.inputs)?;
         }
         if !self.val.is_empty() {
-            opts.val = self.val.iter().cloned().map(InputSpec::Path).collect();
+            opts.val = self.input_specs(&self.val)?;
         }
         if let Some(f) = self.val_fraction {
             opts.val_fraction = f;
         }
         if let Some(f) = &self.jsonl_field {
             opts.jsonl_field = f.clone();
+        }
+        if let Some(c) = &self.parquet_column {
+            opts.parquet_column = c.clone();
         }
         if let Some(t) = self.tokenizer_spec() {
             opts.tokenizer = t;
@@ -255,6 +318,57 @@ mod tests {
         assert_eq!(o.tokenizer, TokenizerSpec::TrainBpe { vocab_size: 512 });
         assert_eq!(o.threads, 2);
         assert_eq!(o.invalid_utf8, Utf8Policy::Replace);
+    }
+
+    #[test]
+    fn hub_inputs_with_file_patterns() {
+        let o = parse(&[
+            "hf:acme/web@v1",
+            "local.parquet",
+            "--files",
+            "data/*.parquet,extra/a.parquet",
+            "--files",
+            "more/*.parquet",
+            "--parquet-column",
+            "content",
+            "--gpt2",
+            "--out",
+            "o",
+        ])
+        .unwrap();
+        assert_eq!(
+            o.train,
+            vec![
+                InputSpec::HubFiles {
+                    hub: "acme/web".into(),
+                    files: vec![
+                        "data/*.parquet".into(),
+                        "extra/a.parquet".into(),
+                        "more/*.parquet".into()
+                    ],
+                    revision: "v1".into(),
+                },
+                InputSpec::Path("local.parquet".into()),
+            ]
+        );
+        assert_eq!(o.parquet_column, "content");
+        let o = parse(&[
+            "hf:acme/web",
+            "--files",
+            "*.parquet",
+            "--gpt2",
+            "--out",
+            "o",
+        ])
+        .unwrap();
+        assert!(matches!(&o.train[0], InputSpec::HubFiles { revision, .. } if revision == "main"));
+
+        let err = parse(&["hf:acme/web", "--gpt2", "--out", "o"]).unwrap_err();
+        assert!(err.to_string().contains("--files"), "{err}");
+        let err = parse(&["hf:acme", "--files", "*", "--gpt2", "--out", "o"]).unwrap_err();
+        assert!(err.to_string().contains("owner/name"), "{err}");
+        let err = parse(&["a.txt", "--files", "*", "--gpt2", "--out", "o"]).unwrap_err();
+        assert!(err.to_string().contains("hf:"), "{err}");
     }
 
     #[test]

@@ -61,7 +61,7 @@ fn run(
     let files = input::resolve(inputs, None)?;
     let mut docs = Vec::new();
     for f in &files {
-        docs.extend(input::read_file(f, "text", Utf8Policy::Error)?.docs);
+        docs.extend(input::read_file(f, "text", "text", Utf8Policy::Error)?.docs);
     }
     let pieces: Vec<&str> = docs
         .iter()

@@ -1,18 +1,29 @@
-//! Input corpora: text files, directories of them, JSONL files with a named text field, and
-//! files from Hugging Face dataset repos.
+//! Input corpora: text files, directories of them, JSONL files with a named text field, parquet
+//! files with a named text column, and files from Hugging Face dataset repos (one file, or the
+//! files matching glob patterns).
 //!
 //! - A text file (any extension but `.jsonl`/`.ndjson`) is one document.
 //! - A `.jsonl`/`.ndjson` file holds one JSON object per line; the text is the string in the
 //!   configured field; blank lines are skipped; every other line must be an object with that
 //!   field as a string, or the whole input is refused with the file and line number.
+//! - A `.parquet` file holds one document per row, the string in the configured column
+//!   (`parquet_column`, default `text`); it is read row group by row group, never as a whole
+//!   (see `input/parquet_text.rs`). Null and empty values are skipped. A missing column, a column
+//!   that is not a top-level string, and a file that is not readable parquet are refused, naming
+//!   the file, the column and what was found.
 //! - A directory is walked recursively in sorted order; it contributes its `.txt`, `.text`,
-//!   `.md`, `.jsonl` and `.ndjson` files (hidden files and other extensions are skipped).
-//! - Parquet is not read: such a file is refused with a message saying to convert it to JSONL.
+//!   `.md`, `.jsonl`, `.ndjson` and `.parquet` files (hidden files and other extensions are
+//!   skipped).
+//! - A hub input with `files` patterns lists the repo's files at the revision (online through
+//!   the hub API, offline from the cached snapshot), keeps those matching any pattern (see
+//!   [`crate::hub::glob_match`]), and reads them in sorted order.
 //!
 //! **Invalid UTF-8**: by default ([`Utf8Policy::Error`]) a file with bytes that are not UTF-8 is
 //! refused, naming the file, line and byte offset. With [`Utf8Policy::Replace`] each invalid
 //! sequence becomes U+FFFD; the replacements are counted per input, logged as a warning and
 //! recorded in the manifest.
+
+mod parquet_text;
 
 use crate::fsutil;
 use crate::hub::{HubClient, HubError, RepoKind};
@@ -79,13 +90,43 @@ pub enum InputError {
         /// The JSON type found.
         found: &'static str,
     },
-    /// A file format this crate does not read.
-    #[error("input {path}: {reason}")]
-    Unsupported {
+    /// A parquet file cannot be read: not parquet, truncated, corrupt, or an unsupported codec.
+    #[error("input {path}: not a readable parquet file: {message}")]
+    Parquet {
         /// The file.
         path: PathBuf,
-        /// What to do instead.
-        reason: &'static str,
+        /// The reader's message (with the row group and column when known).
+        message: String,
+    },
+    /// A parquet file has no top-level column of the configured name.
+    #[error("input {path}: no column {column:?}; its columns are: {found} (set parquet_column / --parquet-column to the column that holds the text)")]
+    ParquetMissingColumn {
+        /// The file.
+        path: PathBuf,
+        /// The column looked for.
+        column: String,
+        /// The file's top-level columns, comma-separated.
+        found: String,
+    },
+    /// The configured parquet column does not hold strings (or is nested or repeated).
+    #[error("input {path}: column {column:?} is {found}, not a string column")]
+    ParquetColumnNotString {
+        /// The file.
+        path: PathBuf,
+        /// The column.
+        column: String,
+        /// Its type, in words.
+        found: String,
+    },
+    /// A value of the parquet text column is not UTF-8 and the policy is `error`.
+    #[error("input {path}: column {column:?}, row {row} (0-based) is not valid UTF-8; fix the file or set invalid_utf8 = \"replace\" to substitute U+FFFD")]
+    ParquetInvalidUtf8 {
+        /// The file.
+        path: PathBuf,
+        /// The column.
+        column: String,
+        /// 0-based row number over the whole file.
+        row: u64,
     },
     /// The inputs hold no text at all.
     #[error("empty corpus: the {split} inputs [{inputs}] hold no text (no files, or only empty documents)")]
@@ -128,6 +169,18 @@ pub enum InputSpec {
         #[serde(default = "default_revision")]
         revision: String,
     },
+    /// The files of a Hugging Face dataset repository that match glob patterns
+    /// (`{ hub = "owner/name", files = ["data/*.parquet"], revision = "main" }`), read in sorted
+    /// order. `*` and `?` match within one path segment, `**` any number of segments.
+    HubFiles {
+        /// Dataset repo id, `owner/name`.
+        hub: String,
+        /// Glob patterns over the repo's paths; a file matching any of them is read.
+        files: Vec<String>,
+        /// Branch, tag or commit (default `main`).
+        #[serde(default = "default_revision")]
+        revision: String,
+    },
 }
 
 fn default_revision() -> String {
@@ -143,6 +196,11 @@ impl std::fmt::Display for InputSpec {
                 file,
                 revision,
             } => write!(f, "hf://datasets/{hub}@{revision}/{file}"),
+            InputSpec::HubFiles {
+                hub,
+                files,
+                revision,
+            } => write!(f, "hf://datasets/{hub}@{revision}/{{{}}}", files.join(",")),
         }
     }
 }
@@ -155,6 +213,8 @@ pub enum FileKind {
     Text,
     /// One JSON object per line.
     Jsonl,
+    /// A parquet file: one document per row of the text column.
+    Parquet,
 }
 
 /// A concrete file to read.
@@ -181,18 +241,16 @@ pub struct InputRecord {
     pub sha256: String,
 }
 
-fn kind_of(path: &Path) -> Result<Option<FileKind>, InputError> {
+/// How a file named explicitly (not found by a directory walk) is read, by its extension.
+fn kind_of(path: &Path) -> FileKind {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
     match ext.as_str() {
-        "jsonl" | "ndjson" => Ok(Some(FileKind::Jsonl)),
-        "parquet" => Err(InputError::Unsupported {
-            path: path.to_path_buf(),
-            reason: "parquet is not supported; convert it to JSONL with one {\"text\": ...} object per line",
-        }),
-        _ => Ok(Some(FileKind::Text)),
+        "jsonl" | "ndjson" => FileKind::Jsonl,
+        "parquet" => FileKind::Parquet,
+        _ => FileKind::Text,
     }
 }
 
@@ -224,8 +282,9 @@ fn walk(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), InputError> {
             let kind = match ext.as_str() {
                 "txt" | "text" | "md" => FileKind::Text,
                 "jsonl" | "ndjson" => FileKind::Jsonl,
+                "parquet" => FileKind::Parquet,
                 _ => {
-                    tracing::debug!(path = %path.display(), "skipped: not a text or JSONL file");
+                    tracing::debug!(path = %path.display(), "skipped: not a text, JSONL or parquet file");
                     continue;
                 }
             };
@@ -240,7 +299,8 @@ fn walk(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), InputError> {
 }
 
 /// Turns input specs into the list of files to read, in order. Missing paths are refused;
-/// hub files are fetched (or found in the cache) through `hub`.
+/// hub files are fetched (or found in the cache) through `hub`; hub patterns that match no file
+/// are refused with [`HubError::NoMatch`].
 pub fn resolve(
     specs: &[InputSpec],
     hub: Option<&HubClient>,
@@ -252,13 +312,11 @@ pub fn resolve(
                 if path.is_dir() {
                     walk(path, &mut out)?;
                 } else if path.is_file() {
-                    if let Some(kind) = kind_of(path)? {
-                        out.push(SourceFile {
-                            path: path.clone(),
-                            kind,
-                            name: path.display().to_string(),
-                        });
-                    }
+                    out.push(SourceFile {
+                        path: path.clone(),
+                        kind: kind_of(path),
+                        name: path.display().to_string(),
+                    });
                 } else {
                     return Err(InputError::Missing { path: path.clone() });
                 }
@@ -273,12 +331,29 @@ pub fn resolve(
                     None => HubClient::from_env()?,
                 };
                 let path = client.fetch(repo, RepoKind::Dataset, revision, file)?;
-                let kind = kind_of(Path::new(file))?.unwrap_or(FileKind::Text);
                 out.push(SourceFile {
                     path,
-                    kind,
+                    kind: kind_of(Path::new(file)),
                     name: spec.to_string(),
                 });
+            }
+            InputSpec::HubFiles {
+                hub: repo,
+                files,
+                revision,
+            } => {
+                let client = match hub {
+                    Some(c) => c.clone(),
+                    None => HubClient::from_env()?,
+                };
+                for file in client.matching_files(repo, RepoKind::Dataset, revision, files)? {
+                    let path = client.fetch(repo, RepoKind::Dataset, revision, &file)?;
+                    out.push(SourceFile {
+                        path,
+                        kind: kind_of(Path::new(&file)),
+                        name: format!("hf://datasets/{repo}@{revision}/{file}"),
+                    });
+                }
             }
         }
     }
@@ -312,7 +387,7 @@ pub struct FileDocs {
     pub docs: Vec<String>,
     /// Invalid UTF-8 sequences replaced by U+FFFD (always 0 under [`Utf8Policy::Error`]).
     pub replaced: u64,
-    /// Bytes read.
+    /// Bytes read (for parquet: bytes of text decoded, the file being compressed).
     pub bytes: u64,
 }
 
@@ -359,12 +434,25 @@ fn json_type(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Reads one file's documents.
+/// Reads one file's documents: the text in `jsonl_field` of JSONL lines, the values of
+/// `parquet_column` of parquet rows.
 pub fn read_file(
     file: &SourceFile,
     jsonl_field: &str,
+    parquet_column: &str,
     policy: Utf8Policy,
 ) -> Result<FileDocs, InputError> {
+    if file.kind == FileKind::Parquet {
+        let out = parquet_text::read(&file.path, parquet_column, policy)?;
+        if out.replaced > 0 {
+            tracing::warn!(
+                path = %file.path.display(),
+                replaced = out.replaced,
+                "invalid UTF-8 sequences replaced by U+FFFD"
+            );
+        }
+        return Ok(out);
+    }
     let bytes = std::fs::read(&file.path).map_err(|source| InputError::Io {
         path: file.path.clone(),
         source,
@@ -381,6 +469,8 @@ pub fn read_file(
                 out.docs.push(text);
             }
         }
+        // Read above, column by column, without loading the file.
+        FileKind::Parquet => unreachable!("parquet files are read by parquet_text::read"),
         FileKind::Jsonl => {
             let mut offset = 0u64;
             for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -442,7 +532,7 @@ mod tests {
     fn text_file(path: &Path) -> SourceFile {
         SourceFile {
             path: path.to_path_buf(),
-            kind: kind_of(path).unwrap().unwrap(),
+            kind: kind_of(path),
             name: path.display().to_string(),
         }
     }
@@ -454,6 +544,7 @@ mod tests {
         fs::write(dir.path().join("b.txt"), "b").unwrap();
         fs::write(dir.path().join("a.md"), "a").unwrap();
         fs::write(dir.path().join("sub/c.jsonl"), "{\"text\":\"c\"}").unwrap();
+        fs::write(dir.path().join("sub/d.parquet"), b"PAR1").unwrap();
         fs::write(dir.path().join("image.png"), [0u8, 1, 2]).unwrap();
         fs::write(dir.path().join(".hidden.txt"), "h").unwrap();
         let files = resolve(&[InputSpec::Path(dir.path().to_path_buf())], None).unwrap();
@@ -463,9 +554,15 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            vec![PathBuf::from("a.md"), "b.txt".into(), "sub/c.jsonl".into()]
+            vec![
+                PathBuf::from("a.md"),
+                "b.txt".into(),
+                "sub/c.jsonl".into(),
+                "sub/d.parquet".into()
+            ]
         );
         assert_eq!(files[2].kind, FileKind::Jsonl);
+        assert_eq!(files[3].kind, FileKind::Parquet);
     }
 
     #[test]
@@ -476,13 +573,17 @@ mod tests {
     }
 
     #[test]
-    fn parquet_is_refused_with_advice() {
+    fn corrupt_parquet_is_refused_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("data.parquet");
-        fs::write(&p, b"PAR1").unwrap();
-        let err = resolve(&[InputSpec::Path(p)], None).unwrap_err();
-        assert!(matches!(err, InputError::Unsupported { .. }));
-        assert!(err.to_string().contains("JSONL"));
+        fs::write(&p, b"PAR1 this is not a parquet file PAR1").unwrap();
+        let files = resolve(&[InputSpec::Path(p.clone())], None).unwrap();
+        assert_eq!(files[0].kind, FileKind::Parquet);
+        let err = read_file(&files[0], "text", "text", Utf8Policy::Error).unwrap_err();
+        assert!(matches!(err, InputError::Parquet { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&p.display().to_string()), "{msg}");
+        assert!(msg.contains("not a readable parquet file"), "{msg}");
     }
 
     #[test]
@@ -490,7 +591,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("latin1.txt");
         fs::write(&p, b"line one\nline two caf\xe9\n").unwrap();
-        let err = read_file(&text_file(&p), "text", Utf8Policy::Error).unwrap_err();
+        let err = read_file(&text_file(&p), "text", "text", Utf8Policy::Error).unwrap_err();
         match &err {
             InputError::InvalidUtf8 { line, offset, .. } => {
                 assert_eq!(*line, 2);
@@ -506,7 +607,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("mixed.txt");
         fs::write(&p, b"a\xe9b\xff\xfec").unwrap();
-        let docs = read_file(&text_file(&p), "text", Utf8Policy::Replace).unwrap();
+        let docs = read_file(&text_file(&p), "text", "text", Utf8Policy::Replace).unwrap();
         assert_eq!(docs.replaced, 3);
         assert_eq!(docs.docs, vec!["a\u{fffd}b\u{fffd}\u{fffd}c".to_string()]);
     }
@@ -520,7 +621,7 @@ mod tests {
             "{\"body\":\"one\",\"id\":1}\n\n{\"body\":\"two\"}\n{\"body\":\"\"}\n",
         )
         .unwrap();
-        let docs = read_file(&text_file(&p), "body", Utf8Policy::Error).unwrap();
+        let docs = read_file(&text_file(&p), "body", "text", Utf8Policy::Error).unwrap();
         assert_eq!(docs.docs, vec!["one".to_string(), "two".to_string()]);
     }
 
@@ -529,7 +630,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bad.jsonl");
         fs::write(&p, "{\"text\":\"ok\"}\n{\"other\":\"x\"}\n").unwrap();
-        let err = read_file(&text_file(&p), "text", Utf8Policy::Error).unwrap_err();
+        let err = read_file(&text_file(&p), "text", "text", Utf8Policy::Error).unwrap_err();
         assert!(matches!(err, InputError::MissingField { line: 2, .. }));
         assert!(err.to_string().contains("bad.jsonl:2"), "{err}");
         assert!(err.to_string().contains("\"text\""), "{err}");
@@ -539,12 +640,12 @@ mod tests {
             "{\"text\":\"ok\"}\n{\"text\":\"ok\"}\nnot json at all\n",
         )
         .unwrap();
-        let err = read_file(&text_file(&p), "text", Utf8Policy::Error).unwrap_err();
+        let err = read_file(&text_file(&p), "text", "text", Utf8Policy::Error).unwrap_err();
         assert!(matches!(err, InputError::JsonlParse { line: 3, .. }));
         assert!(err.to_string().contains("bad.jsonl:3"), "{err}");
 
         fs::write(&p, "{\"text\":5}\n").unwrap();
-        let err = read_file(&text_file(&p), "text", Utf8Policy::Error).unwrap_err();
+        let err = read_file(&text_file(&p), "text", "text", Utf8Policy::Error).unwrap_err();
         assert!(matches!(
             err,
             InputError::FieldNotString {
@@ -555,7 +656,7 @@ mod tests {
         ));
 
         fs::write(&p, "[1,2]\n").unwrap();
-        let err = read_file(&text_file(&p), "text", Utf8Policy::Error).unwrap_err();
+        let err = read_file(&text_file(&p), "text", "text", Utf8Policy::Error).unwrap_err();
         assert!(matches!(err, InputError::MissingField { line: 1, .. }));
     }
 
@@ -564,7 +665,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("u.jsonl");
         fs::write(&p, b"{\"text\":\"a\"}\n{\"text\":\"\xff\"}\n").unwrap();
-        let err = read_file(&text_file(&p), "text", Utf8Policy::Error).unwrap_err();
+        let err = read_file(&text_file(&p), "text", "text", Utf8Policy::Error).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -576,7 +677,7 @@ mod tests {
             ),
             "{err}"
         );
-        let ok = read_file(&text_file(&p), "text", Utf8Policy::Replace).unwrap();
+        let ok = read_file(&text_file(&p), "text", "text", Utf8Policy::Replace).unwrap();
         assert_eq!(ok.replaced, 1);
         assert_eq!(ok.docs[1], "\u{fffd}");
     }
@@ -590,6 +691,21 @@ mod tests {
         let t: T = toml_like(r#"{"inputs": ["a/b.txt", {"hub": "acme/s", "file": "x.jsonl"}]}"#);
         assert_eq!(t.inputs[0], InputSpec::Path("a/b.txt".into()));
         assert_eq!(t.inputs[1].to_string(), "hf://datasets/acme/s@main/x.jsonl");
+        let t: T = toml_like(
+            r#"{"inputs": [{"hub": "acme/web", "files": ["data/*.parquet", "b/*"], "revision": "v1"}]}"#,
+        );
+        assert_eq!(
+            t.inputs[0],
+            InputSpec::HubFiles {
+                hub: "acme/web".into(),
+                files: vec!["data/*.parquet".into(), "b/*".into()],
+                revision: "v1".into()
+            }
+        );
+        assert_eq!(
+            t.inputs[0].to_string(),
+            "hf://datasets/acme/web@v1/{data/*.parquet,b/*}"
+        );
     }
 
     fn toml_like<T: serde::de::DeserializeOwned>(json: &str) -> T {

@@ -5,8 +5,10 @@
 //! - [`tokenizer`]: train a byte-level BPE, load any `tokenizer.json`, GPT-2's tokenizer offline
 //!   ([`Tokenizer::gpt2`]), each with its hash (SHA-256 of its `tokenizer.json` bytes).
 //! - [`hub`]: Hugging Face hub files by repo id + revision through the standard cache, with
-//!   `HF_HUB_OFFLINE` honoured.
-//! - [`input`]: text files, directories, JSONL with a named text field. **Invalid UTF-8 is an
+//!   `HF_HUB_OFFLINE` honoured; a repo's files matching glob patterns, listed online or from the
+//!   cache.
+//! - [`input`]: text files, directories, JSONL with a named text field, parquet with a named
+//!   string column (row group by row group), hub dataset files by name or glob. **Invalid UTF-8 is an
 //!   error by default** (naming file, line and byte offset); `invalid_utf8 = "replace"`
 //!   substitutes U+FFFD, counts the replacements, logs them and records them in the manifest.
 //! - [`shard`]: the shard format (header with magic, version, dtype, vocab size, token count,

@@ -27,7 +27,7 @@ pub struct SplitManifest {
     pub tokens: u64,
     /// Documents read (a held-out val split counts none).
     pub documents: u64,
-    /// Bytes of text read.
+    /// Bytes of text read (for parquet: of the decoded text column, not of the compressed file).
     pub bytes: u64,
     /// Invalid UTF-8 sequences replaced by U+FFFD.
     pub replaced_invalid_utf8: u64,
@@ -61,6 +61,9 @@ pub struct Manifest {
     pub eot_id: Option<u32>,
     /// JSONL text field used.
     pub jsonl_field: String,
+    /// Parquet text column used; only when a parquet file was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parquet_column: Option<String>,
     /// Invalid UTF-8 policy used.
     pub invalid_utf8: Utf8Policy,
     /// Tokens per shard.

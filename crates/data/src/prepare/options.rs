@@ -47,6 +47,9 @@ fn default_val_fraction() -> f64 {
 fn default_jsonl_field() -> String {
     "text".into()
 }
+fn default_parquet_column() -> String {
+    "text".into()
+}
 fn default_shard_tokens() -> u64 {
     1 << 24
 }
@@ -55,8 +58,10 @@ fn default_shard_tokens() -> u64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrepareOptions {
-    /// Training inputs: text files, directories of them, JSONL files (`.jsonl`/`.ndjson`), or
-    /// hub dataset files `{ hub = "owner/name", file = "x.jsonl", revision = "main" }`.
+    /// Training inputs: text files, directories of them, JSONL files (`.jsonl`/`.ndjson`),
+    /// parquet files (`.parquet`), hub dataset files
+    /// `{ hub = "owner/name", file = "x.jsonl", revision = "main" }`, or the hub dataset files
+    /// matching patterns `{ hub = "owner/name", files = ["data/*.parquet"] }`.
     pub train: Vec<InputSpec>,
     /// Validation inputs, same forms. When empty, the last `val_fraction` of the training
     /// tokens is held out instead.
@@ -68,6 +73,10 @@ pub struct PrepareOptions {
     /// JSON field that holds the text in JSONL inputs.
     #[serde(default = "default_jsonl_field")]
     pub jsonl_field: String,
+    /// Column that holds the text in parquet inputs (a top-level string column). Separate from
+    /// `jsonl_field` because one job may mix both formats, whose names need not agree.
+    #[serde(default = "default_parquet_column")]
+    pub parquet_column: String,
     /// The tokenizer.
     pub tokenizer: TokenizerSpec,
     /// Output directory (created or replaced atomically).
@@ -91,6 +100,7 @@ impl PrepareOptions {
             val: Vec::new(),
             val_fraction: default_val_fraction(),
             jsonl_field: default_jsonl_field(),
+            parquet_column: default_parquet_column(),
             tokenizer,
             out,
             threads: 0,
@@ -124,6 +134,9 @@ impl PrepareOptions {
         if self.jsonl_field.is_empty() {
             return bad("jsonl_field", "\"\"".into(), "must name a field");
         }
+        if self.parquet_column.is_empty() {
+            return bad("parquet_column", "\"\"".into(), "must name a column");
+        }
         if self.shard_tokens == 0 {
             return bad("shard_tokens", "0".into(), "must be at least 1");
         }
@@ -146,6 +159,7 @@ mod tests {
         .unwrap();
         assert_eq!(opts.tokenizer, TokenizerSpec::TrainBpe { vocab_size: 512 });
         assert_eq!(opts.jsonl_field, "text");
+        assert_eq!(opts.parquet_column, "text");
         assert_eq!(opts.shard_tokens, 1 << 24);
         let gpt2: PrepareOptions =
             serde_json::from_str(r#"{"train": ["a"], "tokenizer": "gpt2", "out": "o"}"#).unwrap();

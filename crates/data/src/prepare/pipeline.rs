@@ -66,7 +66,12 @@ fn read_split(files: &[SourceFile], opts: &PrepareOptions) -> Result<SplitText, 
         replaced: 0,
     };
     for f in files {
-        let docs = input::read_file(f, &opts.jsonl_field, opts.invalid_utf8)?;
+        let docs = input::read_file(
+            f,
+            &opts.jsonl_field,
+            &opts.parquet_column,
+            opts.invalid_utf8,
+        )?;
         out.bytes += docs.bytes;
         out.replaced += docs.replaced;
         out.docs.extend(docs.docs);
@@ -291,6 +296,8 @@ pub(super) fn run(opts: &PrepareOptions, plan: Plan) -> Result<PreparedData, Pre
         dtype: Dtype::for_vocab(tokenizer.vocab_size()),
         eot_id: tokenizer.eot_id(),
         jsonl_field: opts.jsonl_field.clone(),
+        parquet_column: super::plan::has_parquet(&plan.train_files, &plan.val_files)
+            .then(|| opts.parquet_column.clone()),
         invalid_utf8: opts.invalid_utf8,
         shard_tokens: opts.shard_tokens,
         train: SplitManifest {

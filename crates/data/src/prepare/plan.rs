@@ -30,6 +30,10 @@ struct FingerprintKey<'a> {
     val: &'a [InputRecord],
     val_fraction: Option<f64>,
     jsonl_field: &'a str,
+    /// Only when a parquet file is read: the fingerprints of jobs without one stay those of
+    /// earlier versions, so their prepared directories are still reused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parquet_column: Option<&'a str>,
     invalid_utf8: Utf8Policy,
     shard_tokens: u64,
     piece_bytes: usize,
@@ -62,6 +66,14 @@ fn load_tokenizer(spec: &TokenizerSpec) -> Result<Option<Tokenizer>, PrepareErro
             None
         }
     })
+}
+
+/// Whether any input file is parquet (the parquet column then matters).
+pub(super) fn has_parquet(train: &[SourceFile], val: &[SourceFile]) -> bool {
+    train
+        .iter()
+        .chain(val)
+        .any(|f| f.kind == input::FileKind::Parquet)
 }
 
 impl Plan {
@@ -100,6 +112,7 @@ impl Plan {
             val: &val_records,
             val_fraction: opts.val.is_empty().then_some(opts.val_fraction),
             jsonl_field: &opts.jsonl_field,
+            parquet_column: has_parquet(&train_files, &val_files).then_some(&opts.parquet_column),
             invalid_utf8: opts.invalid_utf8,
             shard_tokens: opts.shard_tokens,
             piece_bytes: PIECE_BYTES,
