@@ -701,4 +701,23 @@ mod tests {
         // The same config from another stage's start is another stage.
         assert_ne!(training_stage_hash(Stage::Small, &base, "x"), hash(&base));
     }
+
+    /// The committed growth benchmark's finished stages stay finished across upgrades: a new
+    /// config key with a default (as `data.parquet_column` was) must not change the hash of a
+    /// config that does not use it, or `run` refuses every existing experiment folder as "made
+    /// from different inputs". The value is seed 1's small stage in
+    /// `runs/growth-benchmark/seed-1/small/stage.json`, the run behind
+    /// `benches/results/growth-benchmark/`. Change it only with a change that really alters the
+    /// trajectory (or an edit of that config), and say so.
+    #[test]
+    fn the_growth_benchmark_stage_hash_is_stable() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/growth-benchmark.toml");
+        let exp = ExperimentConfig::load(&path, &[]).unwrap();
+        let small = exp.small_config(&exp.replica_seeds(Some(1)));
+        assert_eq!(
+            training_stage_hash(Stage::Small, &small, "random-init"),
+            "d6e6aa6787555c26"
+        );
+    }
 }

@@ -50,6 +50,9 @@ fn default_jsonl_field() -> String {
 fn default_parquet_column() -> String {
     "text".into()
 }
+fn is_default_parquet_column(column: &String) -> bool {
+    *column == default_parquet_column()
+}
 fn default_shard_tokens() -> u64 {
     1 << 24
 }
@@ -75,7 +78,13 @@ pub struct PrepareOptions {
     pub jsonl_field: String,
     /// Column that holds the text in parquet inputs (a top-level string column). Separate from
     /// `jsonl_field` because one job may mix both formats, whose names need not agree.
-    #[serde(default = "default_parquet_column")]
+    /// Left out when serialised at its default, so that the configs (and the stage and
+    /// trajectory hashes built from them) of jobs made before parquet input existed stay the
+    /// same, and their finished runs are not refused as "made from different inputs".
+    #[serde(
+        default = "default_parquet_column",
+        skip_serializing_if = "is_default_parquet_column"
+    )]
     pub parquet_column: String,
     /// The tokenizer.
     pub tokenizer: TokenizerSpec,
@@ -169,6 +178,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("oops"), "{err}");
+    }
+
+    /// A job that does not set the parquet column serialises exactly as before parquet input
+    /// existed: experiment stages hash their `[data]` section, so an extra default key would
+    /// make every finished run look "made from different inputs".
+    #[test]
+    fn the_default_parquet_column_is_not_serialised() {
+        let mut o = PrepareOptions::new(
+            vec![InputSpec::Path("a".into())],
+            TokenizerSpec::Gpt2,
+            "o".into(),
+        );
+        let json = serde_json::to_value(&o).unwrap();
+        assert!(json.get("parquet_column").is_none(), "{json}");
+        assert!(json.get("jsonl_field").is_some(), "{json}");
+        o.parquet_column = "content".into();
+        let json = serde_json::to_value(&o).unwrap();
+        assert_eq!(json["parquet_column"], "content");
+        let back: PrepareOptions = serde_json::from_value(json).unwrap();
+        assert_eq!(back, o);
     }
 
     #[test]
