@@ -37,7 +37,7 @@ pub mod verify;
 
 pub use expand::expand;
 pub use folder::{expand_folder, FolderError, FolderExpansion, ProbeSpec};
-pub use optimizer::{expand_adam_state, expand_moments, AdamMoments};
+pub use optimizer::{expand_adam_state, expand_adam_state_each, expand_moments, AdamMoments};
 pub use plan::{
     adam_rule, expand_config, factors_between, source_config_of, AdamRule, CloneError,
     ExpandOptions, ParamKind, Rule, Section, Variant,

@@ -192,12 +192,37 @@ pub fn expand_adam_state<B: Backend>(
     opts: &ExpandOptions,
     mut state: BTreeMap<String, AdamMoments<B>>,
 ) -> Result<BTreeMap<String, AdamMoments<B>>, CloneError> {
-    expand_config(source, opts)?;
     let mut out = BTreeMap::new();
+    expand_adam_state_each(
+        source,
+        opts,
+        |name| Ok(state.remove(name)),
+        |name, mapped| {
+            out.insert(name, mapped);
+            Ok(())
+        },
+    )?;
+    match state.into_keys().next() {
+        Some(name) => Err(CloneError::UnknownMoments { name }),
+        None => Ok(out),
+    }
+}
+
+/// [`expand_adam_state`] one parameter at a time, for callers that keep the state in another
+/// form (on the host, in a file's layout) and want one parameter's moments on the device at
+/// once: `take(name)` gives the source moments of each parameter of `source` in turn (`None`:
+/// it has none, an error), `put(name, mapped)` receives the mapped ones. Names the state holds
+/// beyond the parameters are the caller's to refuse ([`CloneError::UnknownMoments`]).
+pub fn expand_adam_state_each<B: Backend>(
+    source: &GptConfig,
+    opts: &ExpandOptions,
+    mut take: impl FnMut(&str) -> Result<Option<AdamMoments<B>>, CloneError>,
+    mut put: impl FnMut(String, AdamMoments<B>) -> Result<(), CloneError>,
+) -> Result<(), CloneError> {
+    expand_config(source, opts)?;
     for (name, kind) in parameters(source) {
-        let moments = state
-            .remove(&name)
-            .ok_or_else(|| CloneError::MissingMoments { name: name.clone() })?;
+        let moments =
+            take(&name)?.ok_or_else(|| CloneError::MissingMoments { name: name.clone() })?;
         let mapped = expand_moments(
             &name,
             kind,
@@ -206,12 +231,9 @@ pub fn expand_adam_state<B: Backend>(
             opts.ffn_factor,
             moments,
         )?;
-        out.insert(name, mapped);
+        put(name, mapped)?;
     }
-    match state.into_keys().next() {
-        Some(name) => Err(CloneError::UnknownMoments { name }),
-        None => Ok(out),
-    }
+    Ok(())
 }
 
 #[cfg(test)]

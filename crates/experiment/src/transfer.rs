@@ -13,10 +13,9 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use hyperclone_cloning::plan::parameters;
 use hyperclone_cloning::{
-    expand_config, expand_moments, read_expand_record, AdamMoments, CloneError, ExpandOptions,
-    RecordError, Variant,
+    expand_adam_state_each, expand_config, read_expand_record, AdamMoments, CloneError,
+    ExpandOptions, RecordError, Variant,
 };
 use hyperclone_model::checkpoint::{read_meta, CheckpointError};
 use hyperclone_model::GptConfig;
@@ -35,13 +34,11 @@ pub fn expand_adamw_state<B: Backend>(
     mut state: AdamWState,
     device: &B::Device,
 ) -> Result<AdamWState, CloneError> {
-    expand_config(source, opts)?;
     let mut params = BTreeMap::new();
-    for (name, kind) in parameters(source) {
-        let p = state
-            .params
-            .remove(&name)
-            .ok_or_else(|| CloneError::MissingMoments { name: name.clone() })?;
+    let take = |name: &str| {
+        let Some(p) = state.params.remove(name) else {
+            return Ok(None);
+        };
         let tensor = |values: Vec<f32>| {
             let len = values.len();
             Tensor::<B, 1>::from_data(TensorData::new(values, [len]), device)
@@ -51,21 +48,15 @@ pub fn expand_adamw_state<B: Backend>(
             eps: Vec::new(),
             norm: Vec::new(),
         });
-        let moments = AdamMoments {
+        Ok(Some(AdamMoments {
             exp_avg: tensor(p.exp_avg),
             exp_avg_sq: tensor(p.exp_avg_sq),
             step_factor: scale.step,
             eps_factor: scale.eps,
             norm_factor: scale.norm,
-        };
-        let mapped = expand_moments(
-            &name,
-            kind,
-            source,
-            opts.width_factor,
-            opts.ffn_factor,
-            moments,
-        )?;
+        }))
+    };
+    let put = |name: String, mapped: AdamMoments<B>| {
         let host = |t: Tensor<B, 1>, label: &str| {
             t.into_data()
                 .convert::<f32>()
@@ -86,7 +77,9 @@ pub fn expand_adamw_state<B: Backend>(
             scale: (!scale.is_identity()).then_some(scale),
         };
         params.insert(name, p);
-    }
+        Ok(())
+    };
+    expand_adam_state_each(source, opts, take, put)?;
     if let Some(name) = state.params.into_keys().next() {
         return Err(CloneError::UnknownMoments { name });
     }
