@@ -20,7 +20,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use hyperclone_cloning::record::CARRIED_ENTRIES;
 use hyperclone_cloning::{
-    expand_config, expand_folder, ExpandOptions, ProbeSpec, Variant, DEFAULT_TOLERANCE_F32,
+    expand_config, expand_folder, DepthMode, DepthPlacement, ExpandOptions, GrowthOrder, ProbeSpec,
+    Variant, DEFAULT_TOLERANCE_F32,
 };
 use hyperclone_experiment::{map_optimizer_state, write_optimizer_state};
 use hyperclone_model::checkpoint::read_meta;
@@ -46,6 +47,23 @@ pub struct ExpandArgs {
     /// FFN factor m: d_ff grows m-fold [default: the width factor].
     #[arg(long, value_name = "M")]
     pub ffn: Option<usize>,
+    /// Depth factor K: n_layer grows K-fold (1: width only). `--width 1 --depth 2` grows depth
+    /// alone.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub depth: usize,
+    /// How depth growth fills the new layers: zero (new blocks adding exactly zero to the
+    /// residual stream: function-preserving) or stack (G_stack: the block stack repeated K
+    /// times; not function-preserving, so the logit change and KL are reported, not checked).
+    #[arg(long, value_name = "MODE", default_value = "zero", value_parser = parse_choice::<DepthMode>)]
+    pub depth_mode: DepthMode,
+    /// Where zero depth growth puts the new blocks: interleave (K-1 after every block) or top
+    /// (all above the source's blocks).
+    #[arg(long, value_name = "WHERE", default_value = "interleave", value_parser = parse_choice::<DepthPlacement>)]
+    pub depth_placement: DepthPlacement,
+    /// With both width and depth growth, which comes first: width-first or depth-first (the
+    /// logits are checked once, at the end).
+    #[arg(long, value_name = "ORDER", default_value = "width-first", value_parser = parse_choice::<GrowthOrder>)]
+    pub order: GrowthOrder,
     /// Cloning variant: symmetric, noisy-symmetric, diagonal or noisy-diagonal.
     #[arg(long, default_value = "symmetric", value_parser = parse_variant)]
     pub variant: Variant,
@@ -97,6 +115,12 @@ fn parse_variant(s: &str) -> Result<Variant, String> {
     s.parse::<Variant>().map_err(|e| e.to_string())
 }
 
+fn parse_choice<T: std::str::FromStr<Err = hyperclone_cloning::CloneError>>(
+    s: &str,
+) -> Result<T, String> {
+    s.parse::<T>().map_err(|e| e.to_string())
+}
+
 /// Runs `hyperclone expand` on the default CPU backend.
 pub fn run(args: ExpandArgs) -> Result<()> {
     let device = Default::default();
@@ -112,6 +136,10 @@ pub fn run_on<B: GptBackend>(args: ExpandArgs, device: &B::Device) -> Result<()>
         variant: args.variant,
         snr_db: args.snr_db,
         seed: args.seed,
+        depth_factor: args.depth,
+        depth_mode: args.depth_mode,
+        depth_placement: args.depth_placement,
+        order: args.order,
     };
     opts.validate()?;
     if !(args.tolerance.is_finite() && args.tolerance >= 0.0) {
@@ -131,16 +159,35 @@ pub fn run_on<B: GptBackend>(args: ExpandArgs, device: &B::Device) -> Result<()>
         .config;
     let tc = expand_config(&sc, &opts)?;
     println!(
-        "source: {} parameters (d_model {}, {} heads, {} KV heads, d_ff {})",
+        "source: {} parameters ({} layers, d_model {}, {} heads, {} KV heads, d_ff {})",
         sc.param_count(),
+        sc.n_layer,
         sc.d_model,
         sc.n_head,
         sc.kv_heads(),
         sc.d_ff
     );
+    let depth = if opts.grows_depth() {
+        let placement = match opts.depth_mode {
+            DepthMode::Zero => format!(" {}", opts.depth_placement),
+            DepthMode::Stack => String::new(),
+        };
+        let order = if opts.width_factor > 1 || opts.ffn_factor > 1 {
+            format!(", {}", opts.order)
+        } else {
+            String::new()
+        };
+        format!(
+            ", {} x depth ({}{placement}{order})",
+            opts.depth_factor, opts.depth_mode
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "target: {} parameters (d_model {}, {} heads, {} KV heads, d_ff {}), {} x width, {} x FFN, {}",
+        "target: {} parameters ({} layers, d_model {}, {} heads, {} KV heads, d_ff {}), {} x width, {} x FFN, {}{depth}",
         tc.param_count(),
+        tc.n_layer,
         tc.d_model,
         tc.n_head,
         tc.kv_heads(),
@@ -149,6 +196,11 @@ pub fn run_on<B: GptBackend>(args: ExpandArgs, device: &B::Device) -> Result<()>
         opts.ffn_factor,
         opts.variant
     );
+    if !opts.is_function_preserving() {
+        println!(
+            "note: stack depth growth is not function-preserving: the logit change and KL below are reported, not held to --tolerance"
+        );
+    }
     let probe = probe_spec(&args, sc.context_length)?;
     // Mapped before anything is written: a checkpoint without optimizer state fails here.
     let mapped = match args.optimizer_state {
@@ -177,9 +229,13 @@ pub fn run_on<B: GptBackend>(args: ExpandArgs, device: &B::Device) -> Result<()>
     })?;
     match &done.verification {
         None => println!("verification skipped (--skip-verify)"),
-        Some(v) => println!(
+        Some(v) if opts.is_function_preserving() => println!(
             "verification on {} positions ({} x {}): max |dlogit| {:.3e}, relative error {:.3e} (tolerance {:.1e}), KL(source||target) {:.3e}",
             v.positions, probe.batch, probe.seq, v.max_abs_logit_diff, v.rel_err, args.tolerance, v.kl
+        ),
+        Some(v) => println!(
+            "function change on {} positions ({} x {}), not checked (stack): max |dlogit| {:.3e}, relative change {:.3e}, KL(source||target) {:.3e} nats",
+            v.positions, probe.batch, probe.seq, v.max_abs_logit_diff, v.rel_err, v.kl
         ),
     }
     let carried: Vec<&str> = CARRIED_ENTRIES

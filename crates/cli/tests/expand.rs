@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
 use expand::{run_on, ExpandArgs, OptimizerState};
-use hyperclone_cloning::{read_expand_record, Variant};
+use hyperclone_cloning::{read_expand_record, DepthMode, DepthPlacement, GrowthOrder, Variant};
 use hyperclone_model::checkpoint::{load_model, save_model};
 use hyperclone_model::{tokens_tensor, Gpt, GptConfig};
 
@@ -51,6 +51,10 @@ fn args(from: &Path, out: &Path) -> ExpandArgs {
         out: out.to_path_buf(),
         width: 2,
         ffn: None,
+        depth: 1,
+        depth_mode: DepthMode::Zero,
+        depth_placement: DepthPlacement::Interleave,
+        order: GrowthOrder::WidthFirst,
         variant: Variant::Symmetric,
         snr_db: 10.0,
         seed: 0,
@@ -364,4 +368,78 @@ fn optimizer_state_is_carried_from_a_checkpoint_and_refused_from_a_model_folder(
         "{msg}"
     );
     assert!(!out2.exists());
+}
+
+#[test]
+fn expand_grows_depth_checking_zero_blocks_and_reporting_a_stack() {
+    let tmp = TempDir::new("depth");
+    let device = Default::default();
+    let src = tmp.0.join("small");
+    std::fs::create_dir_all(&src).unwrap();
+    let source = Gpt::<B>::init(&small(), 1, &device).unwrap();
+    save_model(&source, &src).unwrap();
+    let s = logits(&source);
+    let max_src = s.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_diff = |t: &[f32]| s.iter().zip(t).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+
+    // Width then depth, zero blocks on top: checked, and the record says how it grew.
+    let zero = tmp.0.join("zero");
+    run_on::<B>(
+        ExpandArgs {
+            depth: 3,
+            depth_placement: DepthPlacement::Top,
+            ..args(&src, &zero)
+        },
+        &device,
+    )
+    .unwrap();
+    let target = load_model::<B>(&zero, &device).unwrap();
+    assert_eq!((target.config().n_layer, target.config().d_model), (6, 64));
+    assert!(max_diff(&logits(&target)) <= 1e-5 * max_src);
+    let rec = read_expand_record(&zero).unwrap().unwrap();
+    assert_eq!(rec.depth_factor, Some(3));
+    assert_eq!(rec.depth_mode.as_deref(), Some("zero"));
+    assert_eq!(rec.depth_placement.as_deref(), Some("top"));
+    assert_eq!(rec.order.as_deref(), Some("width-first"));
+    assert_eq!(rec.function_preserving, None);
+    assert_eq!(rec.tolerance, Some(1e-5));
+
+    // A stack (depth alone): not function-preserving, written anyway with its measured change.
+    let stack = tmp.0.join("stack");
+    run_on::<B>(
+        ExpandArgs {
+            width: 1,
+            depth: 2,
+            depth_mode: DepthMode::Stack,
+            ..args(&src, &stack)
+        },
+        &device,
+    )
+    .unwrap();
+    let target = load_model::<B>(&stack, &device).unwrap();
+    assert_eq!((target.config().n_layer, target.config().d_model), (4, 32));
+    let rec = read_expand_record(&stack).unwrap().unwrap();
+    assert_eq!(rec.function_preserving, Some(false));
+    assert_eq!(rec.tolerance, None);
+    assert!(
+        rec.kl.unwrap() > 0.0 && rec.rel_err.unwrap() > 1e-5,
+        "{rec:?}"
+    );
+    assert_eq!(rec.order, None, "no width growth, no order");
+
+    // Depth first, then width: the same function again.
+    let depth_first = tmp.0.join("depth-first");
+    run_on::<B>(
+        ExpandArgs {
+            depth: 2,
+            order: GrowthOrder::DepthFirst,
+            variant: Variant::NoisyDiagonal,
+            ..args(&src, &depth_first)
+        },
+        &device,
+    )
+    .unwrap();
+    let target = load_model::<B>(&depth_first, &device).unwrap();
+    assert_eq!(target.config().n_layer, 4);
+    assert!(max_diff(&logits(&target)) <= 1e-5 * max_src);
 }

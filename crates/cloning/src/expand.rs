@@ -15,21 +15,45 @@
 //! output copy and pair, so the result depends only on the seed: not on the backend, nor on the
 //! order in which parameters are processed.
 
+use burn::module::Module;
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use hyperclone_model::{Gpt, Norm, SplitMix64};
 
+use crate::depth::{grow_depth, FreshParams};
 use crate::plan::{
-    expand_config, rule, source_shape, target_shape, CloneError, ExpandOptions, ParamKind, Rule,
-    Variant,
+    expand_config, rule, source_shape, target_shape, CloneError, ExpandOptions, GrowthOrder,
+    ParamKind, Rule, Variant,
 };
 
 /// Expands `source` into a model `width_factor` times wider (and `ffn_factor` times wider in
-/// the MLP) that computes the same logits; see [`crate::plan::rule`] for what happens to each
-/// parameter. Runs on the source's device; memory peaks at source + target + one tensor.
+/// the MLP) and `depth_factor` times deeper. Width growth and `zero` depth growth compute the
+/// same logits (see [`crate::plan::rule`] for what happens to each parameter, and
+/// [`crate::depth`] for the new blocks); `stack` depth growth does not
+/// ([`ExpandOptions::is_function_preserving`]). With both, `opts.order` says which comes first.
+/// Runs on the source's device; memory peaks at source + target + one tensor.
 pub fn expand<B: Backend>(source: &Gpt<B>, opts: &ExpandOptions) -> Result<Gpt<B>, CloneError> {
+    let target_config = expand_config(source.config(), opts)?;
+    let widens = opts.width_factor > 1 || opts.ffn_factor > 1;
+    let width = opts.width_only();
+    let target = match (opts.grows_depth(), opts.order) {
+        (false, _) => expand_width(source, opts)?,
+        // Depth alone: the source's tensors are shared (no copy); the blocks get fresh ids.
+        (true, _) if !widens => grow_depth(source.clone().map(&mut FreshParams), opts)?,
+        (true, GrowthOrder::WidthFirst) => grow_depth(expand_width(source, &width)?, opts)?,
+        (true, GrowthOrder::DepthFirst) => expand_width(
+            &grow_depth(source.clone().map(&mut FreshParams), opts)?,
+            &width,
+        )?,
+    };
+    debug_assert_eq!(target.config(), &target_config);
+    Ok(target)
+}
+
+/// The width part of [`expand`]: every parameter grown by its rule, layer by layer.
+fn expand_width<B: Backend>(source: &Gpt<B>, opts: &ExpandOptions) -> Result<Gpt<B>, CloneError> {
     let s = source.config();
     let target_config = expand_config(s, opts)?;
     let device = source.wte.weight.val().device();

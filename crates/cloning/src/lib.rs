@@ -8,6 +8,7 @@
 //! - [`plan`]: options, the derived target configuration and refusals, and the per-parameter
 //!   rule table ([`plan::rule`]), in one place.
 //! - [`expand`](mod@expand): applies the table to a model's tensors (variants, noise).
+//! - [`depth`]: depth growth (`zero` blocks, function-preserving; `stack`, G_stack).
 //! - [`verify`](mod@verify): source vs target logits on a probe batch.
 //! - [`symmetry`](mod@symmetry): how far the cloned copies have drifted apart.
 //! - [`record`]: the expanded model folder and its `expand.json`.
@@ -27,6 +28,7 @@
 //! assert!(v.rel_err < 1e-5);
 //! ```
 
+pub mod depth;
 pub mod expand;
 pub mod folder;
 pub mod optimizer;
@@ -35,12 +37,13 @@ pub mod record;
 pub mod symmetry;
 pub mod verify;
 
+pub use depth::{depth_layout, grow_depth, BlockOrigin};
 pub use expand::expand;
 pub use folder::{expand_folder, FolderError, FolderExpansion, ProbeSpec};
 pub use optimizer::{expand_adam_state, expand_adam_state_each, expand_moments, AdamMoments};
 pub use plan::{
-    adam_rule, expand_config, factors_between, source_config_of, AdamRule, CloneError,
-    ExpandOptions, ParamKind, Rule, Section, Variant,
+    adam_rule, expand_config, factors_between, source_config_of, AdamRule, CloneError, DepthMode,
+    DepthPlacement, ExpandOptions, GrowthOrder, ParamKind, Rule, Section, Variant,
 };
 pub use record::{
     expand_record, read_expand_record, save_expanded, save_expanded_from, ExpandRecord,

@@ -220,6 +220,11 @@ pub fn expand_adam_state_each<B: Backend>(
     mut put: impl FnMut(String, AdamMoments<B>) -> Result<(), CloneError>,
 ) -> Result<(), CloneError> {
     expand_config(source, opts)?;
+    if opts.grows_depth() {
+        return Err(CloneError::DepthTransfer {
+            depth_factor: opts.depth_factor,
+        });
+    }
     for (name, kind) in parameters(source) {
         let moments =
             take(&name)?.ok_or_else(|| CloneError::MissingMoments { name: name.clone() })?;

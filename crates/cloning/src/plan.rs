@@ -83,8 +83,87 @@ impl std::str::FromStr for Variant {
     }
 }
 
+/// How depth growth fills the new layers (`[expand] depth_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DepthMode {
+    /// New blocks whose residual contributions are exactly zero at the start (attention and
+    /// MLP output projections and their biases zero, the rest freshly initialised so that the
+    /// gradient of those projections is not zero): function-preserving.
+    #[default]
+    Zero,
+    /// G_stack: the whole block stack copied `depth_factor` times (`[b0..bL, b0..bL, …]`). Not
+    /// function-preserving: `expand` reports the logit change and KL instead of refusing.
+    Stack,
+}
+
+/// Where `zero` depth growth puts its new blocks (`[expand] depth_placement`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DepthPlacement {
+    /// `depth_factor − 1` new blocks after every source block: `[b0, z, b1, z, …]`.
+    #[default]
+    Interleave,
+    /// All new blocks stacked on top of the source's: `[b0, …, bL−1, z, …, z]`.
+    Top,
+}
+
+/// Which growth comes first when both width and depth grow (`[expand] order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrowthOrder {
+    /// Widen the source, then add layers at the target's width: new `zero` blocks are drawn
+    /// at full width (no cloned symmetry in them).
+    #[default]
+    WidthFirst,
+    /// Add layers to the source, then widen everything: new `zero` blocks are drawn at the
+    /// source's width and cloned like the others.
+    DepthFirst,
+}
+
+macro_rules! kebab_names {
+    ($ty:ident, $label:literal, $expected:literal, [$($variant:ident => $name:literal),+]) => {
+        impl $ty {
+            /// The name used in TOML, JSON and on the command line.
+            pub fn name(self) -> &'static str {
+                match self { $($ty::$variant => $name),+ }
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = CloneError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err(CloneError::UnknownChoice {
+                        field: $label,
+                        value: s.to_string(),
+                        expected: $expected,
+                    }),
+                }
+            }
+        }
+    };
+}
+kebab_names!(DepthMode, "depth_mode", "\"zero\" or \"stack\"", [Zero => "zero", Stack => "stack"]);
+kebab_names!(DepthPlacement, "depth_placement", "\"interleave\" or \"top\"", [Interleave => "interleave", Top => "top"]);
+kebab_names!(GrowthOrder, "order", "\"width-first\" or \"depth-first\"", [WidthFirst => "width-first", DepthFirst => "depth-first"]);
+
 fn default_factor() -> usize {
     2
+}
+fn default_depth_factor() -> usize {
+    1
+}
+fn is_one(x: &usize) -> bool {
+    *x == 1
+}
+fn is_default<T: Default + PartialEq>(x: &T) -> bool {
+    *x == T::default()
 }
 fn default_snr_db() -> f64 {
     10.0
@@ -108,10 +187,27 @@ pub struct ExpandOptions {
     /// 10^(snr_db/10)` (the paper uses 10 dB). Ignored by the noiseless variants. Default 10.
     #[serde(default = "default_snr_db")]
     pub snr_db: f64,
-    /// Seed of the noise (with `hyperclone_model::SplitMix64`: identical on every backend).
-    /// Default 0.
+    /// Seed of the noise (with `hyperclone_model::SplitMix64`: identical on every backend),
+    /// and of the new blocks of `zero` depth growth. Default 0.
     #[serde(default)]
     pub seed: u64,
+    /// Depth factor K (integer ≥ 1): `n_layer` is multiplied by K. Default 1 (width only).
+    /// The depth fields are left out of a serialised `[expand]` at their defaults, so that
+    /// width-only experiments keep their stage hashes.
+    #[serde(default = "default_depth_factor", skip_serializing_if = "is_one")]
+    pub depth_factor: usize,
+    /// How the new layers are filled: `"zero"` (function-preserving, default) or `"stack"`
+    /// (G_stack, not function-preserving).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub depth_mode: DepthMode,
+    /// Where `zero` growth puts the new blocks: `"interleave"` (default) or `"top"`.
+    /// Ignored by `stack`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub depth_placement: DepthPlacement,
+    /// With both width and depth growth, which comes first: `"width-first"` (default) or
+    /// `"depth-first"`. The function check runs once, at the end.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub order: GrowthOrder,
 }
 
 impl Default for ExpandOptions {
@@ -122,6 +218,10 @@ impl Default for ExpandOptions {
             variant: Variant::default(),
             snr_db: default_snr_db(),
             seed: 0,
+            depth_factor: default_depth_factor(),
+            depth_mode: DepthMode::default(),
+            depth_placement: DepthPlacement::default(),
+            order: GrowthOrder::default(),
         }
     }
 }
@@ -139,10 +239,34 @@ impl ExpandOptions {
                 field: "ffn_factor",
             });
         }
+        if self.depth_factor == 0 {
+            return Err(CloneError::ZeroFactor {
+                field: "depth_factor",
+            });
+        }
         if self.variant.is_noisy() && !self.snr_db.is_finite() {
             return Err(CloneError::BadSnr { value: self.snr_db });
         }
         Ok(())
+    }
+
+    /// Whether the expansion grows depth.
+    pub fn grows_depth(&self) -> bool {
+        self.depth_factor > 1
+    }
+
+    /// Whether the expanded model computes the source's function (every variant of width
+    /// growth, and `zero` depth growth: a `stack` does not), and so is held to the logit check.
+    pub fn is_function_preserving(&self) -> bool {
+        !(self.grows_depth() && self.depth_mode == DepthMode::Stack)
+    }
+
+    /// The same options without depth growth: the width part of the expansion.
+    pub fn width_only(&self) -> Self {
+        Self {
+            depth_factor: 1,
+            ..self.clone()
+        }
     }
 }
 
@@ -155,7 +279,7 @@ pub enum CloneError {
     /// A factor is zero.
     #[error("expand.{field} must be an integer >= 1, got 0")]
     ZeroFactor {
-        /// `width_factor` or `ffn_factor`.
+        /// `width_factor`, `ffn_factor` or `depth_factor`.
         field: &'static str,
     },
     /// The SNR of a noisy variant is not a finite number.
@@ -169,6 +293,16 @@ pub enum CloneError {
     UnknownVariant {
         /// The value given.
         value: String,
+    },
+    /// A named choice (`depth_mode`, `depth_placement`, `order`) has an unknown value.
+    #[error("expand.{field} = {value:?} is unknown; expected one of {expected}")]
+    UnknownChoice {
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// The accepted values.
+        expected: &'static str,
     },
     /// The source configuration itself is invalid.
     #[error("source model: {0}")]
@@ -253,6 +387,13 @@ pub enum CloneError {
         /// What went wrong.
         reason: String,
     },
+    /// AdamW's state is only mapped through width growth: the new blocks of depth growth have
+    /// no moments to map and no exactness to keep.
+    #[error("expand.depth_factor = {depth_factor}: carrying the optimizer state through depth growth is not supported; use optimizer_state = \"fresh\" (or grow width only when transferring)")]
+    DepthTransfer {
+        /// The depth factor asked for.
+        depth_factor: usize,
+    },
     /// The optimizer state to expand lacks the moments of a parameter of the source model.
     #[error("the optimizer state has no moments for parameter {name}: it is not the state of a model of this architecture (or of a run that has taken no step)")]
     MissingMoments {
@@ -294,8 +435,9 @@ fn mul(a: usize, b: usize) -> Result<usize, CloneError> {
 }
 
 /// The configuration of the expanded model: `d_model·n`, `n_head·n`, KV heads `·n` (MQA keeps
-/// one), `d_ff·m`; everything else (layers, vocabulary, context, positions, norm, eps, MLP
-/// kind, biases, tying, dropout, init_std, RoPE θ) is copied. Validated.
+/// one), `d_ff·m`, `n_layer·K` (the depth factor); everything else (vocabulary, context,
+/// positions, norm, eps, MLP kind, biases, tying, dropout, init_std, RoPE θ) is copied.
+/// Validated.
 pub fn expand_config(source: &GptConfig, opts: &ExpandOptions) -> Result<GptConfig, CloneError> {
     opts.validate()?;
     source.validate().map_err(CloneError::Source)?;
@@ -310,6 +452,7 @@ pub fn expand_config(source: &GptConfig, opts: &ExpandOptions) -> Result<GptConf
         n_head: mul(source.n_head, n)?,
         n_kv_head,
         d_ff: mul(source.d_ff, m)?,
+        n_layer: mul(source.n_layer, opts.depth_factor)?,
         ..source.clone()
     };
     target.validate().map_err(CloneError::Target)?;

@@ -12,7 +12,7 @@ use hyperclone_model::checkpoint::{
 };
 use hyperclone_model::Gpt;
 
-use crate::plan::ExpandOptions;
+use crate::plan::{DepthMode, ExpandOptions};
 use crate::verify::Verification;
 
 pub use hyperclone_runfiles::{ExpandRecord, EXPAND_FILE};
@@ -53,9 +53,21 @@ pub fn expand_record(
         rel_err: verification.map(|v| v.rel_err),
         kl: verification.map(|v| v.kl),
         device: Some(device),
-        tolerance: verification.and(tolerance),
+        // A `stack` is measured, not held to a tolerance.
+        tolerance: verification
+            .and(tolerance)
+            .filter(|_| opts.is_function_preserving()),
         source_dir,
         verify_s: None,
+        depth_factor: opts.grows_depth().then_some(opts.depth_factor as u32),
+        depth_mode: opts
+            .grows_depth()
+            .then(|| opts.depth_mode.name().to_string()),
+        depth_placement: (opts.grows_depth() && opts.depth_mode == DepthMode::Zero)
+            .then(|| opts.depth_placement.name().to_string()),
+        order: (opts.grows_depth() && (opts.width_factor > 1 || opts.ffn_factor > 1))
+            .then(|| opts.order.name().to_string()),
+        function_preserving: (!opts.is_function_preserving()).then_some(false),
     }
 }
 

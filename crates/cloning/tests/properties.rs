@@ -47,6 +47,7 @@ fn every_architecture_factor_and_variant_preserves_the_function() {
             variant,
             snr_db: 10.0,
             seed: c as u64,
+            ..ExpandOptions::default()
         };
         let target = expand(&source, &opts).unwrap_or_else(|e| panic!("{case}: {e}"));
 
@@ -167,6 +168,7 @@ fn low_snr_noise_still_cancels_within_tolerance_on_small_models() {
                 variant,
                 snr_db,
                 seed: 1,
+                ..ExpandOptions::default()
             };
             let target = expand(&source, &opts).unwrap();
             let v = verify(&source, &target, tokens_tensor(&ids, 2, 8, &device)).unwrap();

@@ -335,6 +335,50 @@ impl<B: GptBackend> Block<B> {
     }
 }
 
+impl<B: Backend> Block<B> {
+    /// A randomly initialised block of `config` (as in [`Gpt::init`]: weights N(0, init_std),
+    /// output projections N(0, init_std/sqrt(2·n_layer)), biases 0, norms γ=1 β=0), drawn from
+    /// a host-side generator seeded with `seed` under `name` (identical on every backend).
+    /// Depth growth builds its new blocks with this.
+    pub fn init(config: &GptConfig, seed: u64, name: &str, device: &B::Device) -> Self {
+        let proj_std = config.init_std / (2.0 * config.n_layer as f64).sqrt();
+        let drop = DropoutConfig::new(config.dropout).init();
+        let mut rng = Some(SplitMix64::derive(seed, name));
+        Self::build(config, config.init_std, proj_std, &drop, &mut rng, device)
+    }
+
+    /// A block drawn from `rng` (zeros without one) in the order [`Gpt::init`] has always used:
+    /// `c_attn`, attention `c_proj`, `c_fc`, `c_gate`, MLP `c_proj`.
+    fn build(
+        c: &GptConfig,
+        std: f64,
+        proj_std: f64,
+        drop: &Dropout,
+        rng: &mut Option<SplitMix64>,
+        device: &B::Device,
+    ) -> Self {
+        let d = c.d_model;
+        Block {
+            ln_1: Norm::init(c, d, device),
+            attn: Attention {
+                c_attn: linear(d, c.qkv_dim(), c.bias, std, rng, device),
+                c_proj: linear(d, d, c.bias, proj_std, rng, device),
+                n_head: c.n_head,
+                n_kv_head: c.kv_heads(),
+                head_dim: c.head_dim(),
+            },
+            ln_2: Norm::init(c, d, device),
+            mlp: Mlp {
+                c_fc: linear(d, c.d_ff, c.bias, std, rng, device),
+                c_gate: (c.mlp == MlpKind::SwiGlu)
+                    .then(|| linear(d, c.d_ff, c.bias, std, rng, device)),
+                c_proj: linear(c.d_ff, d, c.bias, proj_std, rng, device),
+            },
+            drop: drop.clone(),
+        }
+    }
+}
+
 /// A GPT-style decoder-only language model.
 #[derive(Module, Debug)]
 pub struct Gpt<B: Backend> {
@@ -434,24 +478,7 @@ impl<B: Backend> Gpt<B> {
         let wpe = (c.positional == Positional::Learned)
             .then(|| embedding(c.context_length, d, std, &mut rng, device));
         let h = (0..c.n_layer)
-            .map(|_| Block {
-                ln_1: Norm::init(c, d, device),
-                attn: Attention {
-                    c_attn: linear(d, c.qkv_dim(), c.bias, std, &mut rng, device),
-                    c_proj: linear(d, d, c.bias, proj_std, &mut rng, device),
-                    n_head: c.n_head,
-                    n_kv_head: c.kv_heads(),
-                    head_dim: c.head_dim(),
-                },
-                ln_2: Norm::init(c, d, device),
-                mlp: Mlp {
-                    c_fc: linear(d, c.d_ff, c.bias, std, &mut rng, device),
-                    c_gate: (c.mlp == MlpKind::SwiGlu)
-                        .then(|| linear(d, c.d_ff, c.bias, std, &mut rng, device)),
-                    c_proj: linear(c.d_ff, d, c.bias, proj_std, &mut rng, device),
-                },
-                drop: drop.clone(),
-            })
+            .map(|_| Block::build(c, std, proj_std, &drop, &mut rng, device))
             .collect();
         let lm_head =
             (!c.tie_embeddings).then(|| linear(d, c.vocab_size, false, std, &mut rng, device));
@@ -477,6 +504,18 @@ impl<B: Backend> Gpt<B> {
         self.drop = drop;
         self.config.dropout = prob;
         self
+    }
+
+    /// The same model with another stack of blocks (depth growth): `n_layer` becomes
+    /// `blocks.len()`. The blocks must have been built for this model's widths (the caller
+    /// checks; a mismatch fails at the first forward). Refuses an empty stack.
+    pub fn with_blocks(mut self, blocks: Vec<Block<B>>) -> Result<Self, ConfigError> {
+        let mut config = self.config.clone();
+        config.n_layer = blocks.len();
+        config.validate()?;
+        self.h = blocks;
+        self.config = config;
+        Ok(self)
     }
 
     /// The same weights computing with `kernels` (compute dtype, attention, loss, norms and

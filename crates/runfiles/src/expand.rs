@@ -64,6 +64,22 @@ pub struct ExpandRecord {
     /// kernels get compiled (seen through wgpu on a CPU: 24 s against 0.05 s of expansion).
     #[serde(default)]
     pub verify_s: Option<f64>,
+    /// Depth factor K (`null`/absent: 1, width only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth_factor: Option<u32>,
+    /// How the new layers were filled: `zero` or `stack` (absent without depth growth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth_mode: Option<String>,
+    /// Where `zero` growth put the new blocks: `interleave` or `top`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth_placement: Option<String>,
+    /// Which growth came first with both: `width-first` or `depth-first`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
+    /// `false` when the expansion is not meant to preserve the function (`stack` depth
+    /// growth): the logit change and KL are then measurements, not a check (absent: true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_preserving: Option<bool>,
 }
 
 impl ExpandRecord {

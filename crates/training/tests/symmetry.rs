@@ -85,6 +85,7 @@ fn train_clone(tmp: &Path, small: &Path, variant: Variant, dropout: f64) -> (f64
         variant,
         snr_db: 10.0,
         seed: 5,
+        ..ExpandOptions::default()
     };
     let probe = ProbeSpec {
         tokens: None,
