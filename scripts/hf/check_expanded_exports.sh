@@ -3,7 +3,8 @@
 # model's logits, and records the result as a fixture for CI (which has no torch).
 #
 # For each fixture in crates/interop/tests/fixtures/: import it, HyperClone it 2x (width 2,
-# FFN 2, symmetric), export it (the ignored Rust test `write_expanded_exports`), then load the
+# FFN 2, symmetric; and the same then 2x deeper with zero blocks interleaved: "<fixture>-depth2"),
+# export it (the ignored Rust test `write_expanded_exports`), then load the
 # export with transformers (scripts/hf/check_export.py) and compare its logits with the source
 # fixture's logits (atol 1e-4). On success writes crates/interop/tests/expanded/<fixture>/
 # logits.safetensors (transformers' logits of the export) and export.json (SHA-256 of the
@@ -26,9 +27,10 @@ HC_EXPANDED_EXPORT_DIR="$work" cargo test -p hyperclone-interop --release --test
     -- --ignored --exact write_expanded_exports --quiet
 
 status=0
-for dir in "$fixtures"/*/; do
-    name="$(basename "$dir")"
-    [[ -f "$dir/logits.safetensors" && -d "$work/$name" ]] || continue
+for export_dir in "$work"/*/; do
+    name="$(basename "$export_dir")"
+    dir="$fixtures/${name%-depth2}"
+    [[ -f "$dir/logits.safetensors" ]] || continue
     echo "== $name"
     if ! "$py" scripts/hf/check_export.py --model-dir "$work/$name" --tokens "$dir/tokens.json" \
         --expected "$dir/logits.safetensors"; then
@@ -52,7 +54,9 @@ def logits(p):
 diff = (logits(os.path.join(out, "logits.safetensors")) - logits(os.path.join(fixture, "logits.safetensors"))).abs().max()
 record = {
     "made_by": "scripts/hf/check_expanded_exports.sh",
-    "expand": {"width_factor": 2, "ffn_factor": 2, "variant": "symmetric"},
+    "expand": dict({"width_factor": 2, "ffn_factor": 2, "variant": "symmetric"},
+              **({"depth_factor": 2, "depth_mode": "zero", "depth_placement": "interleave",
+                  "order": "width-first"} if export.rstrip("/").endswith("-depth2") else {})),
     "config_sha256": sha(os.path.join(export, "config.json")),
     "weights_sha256": sha(os.path.join(export, "model.safetensors")),
     "transformers_max_abs_diff": float(diff),

@@ -1,16 +1,16 @@
 //! Parity with Hugging Face transformers on the committed fixtures (tiny random GPT-2 and Llama
 //! checkpoints and transformers' logits for fixed tokens; see tests/fixtures/README.md):
 //! import → same logits; export → same tensors as transformers' own files and identical logits
-//! after re-import; import → HyperClone 2× → export → re-import → the source's logits; and the
-//! exported expanded folders are byte-identical to the ones transformers was checked on
-//! (records in tests/expanded/).
+//! after re-import; import → HyperClone 2× (and 2× deeper with zero blocks) → export → re-import
+//! → the source's logits; and the exported expanded folders are byte-identical to the ones
+//! transformers was checked on (records in tests/expanded/).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
-use hyperclone_cloning::{expand, ExpandOptions, Variant};
+use hyperclone_cloning::{expand, DepthMode, ExpandOptions, Variant};
 use hyperclone_interop::tensors::serialize_f32;
 use hyperclone_interop::{export_hf, import_hf, HfArchitecture, InteropError};
 use hyperclone_model::{tokens_tensor, Gpt};
@@ -79,11 +79,18 @@ fn import(dir: &Path) -> Gpt<B> {
         .0
 }
 
-fn expand2(model: &Gpt<B>) -> Gpt<B> {
+/// The growths whose exports transformers checked (records in `tests/expanded/<fixture><suffix>`):
+/// width 2 × FFN 2, and the same followed by 2× depth with zero blocks interleaved.
+const GROWTHS: [(&str, usize); 2] = [("", 1), ("-depth2", 2)];
+
+/// `model` HyperCloned 2× (width and FFN, symmetric), then `depth_factor`× deeper (zero blocks
+/// interleaved, width first).
+fn expand2(model: &Gpt<B>, depth_factor: usize) -> Gpt<B> {
     let opts = ExpandOptions {
         width_factor: 2,
         ffn_factor: 2,
         variant: Variant::Symmetric,
+        depth_factor,
         ..ExpandOptions::default()
     };
     expand(model, &opts).unwrap()
@@ -155,54 +162,105 @@ fn expanded_exports_keep_the_source_logits() {
     for name in FIXTURES {
         let dir = fixture(name);
         let source = import(&dir);
-        let large = expand2(&source);
-        assert_eq!(large.config().d_model, 2 * source.config().d_model);
-        let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("export");
-        let info = export_hf(&large, &out, None).unwrap();
-        let again = import(&out);
-        assert_eq!(again.config().d_model, large.config().d_model);
-        let (ours, _) = our_logits(&again, &dir);
-        let (theirs, _) = read_logits(&dir.join("logits.safetensors"));
-        let diff = max_abs_diff(&ours, &theirs);
-        println!("{name}: expanded export max |Δlogit| vs source transformers logits = {diff:.3e}");
-        assert!(diff <= ATOL, "{name}: max |Δ| {diff} > {ATOL}");
+        for (suffix, depth_factor) in GROWTHS {
+            let case = format!("{name}{suffix}");
+            let large = expand2(&source, depth_factor);
+            assert_eq!(large.config().d_model, 2 * source.config().d_model);
+            assert_eq!(
+                large.config().n_layer,
+                depth_factor * source.config().n_layer
+            );
+            let tmp = tempfile::tempdir().unwrap();
+            let out = tmp.path().join("export");
+            let info = export_hf(&large, &out, None).unwrap();
+            let again = import(&out);
+            assert_eq!(again.config(), large.config(), "{case}");
+            let (ours, _) = our_logits(&again, &dir);
+            let (theirs, _) = read_logits(&dir.join("logits.safetensors"));
+            let diff = max_abs_diff(&ours, &theirs);
+            println!(
+                "{case}: expanded export max |Δlogit| vs source transformers logits = {diff:.3e}"
+            );
+            assert!(diff <= ATOL, "{case}: max |Δ| {diff} > {ATOL}");
 
-        // transformers loaded this very export (same bytes) and gave these logits.
-        let recorded = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/expanded")
-            .join(name);
-        let record: ExpandedRecord =
-            serde_json::from_str(&fs::read_to_string(recorded.join("export.json")).unwrap())
-                .unwrap();
-        assert_eq!(
-            info.weights_sha256, record.weights_sha256,
-            "{name}: model.safetensors"
-        );
-        assert_eq!(
-            info.config_sha256, record.config_sha256,
-            "{name}: config.json"
-        );
-        let (hf_expanded, _) = read_logits(&recorded.join("logits.safetensors"));
-        let hf_diff = max_abs_diff(&hf_expanded, &theirs);
-        assert!(
-            hf_diff <= ATOL && f64::from(hf_diff) == record.transformers_max_abs_diff,
-            "{name}: transformers' expanded logits differ from the source's by {hf_diff}"
-        );
-        assert!(max_abs_diff(&ours, &hf_expanded) <= ATOL, "{name}");
+            // transformers loaded this very export (same bytes) and gave these logits.
+            let recorded = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/expanded")
+                .join(&case);
+            let record: ExpandedRecord =
+                serde_json::from_str(&fs::read_to_string(recorded.join("export.json")).unwrap())
+                    .unwrap();
+            assert_eq!(
+                info.weights_sha256, record.weights_sha256,
+                "{case}: model.safetensors"
+            );
+            assert_eq!(
+                info.config_sha256, record.config_sha256,
+                "{case}: config.json"
+            );
+            let (hf_expanded, _) = read_logits(&recorded.join("logits.safetensors"));
+            let hf_diff = max_abs_diff(&hf_expanded, &theirs);
+            assert!(
+                hf_diff <= ATOL && f64::from(hf_diff) == record.transformers_max_abs_diff,
+                "{case}: transformers' expanded logits differ from the source's by {hf_diff}"
+            );
+            assert!(max_abs_diff(&ours, &hf_expanded) <= ATOL, "{case}");
+        }
     }
 }
 
-/// Writes the exports of the 2× expanded fixtures to `$HC_EXPANDED_EXPORT_DIR/<fixture>/`
-/// for `scripts/hf/check_expanded_exports.sh` (not a test of its own).
+#[test]
+fn stacked_exports_reimport_with_the_same_logits() {
+    // A G_stack changes the function, so there is no source logit to match: the export must
+    // carry the stacked model itself (same config, same logits after re-import).
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let source = import(&dir);
+        let opts = ExpandOptions {
+            width_factor: 1,
+            ffn_factor: 1,
+            depth_factor: 2,
+            depth_mode: DepthMode::Stack,
+            ..ExpandOptions::default()
+        };
+        let stacked = expand(&source, &opts).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("export");
+        export_hf(&stacked, &out, None).unwrap();
+        let again = import(&out);
+        assert_eq!(
+            again.config().n_layer,
+            2 * source.config().n_layer,
+            "{name}"
+        );
+        assert_eq!(again.config(), stacked.config(), "{name}");
+        assert_eq!(
+            our_logits(&again, &dir),
+            our_logits(&stacked, &dir),
+            "{name}"
+        );
+        assert_ne!(
+            our_logits(&again, &dir),
+            our_logits(&source, &dir),
+            "{name}"
+        );
+    }
+}
+
+/// Writes the exports of the expanded fixtures ([`GROWTHS`]) to
+/// `$HC_EXPANDED_EXPORT_DIR/<fixture><suffix>/` for `scripts/hf/check_expanded_exports.sh`
+/// (not a test of its own).
 #[test]
 #[ignore = "writes the expanded exports for the transformers check; run by scripts/hf/check_expanded_exports.sh"]
 fn write_expanded_exports() {
     let root = PathBuf::from(std::env::var("HC_EXPANDED_EXPORT_DIR").unwrap());
     for name in FIXTURES {
-        let large = expand2(&import(&fixture(name)));
-        let info = export_hf(&large, &root.join(name), None).unwrap();
-        assert_eq!(info.dir, root.join(name));
+        let source = import(&fixture(name));
+        for (suffix, depth_factor) in GROWTHS {
+            let out = root.join(format!("{name}{suffix}"));
+            let info = export_hf(&expand2(&source, depth_factor), &out, None).unwrap();
+            assert_eq!(info.dir, out);
+        }
     }
 }
 
