@@ -20,7 +20,8 @@ pub struct RunArgs {
     /// Override a value, type-checked: `--set small.run.max_steps=100` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// Run only this stage: small, expand, large, baseline, control or report.
+    /// Run only this stage: small, expand, large, baseline, control or report (with a growth
+    /// chain, expand and large select every growth stage's, in order).
     #[arg(long, value_parser = |s: &str| s.parse::<Stage>())]
     pub stage: Option<Stage>,
     /// Repeat every stage for seeds 1..=N, each replica in `<out>/seed-N/` (sets
@@ -98,7 +99,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     for o in &summary.stages {
         println!(
             "{:<9} {:<8} {}",
-            o.stage.dir_name(),
+            o.name,
             o.seed.map_or(String::new(), |s| format!("seed {s}")),
             if o.skipped {
                 "skipped (finished earlier)"
