@@ -449,6 +449,44 @@ pub struct SymmetryPoint {
     pub per_layer: Vec<f64>,
 }
 
+/// One link of the growth chain: its expansion, its training run and where it sits on the
+/// cumulative cost axes of the cloned route.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkAnalysis {
+    /// 1-based position in the chain.
+    pub index: usize,
+    /// Folder of the expansion (`expand`, `expand-2`).
+    pub expand_dir: String,
+    /// Folder of the training run (`large`, `large-2`).
+    pub train_dir: String,
+    /// Device-hours of the expansion (`None` when its `expand.json` gives none).
+    pub expand_hours: Option<f64>,
+    /// Parameters of the grown model (from `expand.json`).
+    pub params: Option<u64>,
+    /// Statistics of the training run.
+    pub stats: Option<StageStats>,
+    /// FLOPs the route had paid when this link's training started: the small run and every
+    /// earlier link's training (the expansions copy weights: no FLOPs). `None` when a run
+    /// before it has no FLOPs logged.
+    pub flops_before: Option<f64>,
+    /// Device-hours the route had paid when this link's training started: the small run,
+    /// every earlier link and every expansion up to this one's (a missing `expand.json`
+    /// counts 0, as the verdict says).
+    pub hours_before: Option<f64>,
+}
+
+impl LinkAnalysis {
+    /// Cumulative FLOPs of the route at the end of this link's training.
+    pub fn flops_after(&self) -> Option<f64> {
+        Some(self.flops_before? + self.stats.as_ref()?.flops?)
+    }
+
+    /// Cumulative device-hours of the route at the end of this link's training.
+    pub fn hours_after(&self) -> Option<f64> {
+        Some(self.hours_before? + self.stats.as_ref()?.device_hours?)
+    }
+}
+
 /// Everything computed for one seed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SeedAnalysis {
@@ -466,12 +504,21 @@ pub struct SeedAnalysis {
     pub control: Option<StageStats>,
     /// The cloned run's and the baseline's median step times.
     pub step_times: Option<StepTimeCheck>,
-    /// Device-hours of the expansion (`None` when `expand.json` gives none).
+    /// Device-hours of the expansion (of every expansion of a growth chain; `None` when no
+    /// `expand.json` gives any).
     pub expand_hours: Option<f64>,
-    /// Device-hours paid before the cloned large run: small + expansion.
+    /// Device-hours paid before the cloned large run (the chain's last link): small +
+    /// expansions + every earlier link's training.
     pub prefix_hours: Option<f64>,
-    /// FLOPs paid before the cloned large run: the small run's.
+    /// FLOPs paid before the cloned large run: the small run's and every earlier link's.
     pub prefix_flops: Option<f64>,
+    /// The growth chain, link by link (one link for the single-growth layout).
+    pub chain: Vec<LinkAnalysis>,
+    /// FLOPs of the whole cloned route: small run + every link's training, to its end.
+    pub route_flops: Option<f64>,
+    /// Device-hours of the whole cloned route: small run + every expansion + every link's
+    /// training, to its end.
+    pub route_hours: Option<f64>,
     /// The targets, in [`TARGET_FRACTIONS`] order (those that could be formed).
     pub targets: Vec<TargetResult>,
     /// The cloned run's symmetry metric over training.
@@ -496,12 +543,45 @@ pub fn analyse_seed(run: &SeedRun) -> SeedAnalysis {
     let baseline_m = stage_metrics(&run.baseline);
     let control_m = stage_metrics(&run.control);
     let small = small_m.map(stage_stats);
-    let expand_hours = run.expand.as_ref().and_then(|e| e.record.cost_hours());
-    let prefix_hours = small
-        .as_ref()
-        .and_then(|s| s.device_hours)
-        .map(|h| h + expand_hours.unwrap_or(0.0));
-    let prefix_flops = small.as_ref().and_then(|s| s.flops);
+    // The cloned route link by link: each link's training starts where the one before ended
+    // (plus its expansion's hours).
+    let mut chain = Vec::with_capacity(run.chain.len());
+    let mut flops = small.as_ref().and_then(|s| s.flops);
+    let mut hours = small.as_ref().and_then(|s| s.device_hours);
+    for link in &run.chain {
+        let expand_hours = link.expand.as_ref().and_then(|e| e.record.cost_hours());
+        hours = hours.map(|h| h + expand_hours.unwrap_or(0.0));
+        let l = LinkAnalysis {
+            index: link.index,
+            expand_dir: link.expand_dir.clone(),
+            train_dir: link.train_dir.clone(),
+            expand_hours,
+            params: link.expand.as_ref().and_then(|e| e.record.target_params),
+            stats: stage_metrics(&link.run).map(stage_stats),
+            flops_before: flops,
+            hours_before: hours,
+        };
+        (flops, hours) = (l.flops_after(), l.hours_after());
+        chain.push(l);
+    }
+    let expand_hours = chain
+        .iter()
+        .filter_map(|l| l.expand_hours)
+        .reduce(|a, b| a + b);
+    let (prefix_hours, prefix_flops) = match chain.last() {
+        Some(last) => (last.hours_before, last.flops_before),
+        None => (
+            small
+                .as_ref()
+                .and_then(|s| s.device_hours)
+                .map(|h| h + expand_hours.unwrap_or(0.0)),
+            small.as_ref().and_then(|s| s.flops),
+        ),
+    };
+    let (route_flops, route_hours) = match chain.last() {
+        Some(_) => (flops, hours),
+        None => (None, None),
+    };
 
     let small_points = small_m.map(eval_points);
     let control_points = control_m.map(eval_points);
@@ -560,6 +640,9 @@ pub fn analyse_seed(run: &SeedRun) -> SeedAnalysis {
         expand_hours,
         prefix_hours,
         prefix_flops,
+        chain,
+        route_flops,
+        route_hours,
         targets,
         symmetry,
     }
@@ -861,6 +944,9 @@ mod tests {
             expand_hours: None,
             prefix_hours: Some(0.0),
             prefix_flops: Some(0.0),
+            chain: Vec::new(),
+            route_flops: None,
+            route_hours: None,
             targets: targets_of(&cloned, &baseline, 0.0, 0.0),
             symmetry: Vec::new(),
         }

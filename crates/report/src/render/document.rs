@@ -113,6 +113,19 @@ pub fn document(
     }
 
     b.push(Block::Heading(2, SECTIONS[3].to_string()));
+    if let Some(table) = chain_table(analyses, multi) {
+        b.push(Block::Heading(3, "The growth chain, stage by stage".to_string()));
+        b.push(Block::Paragraph(
+            "Each growth stage expands the model the stage before it trained and trains it on \
+             for its own budget. The cumulative columns are the cloned route's cost so far: the \
+             small run, then every expansion (device-hours only: it copies weights) and every \
+             growth stage. The route's total is what the verdict and the tables below count as \
+             \"cloned, total\" when the last stage reaches a target (up to its crossing); the \
+             baseline trains the final shape from random init."
+                .to_string(),
+        ));
+        b.push(table);
+    }
     if analyses.iter().all(|a| a.targets.is_empty()) {
         b.push(Block::Paragraph(
             "Not available: both the cloned (large) run and the baseline need validation \

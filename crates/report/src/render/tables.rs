@@ -508,11 +508,116 @@ pub(crate) fn symmetry_table(analyses: &[SeedAnalysis], multi: bool) -> Option<B
     (!rows.is_empty()).then_some(Block::Table { header, rows })
 }
 
+/// The growth chain stage by stage, per seed: what each stage cost and the route's cumulative
+/// cost after it (small run, then each expansion and growth stage), with the whole route's
+/// total and the baseline beside it. `None` unless some seed grows in more than one stage.
+pub(crate) fn chain_table(analyses: &[SeedAnalysis], multi: bool) -> Option<Block> {
+    if analyses.iter().all(|a| a.chain.len() < 2) {
+        return None;
+    }
+    let mut header = Vec::new();
+    if multi {
+        header.push("seed".to_string());
+    }
+    header.extend(
+        [
+            "stage",
+            "parameters",
+            "steps",
+            "FLOPs",
+            "cumulative FLOPs",
+            "device-hours",
+            "cumulative device-hours",
+            "final val loss",
+        ]
+        .map(String::from),
+    );
+    let mut rows = Vec::new();
+    let na = || "n/a".to_string();
+    for a in analyses {
+        let mut push = |cells: [String; 8]| {
+            let mut row = Vec::new();
+            if multi {
+                row.push(a.label.clone());
+            }
+            row.extend(cells);
+            rows.push(row);
+        };
+        let small = a.small.as_ref();
+        push([
+            "small".to_string(),
+            na(),
+            opt(small.and_then(|s| s.steps), |v| v.to_string()),
+            opt(small.and_then(|s| s.flops), fmt::flops),
+            opt(small.and_then(|s| s.flops), fmt::flops),
+            opt(small.and_then(|s| s.device_hours), fmt::hours),
+            opt(small.and_then(|s| s.device_hours), fmt::hours),
+            opt(small.and_then(|s| s.final_val_loss), fmt::loss),
+        ]);
+        for link in &a.chain {
+            push([
+                format!("{} (expansion {})", link.expand_dir, link.index),
+                opt(link.params, fmt::count),
+                na(),
+                "0 (copies weights)".to_string(),
+                opt(link.flops_before, fmt::flops),
+                opt(link.expand_hours, fmt::hours),
+                opt(link.hours_before, fmt::hours),
+                na(),
+            ]);
+            let stats = link.stats.as_ref();
+            push([
+                format!("{} (growth stage {})", link.train_dir, link.index),
+                opt(link.params, fmt::count),
+                opt(stats.and_then(|s| s.steps), |v| v.to_string()),
+                opt(stats.and_then(|s| s.flops), fmt::flops),
+                opt(link.flops_after(), fmt::flops),
+                opt(stats.and_then(|s| s.device_hours), fmt::hours),
+                opt(link.hours_after(), fmt::hours),
+                opt(stats.and_then(|s| s.final_val_loss), fmt::loss),
+            ]);
+        }
+        push([
+            "cloned route, total".to_string(),
+            na(),
+            na(),
+            opt(a.route_flops, fmt::flops),
+            opt(a.route_flops, fmt::flops),
+            opt(a.route_hours, fmt::hours),
+            opt(a.route_hours, fmt::hours),
+            opt(a.large.as_ref().and_then(|s| s.final_val_loss), fmt::loss),
+        ]);
+        let baseline = a.baseline.as_ref();
+        push([
+            "baseline (final shape, random init)".to_string(),
+            na(),
+            opt(baseline.and_then(|s| s.steps), |v| v.to_string()),
+            opt(baseline.and_then(|s| s.flops), fmt::flops),
+            opt(baseline.and_then(|s| s.flops), fmt::flops),
+            opt(baseline.and_then(|s| s.device_hours), fmt::hours),
+            opt(baseline.and_then(|s| s.device_hours), fmt::hours),
+            opt(baseline.and_then(|s| s.final_val_loss), fmt::loss),
+        ]);
+    }
+    Some(Block::Table { header, rows })
+}
+
 pub(crate) fn expansion_table(exp: &Experiment) -> Option<Block> {
-    let infos: Vec<(&str, &crate::inputs::ExpandInfo)> = exp
+    // One column per seed, or per seed and expansion of a growth chain.
+    let chained = exp.seeds.iter().any(|s| s.chain.len() > 1);
+    let infos: Vec<(String, &crate::inputs::ExpandInfo)> = exp
         .seeds
         .iter()
-        .filter_map(|s| Some((s.label.as_str(), s.expand.as_ref()?)))
+        .flat_map(|s| {
+            s.chain.iter().filter_map(move |l| {
+                let label = match (chained, exp.multi_seed) {
+                    (true, true) => format!("{}, {}", s.label, l.expand_dir),
+                    (true, false) => l.expand_dir.clone(),
+                    (false, _) => s.label.clone(),
+                };
+                Some((label, l.expand.as_ref()?))
+            })
+        })
         .collect();
     if infos.is_empty() {
         return None;

@@ -201,9 +201,17 @@ pub fn verdict(exp: &Experiment, analyses: &[SeedAnalysis], aggs: &[TargetAggreg
                 .map(fmt::speedup_spread)
                 .unwrap_or_else(|| "n/a".into())
         };
+        let stages = analyses.iter().map(|a| a.chain.len()).max().unwrap_or(1);
+        let route = if stages > 1 {
+            format!(
+                "the small run and all {stages} growth stages of the chain, each expansion \
+                 included, the last up to the target"
+            )
+        } else {
+            "the small run, the expansion and the cloned run".to_string()
+        };
         let mut text = format!(
-            "{scope}ounting everything it took (the small run, the expansion and the cloned run), \
-             HyperCloning reached the baseline's final val loss ({target}) with a total speedup \
+            "{scope}ounting everything it took ({route}), HyperCloning reached the baseline's final val loss ({target}) with a total speedup \
              of {} in training FLOPs and {} in device-hours over training the wide model from \
              random init (the baseline's cost ÷ the cloned route's){seeds_note}.",
             total(&fin.flops_total),
@@ -230,20 +238,25 @@ pub fn verdict(exp: &Experiment, analyses: &[SeedAnalysis], aggs: &[TargetAggreg
             .iter()
             .filter(|(_, t)| t.cloned_reached)
             .all(|(_, t)| t.met_at_initialisation());
+        let who = if stages > 1 {
+            "the model before the last growth already exists and only the last growth stage is \
+             paid for"
+        } else {
+            "the small model already exists (e.g. imported from the hub) and only the wide run \
+             is paid for"
+        };
         let large_only = if met_everywhere {
             let first = values(analyses, |a| a.large.as_ref()?.first_val_loss);
             format!(
-                "Large-only, the figure that holds when the small model already exists (e.g. \
-                 imported from the hub) and only the wide run is paid for: the expanded model met \
-                 the target at initialisation (val loss {} before any training), so there is no \
-                 large-only factor to give.",
+                "Large-only, the figure that holds when {who}: the expanded model met the target \
+                 at initialisation (val loss {} before any training), so there is no large-only \
+                 factor to give.",
                 spread_text(&first, fmt::loss)
             )
         } else {
             format!(
-                "Large-only, the figure that holds when the small model already exists (e.g. \
-                 imported from the hub) and only the wide run is paid for: {} in training FLOPs, \
-                 {} in device-hours.",
+                "Large-only, the figure that holds when {who}: {} in training FLOPs, {} in \
+                 device-hours.",
                 total(&fin.flops_large_only),
                 total(&fin.hours_large_only)
             )
@@ -263,8 +276,13 @@ pub fn verdict(exp: &Experiment, analyses: &[SeedAnalysis], aggs: &[TargetAggreg
     });
     if let Some(d) = spread(&diffs) {
         ends.push_str(&format!(
-            "At the end of their equal budgets the cloned run's val loss was {} against the \
-             baseline's {} (difference {}{}).",
+            "At the end of their {} the cloned run's val loss was {} against the baseline's {} \
+             (difference {}{}).",
+            if analyses.iter().any(|a| a.chain.len() > 1) {
+                "budgets (the last growth stage's and the baseline's)"
+            } else {
+                "equal budgets"
+            },
             spread_text(
                 &values(analyses, |a| a.large.as_ref()?.final_val_loss),
                 fmt::loss
