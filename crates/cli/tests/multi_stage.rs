@@ -17,11 +17,12 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The growth chain that replaces `configs/tiny.toml`'s `[expand]`: stage 1 (d32 → d64) with a
-/// fresh AdamW, stage 2 (d64 → d128, FFN kept) continuing stage 1's AdamW through the clone,
-/// with its own learning rate and a checkpoint every 5 steps (for the kill).
+/// The growth chain that replaces `configs/tiny.toml`'s `[expand]`: stage 1 (d32 → d64) and
+/// stage 2 (d64 → d128, FFN kept) each continue the AdamW state of the stage before through
+/// their clone; stage 2 has its own learning rate and a checkpoint every 5 steps (for the kill).
 const CHAIN: &str = r#"
 [[growth]]
+optimizer_state = "transfer"
 [growth.expand]
 width_factor = 2
 ffn_factor = 2
@@ -70,7 +71,10 @@ fn tiny_chain_experiment(dir: &Path) -> PathBuf {
             "out = \"runs/tiny\"",
             &format!("out = \"{}/exp\"", dir.display()),
         )
-        .replace("max_steps = 40\neval_every = 10", "max_steps = 20\neval_every = 10");
+        .replace(
+            "max_steps = 40\neval_every = 10",
+            "max_steps = 20\neval_every = 10",
+        );
     let path = dir.join("chain.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -183,20 +187,40 @@ fn a_two_stage_chain_resumes_per_stage_and_reports_the_whole_route() {
         source_dir.contains("large-1") && source_dir.ends_with(&step_dir_name(15)),
         "{source}"
     );
-    let width = |stage: &str| json(&exp.join(stage).join("final/model.json"))["config"]["d_model"].clone();
+    let width =
+        |stage: &str| json(&exp.join(stage).join("final/model.json"))["config"]["d_model"].clone();
     assert_eq!(
-        (width("small"), width("large-1"), width("large-2"), width("baseline")),
+        (
+            width("small"),
+            width("large-1"),
+            width("large-2"),
+            width("baseline")
+        ),
         (32.into(), 64.into(), 128.into(), 128.into())
     );
+    // The update count runs on through both clones (small 20 + large-1 15 + large-2 20), and
+    // the factors compose: the attention projection's step factor halves at each ×2 width.
     let carried = AdamWState::read(&exp.join("expand-2").join(OPTIMIZER_FILE)).unwrap();
-    assert_eq!(carried.updates, 15);
-    let last = AdamWState::read(
-        &exp.join("large-2")
-            .join(step_dir_name(20))
-            .join(OPTIMIZER_FILE),
-    )
-    .unwrap();
-    assert_eq!(last.updates, 35);
+    assert_eq!(carried.updates, 35);
+    let state_at = |stage: &str, step: u64| {
+        AdamWState::read(
+            &exp.join(stage)
+                .join(step_dir_name(step))
+                .join(OPTIMIZER_FILE),
+        )
+        .unwrap()
+    };
+    let last = state_at("large-2", 20);
+    assert_eq!(last.updates, 55);
+    let qkv = |s: &AdamWState| {
+        s.params["h.0.attn.c_attn.weight"]
+            .scale
+            .as_ref()
+            .unwrap()
+            .step
+    };
+    assert_eq!(qkv(&state_at("large-1", 15)), 0.5);
+    assert_eq!(qkv(&last), 0.25);
     // Each growth stage draws its own data stream: the wide seed plus its position.
     let seed = |stage: &str| json(&exp.join(stage).join("run_info.json"))["seed"].clone();
     assert_eq!(

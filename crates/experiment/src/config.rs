@@ -308,7 +308,9 @@ fn override_growth_stage(
         .ok_or_else(|| ConfigFileError::Invalid {
             path: origin.to_path_buf(),
             key: format!("growth[{index}]"),
-            message: format!("the override {spec:?} names a growth stage, but the file has no [[growth]] tables"),
+            message: format!(
+                "the override {spec:?} names a growth stage, but the file has no [[growth]] tables"
+            ),
         })?;
     let count = stages.len();
     let stage = stages
@@ -318,7 +320,9 @@ fn override_growth_stage(
             path: origin.to_path_buf(),
             key: format!("growth[{index}]"),
             message: format!(
-                "the override {spec:?} names stage {index}, but the chain has {count} (0-based)"
+                "the override {spec:?} names a stage the chain does not have: it has {count} \
+                 stage(s), growth[0] to growth[{}]",
+                count.saturating_sub(1)
             ),
         })?;
     hyperclone_training::config::apply_override(stage, rest)
@@ -455,8 +459,9 @@ impl ExperimentConfig {
     ) -> Result<Self, ConfigFileError> {
         // `growth[I].KEY=VALUE` overrides address a stage of the chain; the others go to the
         // generic override code, which knows tables only.
-        let (chain_overrides, plain): (Vec<&String>, Vec<&String>) =
-            overrides.iter().partition(|o| o.trim_start().starts_with("growth["));
+        let (chain_overrides, plain): (Vec<&String>, Vec<&String>) = overrides
+            .iter()
+            .partition(|o| o.trim_start().starts_with("growth["));
         let plain: Vec<String> = plain.into_iter().cloned().collect();
         let mut table = parse_with_overrides(text, origin, &plain)?;
         for o in chain_overrides {
@@ -500,7 +505,10 @@ impl ExperimentConfig {
             .map_err(|e| invalid("expand".into(), e.to_string()))?;
         let mut stages = vec![
             ("small".to_string(), self.small_config(&seeds)),
-            ("large".to_string(), self.baseline_config(&seeds, large.clone())),
+            (
+                "large".to_string(),
+                self.baseline_config(&seeds, large.clone()),
+            ),
         ];
         for link in &links {
             stages.push((link.key.clone(), self.link_config(&seeds, link)));
@@ -527,8 +535,7 @@ impl ExperimentConfig {
                     ));
                 }
             }
-            if run.backend != self.large.run.backend || run.precision != self.large.run.precision
-            {
+            if run.backend != self.large.run.backend || run.precision != self.large.run.precision {
                 return Err(invalid(
                     format!("{}.run.backend", link.key),
                     format!(
@@ -617,8 +624,8 @@ impl ExperimentConfig {
     pub fn chain(&self) -> Result<Vec<GrowthLink>, (String, hyperclone_cloning::CloneError)> {
         if self.growth.is_empty() {
             let expand = self.expand_section();
-            let mut model = expand_config(&self.small.model, &expand)
-                .map_err(|e| ("expand".to_string(), e))?;
+            let mut model =
+                expand_config(&self.small.model, &expand).map_err(|e| ("expand".to_string(), e))?;
             model.dropout = self.large.dropout;
             return Ok(vec![GrowthLink {
                 index: 0,
@@ -636,11 +643,14 @@ impl ExperimentConfig {
         let mut links = Vec::with_capacity(self.growth.len());
         for (index, stage) in self.growth.iter().enumerate() {
             let key = format!("growth[{index}]");
-            let mut model = expand_config(&source, &stage.expand)
-                .map_err(|e| (format!("{key}.expand"), e))?;
+            let mut model =
+                expand_config(&source, &stage.expand).map_err(|e| (format!("{key}.expand"), e))?;
             model.dropout = stage.dropout;
             let (expand_dir, train_dir) = if multi {
-                (format!("expand-{}", index + 1), format!("large-{}", index + 1))
+                (
+                    format!("expand-{}", index + 1),
+                    format!("large-{}", index + 1),
+                )
             } else {
                 ("expand".to_string(), "large".to_string())
             };
@@ -1103,7 +1113,8 @@ lr = 5e-4
         // The resolved file spells the chain out and reads back the same.
         let text = exp.to_toml();
         assert!(!text.contains("[expand]"), "{text}");
-        let again = ExperimentConfig::from_toml_str(&text, Path::new("resolved.toml"), &[]).unwrap();
+        let again =
+            ExperimentConfig::from_toml_str(&text, Path::new("resolved.toml"), &[]).unwrap();
         assert_eq!(again, exp);
         // A stage's key can be overridden from the command line.
         let exp = tiny_chain(TWO_STAGES, &["growth[1].run.max_steps=7"]).unwrap();
@@ -1157,15 +1168,24 @@ lr = 5e-4
                 ..b[0].clone()
             }
         );
-        assert_eq!((b[0].expand_dir.as_str(), b[0].train_dir.as_str()), ("expand", "large"));
+        assert_eq!(
+            (b[0].expand_dir.as_str(), b[0].train_dir.as_str()),
+            ("expand", "large")
+        );
         for replica in [None, Some(2)] {
             let (sa, sb) = (single.replica_seeds(replica), chain.replica_seeds(replica));
-            assert_eq!(single.link_config(&sa, &a[0]), chain.link_config(&sb, &b[0]));
+            assert_eq!(
+                single.link_config(&sa, &a[0]),
+                chain.link_config(&sb, &b[0])
+            );
             assert_eq!(
                 single.link_expand_options(&sa, &a[0]),
                 chain.link_expand_options(&sb, &b[0])
             );
-            assert_eq!(single.link_expand_options(&sa, &a[0]), single.expand_options(&sa));
+            assert_eq!(
+                single.link_expand_options(&sa, &a[0]),
+                single.expand_options(&sa)
+            );
         }
         assert_eq!(single.large_model().unwrap(), chain.large_model().unwrap());
     }
@@ -1173,38 +1193,66 @@ lr = 5e-4
     /// Malformed chains are refused at load, naming the key and the value.
     #[test]
     fn malformed_chains_are_refused_naming_the_key() {
-        let err = |chain: &str, overrides: &[&str]| {
-            tiny_chain(chain, overrides).unwrap_err().to_string()
-        };
+        let err =
+            |chain: &str, overrides: &[&str]| tiny_chain(chain, overrides).unwrap_err().to_string();
         let e = err("growth = []", &[]);
         assert!(e.contains("growth") && e.contains("empty chain"), "{e}");
         let e = err(TWO_STAGES, &["expand.width_factor=2"]);
         assert!(e.contains("key `expand`") || e.contains("expand"), "{e}");
         assert!(e.contains("[[growth]]"), "{e}");
         let e = err(TWO_STAGES, &["large.cloned.optimizer.lr=1e-3"]);
-        assert!(e.contains("large.cloned") && e.contains("[[growth]]"), "{e}");
+        assert!(
+            e.contains("large.cloned") && e.contains("[[growth]]"),
+            "{e}"
+        );
         let e = err(TWO_STAGES, &["growth[1].run.max_steps=0"]);
-        assert!(e.contains("growth[1].run.max_steps") && e.contains('0'), "{e}");
+        assert!(
+            e.contains("growth[1].run.max_steps") && e.contains('0'),
+            "{e}"
+        );
         let e = err(TWO_STAGES, &["growth[0].run.batch_size=0"]);
         assert!(e.contains("growth[0].run.batch_size"), "{e}");
         let e = err(TWO_STAGES, &["growth[1].optimizer.lr=-1"]);
-        assert!(e.contains("growth[1].optimizer.lr") && e.contains("-1"), "{e}");
+        assert!(
+            e.contains("growth[1].optimizer.lr") && e.contains("-1"),
+            "{e}"
+        );
         let e = err(TWO_STAGES, &["growth[1].expand.width_factor=0"]);
-        assert!(e.contains("growth[1].expand") && e.contains("width_factor"), "{e}");
+        assert!(
+            e.contains("growth[1].expand") && e.contains("width_factor"),
+            "{e}"
+        );
         let e = err(TWO_STAGES, &["growth[0].run.seq_len=4096"]);
-        assert!(e.contains("growth[0].run.seq_len") && e.contains("4096"), "{e}");
+        assert!(
+            e.contains("growth[0].run.seq_len") && e.contains("4096"),
+            "{e}"
+        );
         let e = err(TWO_STAGES, &["growth[0].run.max_stepz=3"]);
-        assert!(e.contains("growth[0].run") && e.contains("max_stepz"), "{e}");
+        assert!(
+            e.contains("growth[0].run") && e.contains("max_stepz"),
+            "{e}"
+        );
         let e = err(TWO_STAGES, &["growth[1].optimizer_state=\"warm\""]);
-        assert!(e.contains("growth[1].optimizer_state") && e.contains("warm"), "{e}");
+        assert!(
+            e.contains("growth[1].optimizer_state") && e.contains("warm"),
+            "{e}"
+        );
         let e = err(TWO_STAGES, &["growth[1].run.precision=\"bf16\""]);
         assert!(e.contains("growth[1].run.backend"), "{e}");
         let e = err(TWO_STAGES, &["growth[5].run.max_steps=3"]);
-        assert!(e.contains("growth[5]") && e.contains("2"), "{e}");
+        assert!(
+            e.contains("growth[5]") && e.contains("growth[0] to growth[1]"),
+            "{e}"
+        );
         let e = err("[[growth]]\n[growth.run]\nmax_steps = 3\n", &[]);
         assert!(e.contains("growth[0]") && e.contains("expand"), "{e}");
-        let e = tiny(&["growth[0].run.max_steps=3"]).unwrap_err().to_string();
-        assert!(e.contains("growth[0]") && e.contains("no [[growth]]"), "{e}");
+        let e = tiny(&["growth[0].run.max_steps=3"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("growth[0]") && e.contains("no [[growth]]"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1213,7 +1261,11 @@ lr = 5e-4
         let single = exp.replica_seeds(None);
         assert_eq!(
             (single.small, single.wide, single.expand),
-            (exp.small.run.seed, exp.large.run.seed, exp.expand_section().seed)
+            (
+                exp.small.run.seed,
+                exp.large.run.seed,
+                exp.expand_section().seed
+            )
         );
         let r = exp.replica_seeds(Some(2));
         let expand_seed = exp.expand_section().seed;

@@ -96,16 +96,16 @@ pub enum ExperimentError {
     Train {
         /// The stage's folder name (`large`, `large-2`, ...).
         stage: String,
-        /// The error.
-        source: TrainError,
+        /// The error (boxed: it is large).
+        source: Box<TrainError>,
     },
     /// An expansion failed (nothing was written).
     #[error("stage {stage}: {source}")]
     Expand {
         /// The stage's folder name (`expand`, `expand-2`, ...).
         stage: String,
-        /// The error.
-        source: hyperclone_cloning::FolderError,
+        /// The error (boxed: it is large).
+        source: Box<hyperclone_cloning::FolderError>,
     },
     /// The previous stage's optimizer state could not be carried through the clone
     /// (`optimizer_state = "transfer"`); nothing was written.
@@ -115,8 +115,8 @@ pub enum ExperimentError {
         stage: String,
         /// The config section asking for the transfer (`large.cloned`, `growth[1]`).
         key: String,
-        /// The error.
-        source: TransferError,
+        /// The error (boxed: it is large).
+        source: Box<TransferError>,
     },
     /// The expansion settings are impossible for the small model.
     #[error("[expand]: {0}")]
@@ -605,13 +605,14 @@ impl SeedPipeline<'_> {
             }
         }
         for expansion in &before.expansions {
-            offset.device_hours += std::fs::read_to_string(
-                self.dir(expansion).join(hyperclone_runfiles::EXPAND_FILE),
-            )
-            .ok()
-            .and_then(|t| serde_json::from_str::<hyperclone_runfiles::ExpandRecord>(&t).ok())
-            .and_then(|r| r.cost_hours())
-            .unwrap_or(0.0);
+            offset.device_hours +=
+                std::fs::read_to_string(self.dir(expansion).join(hyperclone_runfiles::EXPAND_FILE))
+                    .ok()
+                    .and_then(|t| {
+                        serde_json::from_str::<hyperclone_runfiles::ExpandRecord>(&t).ok()
+                    })
+                    .and_then(|r| r.cost_hours())
+                    .unwrap_or(0.0);
         }
         offset
     }
@@ -692,7 +693,7 @@ impl SeedPipeline<'_> {
         };
         train::<AB>(config, &options, device).map_err(|source| ExperimentError::Train {
             stage: name.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         write_stage(
             &dir,
@@ -724,7 +725,7 @@ impl SeedPipeline<'_> {
         let transfer_error = |source: TransferError| ExperimentError::Transfer {
             stage: name.to_string(),
             key: link.key.clone(),
-            source,
+            source: Box::new(source),
         };
         let probe = ProbeSpec {
             tokens: None,
@@ -768,7 +769,7 @@ impl SeedPipeline<'_> {
         )
         .map_err(|source| ExperimentError::Expand {
             stage: name.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         if let Some(mapped) = &mapped {
             let t = write_optimizer_state(&dir, mapped).map_err(transfer_error)?;
@@ -945,7 +946,10 @@ mod tests {
         let chain = ExperimentConfig::from_toml_str(&chain_text, &path, &[]).unwrap();
         assert_eq!(chain.growth.len(), 1);
         for replica in [Some(1), Some(2), None] {
-            assert_eq!(stage_hashes(&chain, replica), stage_hashes(&single, replica));
+            assert_eq!(
+                stage_hashes(&chain, replica),
+                stage_hashes(&single, replica)
+            );
         }
         // A second stage makes other folders, whose hashes chain on the stage before.
         let two = ExperimentConfig::from_toml_str(
@@ -964,7 +968,10 @@ mod tests {
         let mut changed = two.clone();
         changed.growth[0].optimizer.lr = 1e-3;
         let after = stage_hashes(&changed, Some(1));
-        assert_eq!(after[1], hashes[1], "expand-1 does not depend on stage 1's training");
+        assert_eq!(
+            after[1], hashes[1],
+            "expand-1 does not depend on stage 1's training"
+        );
         for i in 2..5 {
             assert_ne!(after[i], hashes[i], "{}", hashes[i].0);
         }

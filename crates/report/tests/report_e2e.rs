@@ -832,7 +832,12 @@ fn a_growth_chain_is_costed_drawn_and_tabled_as_a_whole() {
     let expected = R_LARGE * n_total() / (prefix_hours + R_LARGE * n_star);
     assert!(rel(summary.speedup_total.unwrap(), expected) < 1e-9);
     // Large-only is the last stage alone.
-    assert!(rel(summary.flops_speedup_large_only.unwrap(), n_total() / n_star) < 1e-9);
+    assert!(
+        rel(
+            summary.flops_speedup_large_only.unwrap(),
+            n_total() / n_star
+        ) < 1e-9
+    );
 
     // The report: the chain table with a row per stage, every expansion checked, the chain
     // drawn on the cost axes, the verdict naming both stages.
@@ -849,9 +854,16 @@ fn a_growth_chain_is_costed_drawn_and_tabled_as_a_whole() {
     ] {
         assert!(md.contains(row), "missing row {row}");
     }
-    assert!(md.contains("all 2 growth stages of the chain"), "{}", summary.verdict);
+    assert!(
+        md.contains("all 2 growth stages of the chain"),
+        "{}",
+        summary.verdict
+    );
     assert!(md.contains("| quantity | expand-1 | expand-2 |"), "{md}");
     let svg = read(&exp.join("plots/val_loss_vs_flops.svg"));
-    assert!(svg.contains("growth stage 1 (large-1), cumulative"), "no chain curve");
+    assert!(
+        svg.contains("growth stage 1 (large-1), cumulative"),
+        "no chain curve"
+    );
     assert!(summary.table().contains("cloned route (2 growth stages)"));
 }

@@ -114,7 +114,10 @@ pub fn document(
 
     b.push(Block::Heading(2, SECTIONS[3].to_string()));
     if let Some(table) = chain_table(analyses, multi) {
-        b.push(Block::Heading(3, "The growth chain, stage by stage".to_string()));
+        b.push(Block::Heading(
+            3,
+            "The growth chain, stage by stage".to_string(),
+        ));
         b.push(Block::Paragraph(
             "Each growth stage expands the model the stage before it trained and trains it on \
              for its own budget. The cumulative columns are the cloned route's cost so far: the \
