@@ -859,6 +859,24 @@ fn a_growth_chain_is_costed_drawn_and_tabled_as_a_whole() {
         "{}",
         summary.verdict
     );
+    // The per-run tables (final losses, throughput, settings) list every growth stage.
+    for title in [
+        "growth stage 1 (large-1)",
+        "cloned, growth stage 2 (large-2)",
+    ] {
+        assert_eq!(
+            md.matches(&format!("| {title} |")).count(),
+            3,
+            "{title}: a settings column, a final-losses and a throughput row"
+        );
+    }
+    assert!(
+        md.contains(
+            "| setting | small | growth stage 1 (large-1) | cloned, growth stage 2 (large-2) | \
+             baseline |"
+        ),
+        "settings columns"
+    );
     assert!(md.contains("| quantity | expand-1 | expand-2 |"), "{md}");
     let svg = read(&exp.join("plots/val_loss_vs_flops.svg"));
     assert!(

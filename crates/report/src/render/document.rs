@@ -173,7 +173,7 @@ pub fn document(
     }
 
     b.push(Block::Heading(2, SECTIONS[4].to_string()));
-    b.extend(final_losses(analyses, multi));
+    b.extend(final_losses(exp, analyses, multi));
 
     b.push(Block::Heading(2, SECTIONS[5].to_string()));
     match settings_table(exp, multi) {

@@ -1,6 +1,6 @@
 //! The tables of the report.
 
-use super::{opt, stage_stats};
+use super::{opt, run_rows};
 use crate::analysis::{
     spread, Axis, CostComparison, Race, SeedAnalysis, StageStats, TargetAggregate, TargetResult,
 };
@@ -215,17 +215,17 @@ pub(crate) fn settings_table(exp: &Experiment, multi: bool) -> Option<Block> {
     ];
     let mut columns: Vec<(String, toml::Table)> = Vec::new();
     for run in &exp.seeds {
-        for kind in StageKind::ALL {
-            let Some(text) = run.stage(kind).and_then(|s| s.config_text.as_ref()) else {
+        for row in run_rows(run, None) {
+            let Some(text) = row.stage.config_text.as_ref() else {
                 continue;
             };
             let Ok(table) = text.parse::<toml::Table>() else {
                 continue;
             };
             let name = if multi {
-                format!("{} ({})", kind.title(), run.label)
+                format!("{} ({})", row.title, run.label)
             } else {
-                kind.title().to_string()
+                row.title
             };
             columns.push((name, table));
         }
@@ -295,8 +295,23 @@ pub(crate) fn aggregate_table(aggs: &[TargetAggregate]) -> Block {
     Block::Table { header, rows }
 }
 
-pub(crate) fn final_losses(analyses: &[SeedAnalysis], multi: bool) -> Vec<Block> {
+pub(crate) fn final_losses(exp: &Experiment, analyses: &[SeedAnalysis], multi: bool) -> Vec<Block> {
     let mut blocks = Vec::new();
+    // Every seed's runs in table order, and the run titles in the order they first appear.
+    let per_seed: Vec<(&SeedAnalysis, Vec<super::RunRow>)> = exp
+        .seeds
+        .iter()
+        .zip(analyses)
+        .map(|(run, a)| (a, run_rows(run, Some(a))))
+        .collect();
+    let mut titles: Vec<&str> = Vec::new();
+    for (_, rows) in &per_seed {
+        for r in rows {
+            if !titles.contains(&r.title.as_str()) {
+                titles.push(&r.title);
+            }
+        }
+    }
     if multi {
         let header = [
             "run",
@@ -309,10 +324,13 @@ pub(crate) fn final_losses(analyses: &[SeedAnalysis], multi: bool) -> Vec<Block>
         .map(String::from)
         .to_vec();
         let mut rows = Vec::new();
-        for kind in StageKind::ALL {
-            let stats: Vec<(&str, &StageStats)> = analyses
+        for title in &titles {
+            let stats: Vec<(&str, &StageStats)> = per_seed
                 .iter()
-                .filter_map(|a| Some((a.label.as_str(), stage_stats(a, kind)?)))
+                .filter_map(|(a, rows)| {
+                    let row = rows.iter().find(|r| r.title == *title)?;
+                    Some((a.label.as_str(), row.stats?))
+                })
                 .collect();
             if stats.is_empty() {
                 continue;
@@ -322,7 +340,7 @@ pub(crate) fn final_losses(analyses: &[SeedAnalysis], multi: bool) -> Vec<Block>
                 opt(spread(&v).as_ref(), |s| fmt::spread(s, show))
             };
             rows.push(vec![
-                kind.title().to_string(),
+                title.to_string(),
                 col(|s| s.final_val_loss, fmt::loss),
                 col(|s| s.best_val_loss, fmt::loss),
                 col(|s| s.final_train_loss, fmt::loss),
@@ -356,9 +374,9 @@ pub(crate) fn final_losses(analyses: &[SeedAnalysis], multi: bool) -> Vec<Block>
         .map(String::from),
     );
     let mut rows = Vec::new();
-    for a in analyses {
-        for kind in StageKind::ALL {
-            let Some(s) = stage_stats(a, kind) else {
+    for (a, runs) in &per_seed {
+        for r in runs {
+            let Some(s) = r.stats else {
                 continue;
             };
             let mut row = Vec::new();
@@ -366,7 +384,7 @@ pub(crate) fn final_losses(analyses: &[SeedAnalysis], multi: bool) -> Vec<Block>
                 row.push(a.label.clone());
             }
             row.extend([
-                kind.title().to_string(),
+                r.title.clone(),
                 fmt::loss_opt(s.first_val_loss),
                 fmt::loss_opt(s.final_val_loss),
                 fmt::loss_opt(s.best_val_loss),
@@ -413,16 +431,13 @@ pub(crate) fn throughput(exp: &Experiment, analyses: &[SeedAnalysis], multi: boo
     .to_vec();
     let mut rows = Vec::new();
     for (run, a) in exp.seeds.iter().zip(analyses) {
-        for kind in StageKind::ALL {
-            let Some(stage) = run.stage(kind) else {
-                continue;
-            };
-            let info = stage.run_info.clone().unwrap_or_default();
-            let stats = stage_stats(a, kind).cloned().unwrap_or_default();
+        for row in run_rows(run, Some(a)) {
+            let info = row.stage.run_info.clone().unwrap_or_default();
+            let stats = row.stats.cloned().unwrap_or_default();
             let name = if multi {
-                format!("{} ({})", kind.title(), a.label)
+                format!("{} ({})", row.title, a.label)
             } else {
-                kind.title().to_string()
+                row.title
             };
             let device = match (&info.device_name, &info.device) {
                 (Some(n), Some(d)) if n != d => format!("{n} ({d})"),
