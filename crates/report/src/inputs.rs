@@ -159,12 +159,20 @@ pub fn load_experiment(dir: &Path) -> Result<Experiment, ReportError> {
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| dir.display().to_string());
     let experiment_toml = read_optional_text(&dir.join("experiment.toml"))?;
-    // The experiment's own name when its resolved config gives one, else the folder's.
-    let name = experiment_toml
+    let resolved = experiment_toml
         .as_deref()
-        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|text| text.parse::<toml::Table>().ok());
+    // The experiment's own name when its resolved config gives one, else the folder's.
+    let name = resolved
+        .as_ref()
         .and_then(|t| Some(t.get("experiment")?.get("name")?.as_str()?.to_string()))
         .unwrap_or(name);
+    // The growth chain's planned length, so that a report written while an earlier stage is
+    // still training does not take that stage for the last one (the cloned run).
+    let planned = resolved
+        .as_ref()
+        .and_then(|t| t.get("growth")?.as_array().map(|a| a.len()))
+        .unwrap_or(0);
 
     let single = STAGE_DIRS
         .iter()
@@ -173,7 +181,7 @@ pub fn load_experiment(dir: &Path) -> Result<Experiment, ReportError> {
     let (multi_seed, seeds) = if single {
         (
             false,
-            vec![load_seed(dir, "single seed".to_string(), None)?],
+            vec![load_seed(dir, "single seed".to_string(), None, planned)?],
         )
     } else {
         let mut found: Vec<(u64, PathBuf)> = Vec::new();
@@ -197,7 +205,12 @@ pub fn load_experiment(dir: &Path) -> Result<Experiment, ReportError> {
         found.sort();
         let mut seeds = Vec::with_capacity(found.len());
         for (seed, path) in found {
-            seeds.push(load_seed(&path, format!("seed {seed}"), Some(seed))?);
+            seeds.push(load_seed(
+                &path,
+                format!("seed {seed}"),
+                Some(seed),
+                planned,
+            )?);
         }
         (true, seeds)
     };
@@ -244,11 +257,20 @@ fn load_expand(seed_dir: &Path, name: &str) -> Result<Option<ExpandInfo>, Report
     }
 }
 
-fn load_seed(dir: &Path, label: String, seed: Option<u64>) -> Result<SeedRun, ReportError> {
+/// Loads the stages of one seed; `planned` is the number of `[[growth]]` stages the resolved
+/// config names (0 without one).
+fn load_seed(
+    dir: &Path,
+    label: String,
+    seed: Option<u64>,
+    planned: usize,
+) -> Result<SeedRun, ReportError> {
     let small = load_stage(dir, StageKind::Small)?;
     let baseline = load_stage(dir, StageKind::Baseline)?;
     let control = load_stage(dir, StageKind::Control)?;
-    let links = chain_length(dir)?;
+    // A chain of one `[[growth]]` stage is written as `expand/` + `large/`.
+    let planned = if planned > 1 { planned } else { 0 };
+    let links = chain_length(dir)?.max(planned);
     let names: Vec<(usize, String, String)> = match links {
         0 => vec![(1, "expand".to_string(), "large".to_string())],
         n => (1..=n)

@@ -885,3 +885,34 @@ fn a_growth_chain_is_costed_drawn_and_tabled_as_a_whole() {
     );
     assert!(summary.table().contains("cloned route (2 growth stages)"));
 }
+
+/// A report written while the first growth stage of a two-stage chain has finished and the
+/// second has not started: the resolved `experiment.toml` names two stages, so the first is not
+/// taken for the cloned run; there is no verdict yet, and the chain so far is still tabled.
+#[test]
+fn a_chain_that_is_still_growing_has_no_verdict_yet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = report_dir(tmp.path(), "chain-partial");
+    write_chain_seed(&exp, 0.25 * n_total(), 3);
+    std::fs::remove_dir_all(exp.join("expand-2")).unwrap();
+    std::fs::remove_dir_all(exp.join("large-2")).unwrap();
+    std::fs::write(
+        exp.join("experiment.toml"),
+        "[experiment]\nname = \"growing\"\n\n[[growth]]\n[growth.expand]\n\n[[growth]]\n[growth.expand]\n",
+    )
+    .unwrap();
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    let a = &summary.seeds[0];
+    assert_eq!(summary.growth_stages, 2);
+    assert!(a.large.is_none() && a.targets.is_empty(), "{a:?}");
+    assert_eq!(summary.final_target_seeds, 0);
+    assert!(
+        summary.verdict.starts_with("No verdict yet"),
+        "{}",
+        summary.verdict
+    );
+    // What large-2 will start from is known; the route's total is not.
+    assert!(a.chain[1].flops_before.is_some() && a.route_flops.is_none());
+    let md = read(&exp.join("report.md"));
+    assert!(md.contains("| large-1 (growth stage 1) |"), "{md}");
+}
