@@ -273,6 +273,10 @@ pub struct CostComparison {
     /// The continued-small control's cost to first reach the target, the small run before it
     /// included; `None` when it never did, did not run, or the axis is not logged.
     pub control_total: Option<f64>,
+    /// The first earlier stage of a growth chain (1-based index) to reach the target, with
+    /// the route's cumulative cost there (small run, earlier stages and expansions included);
+    /// `None` when none did, there is no chain, or the axis is not logged.
+    pub earlier_stage: Option<(usize, f64)>,
 }
 
 impl CostComparison {
@@ -322,8 +326,11 @@ pub enum Race {
 /// short for the wide model to pay.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Shortcut {
-    /// `true`: the continued-small control; `false`: the small run on its own.
+    /// `true`: the continued-small control; `false`: the small run on its own, or an earlier
+    /// growth stage (`earlier_stage`).
     pub control: bool,
+    /// `Some(k)`: growth stage k of a chain, before the last, with everything before it.
+    pub earlier_stage: Option<usize>,
     /// The axis the costs are on.
     pub axis: Axis,
     /// What the shortcut spent to reach the target.
@@ -367,17 +374,28 @@ impl TargetResult {
     }
 
     /// The cheaper ways to this target than the baseline, in FLOPs then device-hours: the small
-    /// run alone, or the continued-small control, reaching it at no more cost than the baseline.
+    /// run alone, the continued-small control, or an earlier stage of a growth chain (a model
+    /// smaller than the baseline's), reaching it at no more cost than the baseline.
     pub fn shortcuts(&self) -> Vec<Shortcut> {
         let mut out = Vec::new();
         for (axis, c) in [(Axis::Flops, &self.flops), (Axis::DeviceHours, &self.hours)] {
             let Some(baseline) = c.baseline else {
                 continue;
             };
-            for (control, cost) in [(false, c.small_alone), (true, c.control_total)] {
+            let routes = [
+                (false, None, c.small_alone),
+                (true, None, c.control_total),
+                (
+                    false,
+                    c.earlier_stage.map(|(k, _)| k),
+                    c.earlier_stage.map(|(_, v)| v),
+                ),
+            ];
+            for (control, earlier_stage, cost) in routes {
                 if let Some(cost) = cost.filter(|&v| v <= baseline) {
                     out.push(Shortcut {
                         control,
+                        earlier_stage,
                         axis,
                         cost,
                         baseline,
@@ -585,6 +603,24 @@ pub fn analyse_seed(run: &SeedRun) -> SeedAnalysis {
 
     let small_points = small_m.map(eval_points);
     let control_points = control_m.map(eval_points);
+    let earlier_points: Vec<(usize, Vec<EvalPoint>)> = run
+        .chain
+        .iter()
+        .enumerate()
+        .rev()
+        .skip(1)
+        .rev()
+        .filter_map(|(i, link)| Some((i, eval_points(stage_metrics(&link.run)?))))
+        .collect();
+    let earlier: Vec<EarlierStage> = earlier_points
+        .iter()
+        .map(|(i, points)| EarlierStage {
+            index: chain[*i].index,
+            points,
+            flops_before: chain[*i].flops_before,
+            hours_before: chain[*i].hours_before,
+        })
+        .collect();
     let targets = match (large_m, baseline_m) {
         (Some(l), Some(b)) => compute_targets(
             &Curves {
@@ -592,6 +628,7 @@ pub fn analyse_seed(run: &SeedRun) -> SeedAnalysis {
                 baseline: &eval_points(b),
                 small: small_points.as_deref(),
                 control: control_points.as_deref(),
+                earlier: &earlier,
             },
             &Prefix {
                 hours: prefix_hours,
@@ -659,6 +696,22 @@ pub struct Curves<'a> {
     pub small: Option<&'a [EvalPoint]>,
     /// The continued-small control, when it has val losses.
     pub control: Option<&'a [EvalPoint]>,
+    /// The earlier stages of a growth chain (every link before the cloned run), in order.
+    pub earlier: &'a [EarlierStage<'a>],
+}
+
+/// An earlier stage of a growth chain, for [`Curves`]: its curve and where it starts on the
+/// route's cumulative cost axes.
+#[derive(Debug, Clone, Copy)]
+pub struct EarlierStage<'a> {
+    /// 1-based position in the chain.
+    pub index: usize,
+    /// Its val-loss curve (its own costs, from zero).
+    pub points: &'a [EvalPoint],
+    /// FLOPs the route had paid when it started.
+    pub flops_before: Option<f64>,
+    /// Device-hours the route had paid when it started (its expansion included).
+    pub hours_before: Option<f64>,
 }
 
 /// What was paid before the wide runs started.
@@ -715,6 +768,14 @@ pub fn compute_targets(curves: &Curves, prefix: &Prefix) -> Vec<TargetResult> {
             prefix,
             small_alone: reach(curves.small, axis),
             control_total: small_prefix.and_then(|p| Some(p + reach(curves.control, axis)?)),
+            earlier_stage: curves.earlier.iter().find_map(|e| {
+                let before = match axis {
+                    Axis::Flops => e.flops_before,
+                    Axis::DeviceHours => e.hours_before,
+                    _ => None,
+                }?;
+                Some((e.index, before + reached_at(e.points, axis, target_loss)?))
+            }),
         };
         let cloned_step = crossing(&curve(cloned, Axis::Step), target_loss);
         out.push(TargetResult {
@@ -804,6 +865,7 @@ mod tests {
                 baseline,
                 small: None,
                 control: None,
+                earlier: &[],
             },
             &Prefix {
                 hours: Some(hours),
@@ -985,6 +1047,7 @@ mod tests {
             baseline: &baseline,
             small: Some(&small),
             control: Some(&control),
+            earlier: &[],
         };
         let prefix = Prefix {
             hours: Some(1.6),

@@ -75,8 +75,9 @@ pub struct ReportSummary {
     pub flops_speedup_total: Option<f64>,
     /// The generated verdict, paragraphs separated by blank lines.
     pub verdict: String,
-    /// The small run or the control reached the baseline's final val loss at no more cost than
-    /// the baseline, in some seed: the verdict claims no speedup for growth.
+    /// The small run, the control or an earlier stage of a growth chain reached the baseline's
+    /// final val loss at no more cost than the baseline, in some seed: the verdict claims no
+    /// speedup for growth (to the final shape).
     pub degenerate: bool,
     /// The cloned run's and the baseline's median step times differ by more than 10 % in some
     /// seed: the device-hour figures are disturbed (the FLOPs figures stand).
@@ -141,9 +142,14 @@ impl ReportSummary {
                     &format!("total cost {what}"),
                     format!(
                         "FLOPs {}, device-hours {} (for this budget only: no growth speedup is \
-                         claimed, the small model reaches the target on its own){reached}",
+                         claimed, {} reaches the target at no more cost){reached}",
                         sp(&t.flops_total),
-                        sp(&t.hours_total)
+                        sp(&t.hours_total),
+                        if self.growth_stages > 1 {
+                            "a smaller model (the small one or an earlier growth stage)"
+                        } else {
+                            "the small model"
+                        }
                     ),
                 );
             } else {

@@ -724,6 +724,11 @@ const MID_STEPS: u64 = 100;
 /// Writes one seed of a two-stage chain; returns (small + large-1 FLOPs, small + large-1 +
 /// both expansions device-hours): what the route paid before large-2.
 fn write_chain_seed(dir: &Path, shift: f64, seed: u64) -> (f64, f64) {
+    write_chain_seed_with(dir, shift, seed, 2.8)
+}
+
+/// [`write_chain_seed`] with large-1's curve `mid_floor + 300 / sqrt(n + 4·N0)`.
+fn write_chain_seed_with(dir: &Path, shift: f64, seed: u64, mid_floor: f64) -> (f64, f64) {
     std::fs::create_dir_all(dir).unwrap();
     let small = run_lines(
         SMALL_STEPS,
@@ -738,7 +743,7 @@ fn write_chain_seed(dir: &Path, shift: f64, seed: u64) -> (f64, f64) {
         MID_STEPS,
         R_MID,
         P_MID,
-        &|n| 2.8 + 300.0 / (n + 4.0 * N0).sqrt(),
+        &|n| mid_floor + 300.0 / (n + 4.0 * N0).sqrt(),
         false,
         None,
     );
@@ -915,4 +920,53 @@ fn a_chain_that_is_still_growing_has_no_verdict_yet() {
     assert!(a.chain[1].flops_before.is_some() && a.route_flops.is_none());
     let md = read(&exp.join("report.md"));
     assert!(md.contains("| large-1 (growth stage 1) |"), "{md}");
+}
+
+/// An earlier growth stage that reaches the baseline's final val loss at less cost than the
+/// baseline makes the budget degenerate for the last growth: no speedup is claimed for growing
+/// to the final shape, and the verdict names the stage and its cumulative cost.
+#[test]
+fn an_earlier_growth_stage_that_gets_there_cheaper_claims_no_speedup_for_the_last_growth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = report_dir(tmp.path(), "chain-shortcut");
+    // large-1 falls to 1.0 + 300 / sqrt(n + 4000): below the baseline's final 2.63 early on.
+    write_chain_seed_with(&exp, 0.25 * n_total(), 3, 1.0);
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    assert!(summary.degenerate, "{}", summary.verdict);
+    assert!(
+        summary
+            .verdict
+            .starts_with("No speedup is claimed for the last growth"),
+        "{}",
+        summary.verdict
+    );
+    assert!(summary
+        .verdict
+        .contains("growth stage 1, before the last growth"));
+    let a = &summary.seeds[0];
+    let fin = a.final_target().unwrap();
+    let (stage, cost) = fin.flops.earlier_stage.unwrap();
+    assert_eq!(stage, 1);
+    // The route's cost there: the small run, then large-1 up to its crossing (interpolated
+    // between its eval points, so between the two around the exact one).
+    let target = fin.target_loss;
+    let n_cross = (300.0 / (target - 1.0)).powi(2) - 4.0 * N0;
+    let before = a.chain[0].flops_before.unwrap();
+    let step_tokens = (EVAL_EVERY * TOKENS_PER_STEP) as f64;
+    assert!(
+        cost >= before + 6.0 * P_MID * n_cross
+            && cost <= before + 6.0 * P_MID * (n_cross + step_tokens),
+        "{cost} vs {}",
+        before + 6.0 * P_MID * n_cross
+    );
+    let shortcuts = fin.shortcuts();
+    assert!(
+        shortcuts.iter().all(|s| s.earlier_stage == Some(1)),
+        "{shortcuts:?}"
+    );
+    assert_eq!(shortcuts.len(), 2, "FLOPs and device-hours");
+    assert!(summary.table().contains("an earlier growth stage"));
+    let md = read(&exp.join("report.md"));
+    assert!(md.contains("| earlier growth stage, total |"), "{md}");
+    assert!(md.contains("| stage 1: "), "{md}");
 }

@@ -150,6 +150,16 @@ pub fn document(
              wide model to pay (see the verdict)."
                 .to_string(),
         ));
+        if analyses.iter().any(|a| a.chain.len() > 1) {
+            b.push(Block::Paragraph(
+                "With a growth chain, \"cloned\" is its last stage (large-only: that stage \
+                 alone) and the total counts the small run, every expansion and every earlier \
+                 stage in full. \"earlier growth stage, total\" is where the first earlier \
+                 stage's curve reached the target, on the route's cumulative cost; at or below \
+                 the baseline's cost, the budget is too short for the final shape to pay."
+                    .to_string(),
+            ));
+        }
         b.push(Block::Heading(3, "Device-hours".to_string()));
         b.push(cost_table(analyses, multi, |t| &t.hours, fmt::hours, true));
         b.push(Block::Heading(3, "FLOPs".to_string()));

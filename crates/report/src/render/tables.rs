@@ -66,6 +66,10 @@ pub(crate) fn cost_table(
     if control {
         header.push("control, total".to_string());
     }
+    let chained = analyses.iter().any(|a| a.chain.len() > 1);
+    if chained {
+        header.push("earlier growth stage, total".to_string());
+    }
     if with_steps {
         header.push("step reached (cloned / baseline)".to_string());
     }
@@ -98,6 +102,15 @@ pub(crate) fn cost_table(
             if control {
                 row.push(if t.control_ran {
                     reached_cell(c.control_total, f)
+                } else {
+                    "n/a".to_string()
+                });
+            }
+            if chained {
+                row.push(if a.chain.len() > 1 {
+                    c.earlier_stage
+                        .map(|(k, v)| format!("stage {k}: {}", f(v)))
+                        .unwrap_or_else(|| "not reached".to_string())
                 } else {
                     "n/a".to_string()
                 });

@@ -16,8 +16,8 @@ use crate::inputs::{Experiment, StageKind};
 pub struct Verdict {
     /// The verdict's paragraphs.
     pub paragraphs: Vec<String>,
-    /// The small run or the control reached the baseline's final val loss at no more cost than
-    /// the baseline (in some seed): no speedup is claimed for growth.
+    /// The small run, the control or an earlier growth stage reached the baseline's final val
+    /// loss at no more cost than the baseline (in some seed): no speedup is claimed for growth.
     pub degenerate: bool,
     /// The cloned run's and the baseline's median step times differ by more than
     /// [`STEP_TIME_TOLERANCE`] in some seed: the device-hour figures are disturbed.
@@ -62,10 +62,13 @@ fn shortcut_words(s: &Shortcut) -> String {
     let f = axis_format(s.axis);
     format!(
         "{} reached it with {} {} (the baseline needed {})",
-        if s.control {
-            "the continued-small control (small run included)"
-        } else {
-            "the small run alone"
+        match (s.control, s.earlier_stage) {
+            (true, _) => "the continued-small control (small run included)".to_string(),
+            (false, Some(k)) => format!(
+                "growth stage {k}, before the last growth (the small run, the stages before it \
+                 and the expansions included),"
+            ),
+            (false, None) => "the small run alone".to_string(),
         },
         f(s.cost),
         axis_name(s.axis),
@@ -86,11 +89,12 @@ fn degenerate_paragraph(finals: &[(&SeedAnalysis, &TargetResult)], target: &str)
         seeds_hit += 1;
         // One sentence per kind of shortcut, on FLOPs when it holds there (the stable axis).
         let mut words = Vec::new();
-        for control in [false, true] {
+        let kinds = [(false, false), (true, false), (false, true)];
+        for (control, earlier) in kinds {
             let pick = shortcuts
                 .iter()
-                .filter(|s| s.control == control)
-                .min_by_key(|s| s.axis != Axis::Flops);
+                .filter(|s| s.control == control && s.earlier_stage.is_some() == earlier)
+                .min_by_key(|s| (s.axis != Axis::Flops, s.earlier_stage));
             if let Some(s) = pick {
                 words.push(shortcut_words(s));
             }
@@ -107,6 +111,24 @@ fn degenerate_paragraph(finals: &[(&SeedAnalysis, &TargetResult)], target: &str)
     } else {
         String::new()
     };
+    // Only earlier growth stages got there cheaper: the small model did not, but a grown model
+    // smaller than the baseline's did.
+    let only_earlier = finals
+        .iter()
+        .all(|(_, t)| t.shortcuts().iter().all(|s| s.earlier_stage.is_some()));
+    if only_earlier {
+        return format!(
+            "No speedup is claimed for the last growth: the budget is too short for the final \
+             shape to pay{scope}. The baseline's final val loss ({target}) was reached at no \
+             more cost than the baseline needed by a stage of the chain smaller than the \
+             baseline's shape: {}. That smaller grown model is the better model to train at \
+             this budget, so what the route to the final shape saves against the baseline says \
+             nothing about growing to it; the cost tables below still list those ratios, for \
+             this budget only. Give the last stage and the baseline a longer budget until the \
+             baseline beats the earlier stages.",
+            parts.join("; ")
+        );
+    }
     format!(
         "No speedup is claimed for growth: the budget is too short for the wide model to pay{scope}. \
          The baseline's final val loss ({target}) was reached at no more cost than the baseline \
