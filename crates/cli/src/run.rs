@@ -20,7 +20,8 @@ pub struct RunArgs {
     /// Override a value, type-checked: `--set small.run.max_steps=100` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// Run only this stage: small, expand, large, baseline, control or report.
+    /// Run only this stage: small, expand, large, baseline, control or report (with a growth
+    /// chain, expand and large select every growth stage's, in order).
     #[arg(long, value_parser = |s: &str| s.parse::<Stage>())]
     pub stage: Option<Stage>,
     /// Repeat every stage for seeds 1..=N, each replica in `<out>/seed-N/` (sets
@@ -66,15 +67,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     let large = (config.large.run.backend, config.large.run.precision);
     // Each stage runs on the backend and precision of its own [*.run] section. When they agree
     // (the usual case) one job runs every stage; otherwise the small stage runs on its own,
-    // then the rest on the large section's backend.
+    // then the rest (which skips the finished small stage) on the large section's backend, in
+    // one job, so that a growth chain's expand and large stages alternate as they must.
     let plan: Vec<(Option<Stage>, (BackendKind, Precision))> = match args.stage {
         Some(Stage::Small) => vec![(Some(Stage::Small), small)],
         Some(stage) => vec![(Some(stage), large)],
         None if small == large => vec![(None, small)],
-        None => Stage::ALL
-            .into_iter()
-            .map(|s| (Some(s), if s == Stage::Small { small } else { large }))
-            .collect(),
+        None => vec![(Some(Stage::Small), small), (None, large)],
     };
     for (_, (backend, precision)) in &plan {
         check_available(*backend, *precision)?;
@@ -83,7 +82,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         stages: Vec::new(),
         report: None,
     };
-    for (only, (backend, precision)) in plan {
+    for (job, (only, (backend, precision))) in plan.into_iter().enumerate() {
         let part = run_job(
             backend,
             precision,
@@ -92,13 +91,18 @@ pub fn run(args: RunArgs) -> Result<()> {
                 only,
             },
         )?;
-        summary.stages.extend(part.stages);
+        // The small stage of a later job is the one the first job ran, skipped: listed once.
+        summary.stages.extend(
+            part.stages
+                .into_iter()
+                .filter(|o| job == 0 || o.stage != Stage::Small),
+        );
         summary.report = part.report.or(summary.report);
     }
     for o in &summary.stages {
         println!(
             "{:<9} {:<8} {}",
-            o.stage.dir_name(),
+            o.name,
             o.seed.map_or(String::new(), |s| format!("seed {s}")),
             if o.skipped {
                 "skipped (finished earlier)"

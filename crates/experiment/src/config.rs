@@ -6,6 +6,23 @@
 //! `[large.optimizer]` / `[large.schedule]` and override only the keys they name;
 //! `[control.optimizer]` and `[control.schedule]` start from the small model's sections. The
 //! resolved file (every inherited key written out) is what the run records.
+//!
+//! # Growth chains
+//!
+//! Instead of one `[expand]` and the cloned arm of `[large]`, an experiment may grow the small
+//! model several times: a list of `[[growth]]` tables, each with its own expansion
+//! (`[growth.expand]`, the keys of `[expand]`), AdamW state (`optimizer_state`), optimiser,
+//! schedule and training budget (`[growth.optimizer]`, `[growth.schedule]`, `[growth.run]`).
+//! Stage *k* (1-based) expands the final weights of stage *k − 1* (the small run for the first)
+//! into `expand-k/` and trains them in `large-k/`. `[large.*]` then describes only the
+//! random-init baseline, whose shape is the chain's final shape; a growth stage's sections
+//! start from `[large.optimizer]`, `[large.schedule]`, `[large.run]` and `[large] dropout`,
+//! overriding the keys they name (the budget keys `max_steps`, `max_tokens`,
+//! `max_wall_seconds` as a group: a stage naming one inherits none of them). Stage *k* draws its
+//! data with the wide seed plus *k − 1*, so that no stage replays the batches of the one before.
+//! A chain of one stage is the single `[expand]` + `[large.cloned]` form, with the same folders
+//! (`expand/`, `large/`) and stage hashes. The control (`[control]`) still trains the small
+//! model on until small run + control have spent the baseline's FLOPs.
 
 use std::path::{Path, PathBuf};
 
@@ -148,6 +165,55 @@ pub struct ControlSection {
     pub eval_every: Option<u64>,
 }
 
+/// One stage of a growth chain (`[[growth]]`): expand the previous stage's final weights, then
+/// train them. Sections not given start from `[large.*]` (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrowthStage {
+    /// `"fresh"` (default) or `"transfer"`: start this stage with a fresh AdamW, or with the
+    /// previous stage's state carried through this stage's expansion. (Plain values first: they
+    /// are written before the tables in the resolved TOML.)
+    #[serde(default)]
+    pub optimizer_state: ClonedOptimizerState,
+    /// Dropout of the grown model in training (default: `[large] dropout`).
+    pub dropout: f64,
+    /// The expansion of the previous stage's model (the keys of `[expand]`).
+    pub expand: ExpandOptions,
+    /// AdamW settings (keys not given: `[large.optimizer]`'s).
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule over this stage's steps (keys not given: `[large.schedule]`'s).
+    pub schedule: ScheduleConfig,
+    /// Batch, budget, evaluation, checkpoints (keys not given: `[large.run]`'s; the budget keys
+    /// as a group). `seed` is this stage's data seed without `experiment.seeds` (default:
+    /// `[large.run] seed` + the stage's 0-based position); with seeds it is the wide seed plus
+    /// that position.
+    pub run: RunConfig,
+}
+
+/// One link of the growth chain as the pipeline runs it: where it is written, how it expands
+/// the previous model and how it trains. The single `[expand]` + `[large.cloned]` form is a
+/// chain of one link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrowthLink {
+    /// 0-based position in the chain.
+    pub index: usize,
+    /// Folder of its expansion: `expand` (single form, or a chain of one), else `expand-K`
+    /// (K = index + 1).
+    pub expand_dir: String,
+    /// Folder of its training run: `large`, else `large-K`.
+    pub train_dir: String,
+    /// The config key errors about this link name (`large.cloned`, `growth[I]`).
+    pub key: String,
+    /// The expansion, with the seed as written (a replica adds its seed).
+    pub expand: ExpandOptions,
+    /// Where the run's AdamW state comes from.
+    pub optimizer_state: ClonedOptimizerState,
+    /// The model before the expansion (the small model, or the previous link's).
+    pub source_model: GptConfig,
+    /// The grown model (dropout included).
+    pub model: GptConfig,
+}
+
 /// A whole experiment file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,11 +224,15 @@ pub struct ExperimentConfig {
     pub data: PrepareOptions,
     /// The small model's stage.
     pub small: SmallSection,
-    /// The expansion.
-    #[serde(default)]
-    pub expand: ExpandOptions,
-    /// The wide model's training (cloned run and baseline).
+    /// The expansion (single-growth form; absent: the defaults). Not allowed with `[[growth]]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expand: Option<ExpandOptions>,
+    /// The wide model's training (cloned run and baseline; with `[[growth]]`, the baseline
+    /// only, at the chain's final shape).
     pub large: LargeSection,
+    /// A growth chain (empty: the single `[expand]` + `[large.cloned]` form).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub growth: Vec<GrowthStage>,
     /// The continued-small control (off when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlSection>,
@@ -216,6 +286,165 @@ fn inherit(table: &mut toml::Table, target: &[&str], base: &[&str]) {
     }
 }
 
+/// The budget keys of a run section: a growth stage that names one of them inherits none of
+/// `[large.run]`'s (a stage given `max_steps` must not also stop at the baseline's
+/// `max_tokens`).
+const BUDGET_KEYS: [&str; 3] = ["max_steps", "max_tokens", "max_wall_seconds"];
+
+/// Applies `growth[I].KEY=VALUE` to stage I of the chain.
+fn override_growth_stage(
+    table: &mut toml::Table,
+    spec: &str,
+    origin: &Path,
+) -> Result<(), ConfigFileError> {
+    let bad = || ConfigFileError::BadOverride(spec.to_string());
+    let rest = spec.trim_start().strip_prefix("growth[").ok_or_else(bad)?;
+    let (index, rest) = rest.split_once(']').ok_or_else(bad)?;
+    let rest = rest.strip_prefix('.').ok_or_else(bad)?;
+    let index: usize = index.trim().parse().map_err(|_| bad())?;
+    let stages = table
+        .get_mut("growth")
+        .and_then(|g| g.as_array_mut())
+        .ok_or_else(|| ConfigFileError::Invalid {
+            path: origin.to_path_buf(),
+            key: format!("growth[{index}]"),
+            message: format!(
+                "the override {spec:?} names a growth stage, but the file has no [[growth]] tables"
+            ),
+        })?;
+    let count = stages.len();
+    let stage = stages
+        .get_mut(index)
+        .and_then(|s| s.as_table_mut())
+        .ok_or_else(|| ConfigFileError::Invalid {
+            path: origin.to_path_buf(),
+            key: format!("growth[{index}]"),
+            message: format!(
+                "the override {spec:?} names a stage the chain does not have: it has {count} \
+                 stage(s), growth[0] to growth[{}]",
+                count.saturating_sub(1)
+            ),
+        })?;
+    hyperclone_training::config::apply_override(stage, rest)
+}
+
+/// Refuses the single-growth sections beside a chain and fills every `[[growth]]` stage's
+/// missing keys from `[large.*]` (see the module docs), before typing.
+fn inherit_growth(table: &mut toml::Table, origin: &Path) -> Result<(), ConfigFileError> {
+    let invalid = |key: &str, message: String| ConfigFileError::Invalid {
+        path: origin.to_path_buf(),
+        key: key.to_string(),
+        message,
+    };
+    let Some(growth) = table.get("growth") else {
+        return Ok(());
+    };
+    let Some(stages) = growth.as_array() else {
+        return Err(invalid(
+            "growth",
+            format!(
+                "expected a list of [[growth]] tables, got {}",
+                growth.type_str()
+            ),
+        ));
+    };
+    if stages.is_empty() {
+        return Err(invalid(
+            "growth",
+            "an empty chain: give at least one [[growth]] stage, or remove the key for the \
+             single [expand] + [large] form"
+                .into(),
+        ));
+    }
+    if table.contains_key("expand") {
+        return Err(invalid(
+            "expand",
+            "[expand] and [[growth]] are both given: with a growth chain each stage has its own \
+             expansion ([growth.expand])"
+                .into(),
+        ));
+    }
+    let large = table
+        .get("large")
+        .and_then(|l| l.as_table())
+        .cloned()
+        .unwrap_or_default();
+    if large.contains_key("cloned") {
+        return Err(invalid(
+            "large.cloned",
+            "[large.cloned] and [[growth]] are both given: with a growth chain each stage has its \
+             own optimizer_state, [growth.optimizer] and [growth.schedule]; [large.*] is the \
+             baseline's"
+                .into(),
+        ));
+    }
+    let section = |name: &str| {
+        large
+            .get(name)
+            .and_then(|v| v.as_table())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (optimizer, schedule, run) = (section("optimizer"), section("schedule"), section("run"));
+    let base_seed = run.get("seed").and_then(|v| v.as_integer()).unwrap_or(0);
+    let stages = table
+        .get_mut("growth")
+        .and_then(|g| g.as_array_mut())
+        .expect("checked above");
+    for (index, stage) in stages.iter_mut().enumerate() {
+        let key = format!("growth[{index}]");
+        let Some(stage) = stage.as_table_mut() else {
+            return Err(invalid(
+                &key,
+                format!("expected a [[growth]] table, got {}", stage.type_str()),
+            ));
+        };
+        stage.entry("dropout").or_insert_with(|| {
+            large
+                .get("dropout")
+                .cloned()
+                .unwrap_or(toml::Value::Float(0.0))
+        });
+        for (name, base) in [("optimizer", &optimizer), ("schedule", &schedule)] {
+            let entry = stage
+                .entry(name)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(t) = entry.as_table_mut() else {
+                return Err(invalid(
+                    &format!("{key}.{name}"),
+                    format!("expected a table, got {}", entry.type_str()),
+                ));
+            };
+            for (k, v) in base {
+                t.entry(k).or_insert(v.clone());
+            }
+        }
+        let entry = stage
+            .entry("run")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(own) = entry.as_table_mut() else {
+            return Err(invalid(
+                &format!("{key}.run"),
+                format!("expected a table, got {}", entry.type_str()),
+            ));
+        };
+        let names_budget = BUDGET_KEYS.iter().any(|k| own.contains_key(*k));
+        if !own.contains_key("seed") {
+            own.insert(
+                "seed".into(),
+                toml::Value::Integer(base_seed.saturating_add(index as i64)),
+            );
+        }
+        for (k, v) in &run {
+            if names_budget && BUDGET_KEYS.contains(&k.as_str()) {
+                continue;
+            }
+            own.entry(k).or_insert(v.clone());
+        }
+    }
+    Ok(())
+}
+
 impl ExperimentConfig {
     /// Reads an experiment file with `--set` overrides (`small.run.max_steps=100`).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigFileError> {
@@ -228,7 +457,17 @@ impl ExperimentConfig {
         origin: &Path,
         overrides: &[String],
     ) -> Result<Self, ConfigFileError> {
-        let mut table = parse_with_overrides(text, origin, overrides)?;
+        // `growth[I].KEY=VALUE` overrides address a stage of the chain; the others go to the
+        // generic override code, which knows tables only.
+        let (chain_overrides, plain): (Vec<&String>, Vec<&String>) = overrides
+            .iter()
+            .partition(|o| o.trim_start().starts_with("growth["));
+        let plain: Vec<String> = plain.into_iter().cloned().collect();
+        let mut table = parse_with_overrides(text, origin, &plain)?;
+        for o in chain_overrides {
+            override_growth_stage(&mut table, o, origin)?;
+        }
+        inherit_growth(&mut table, origin)?;
         inherit(
             &mut table,
             &["large", "cloned", "optimizer"],
@@ -258,19 +497,63 @@ impl ExperimentConfig {
             message,
         };
         let seeds = self.replica_seeds(None);
+        let links = self
+            .chain()
+            .map_err(|(key, e)| invalid(key, e.to_string()))?;
         let large = self
             .large_model()
             .map_err(|e| invalid("expand".into(), e.to_string()))?;
         let mut stages = vec![
-            ("small", self.small_config(&seeds)),
-            ("large", self.baseline_config(&seeds, large.clone())),
-            ("large.cloned", self.cloned_config(&seeds, large.clone())),
+            ("small".to_string(), self.small_config(&seeds)),
+            (
+                "large".to_string(),
+                self.baseline_config(&seeds, large.clone()),
+            ),
         ];
+        for link in &links {
+            stages.push((link.key.clone(), self.link_config(&seeds, link)));
+        }
+        // A chain's stages run in the job of the wide runs, on `[large.run]`'s backend.
+        for (link, stage) in links.iter().zip(&self.growth) {
+            let run = &stage.run;
+            if run.seq_len > link.model.context_length {
+                return Err(invalid(
+                    format!("{}.run.seq_len", link.key),
+                    format!(
+                        "{} exceeds the grown model's context_length {}",
+                        run.seq_len, link.model.context_length
+                    ),
+                ));
+            }
+            for (name, value) in [("max_steps", run.max_steps), ("max_tokens", run.max_tokens)] {
+                if value == Some(0) {
+                    return Err(invalid(
+                        format!("{}.run.{name}", link.key),
+                        "0: a growth stage must train (give it at least one step, or drop the \
+                         stage from the chain)"
+                            .into(),
+                    ));
+                }
+            }
+            if run.backend != self.large.run.backend || run.precision != self.large.run.precision {
+                return Err(invalid(
+                    format!("{}.run.backend", link.key),
+                    format!(
+                        "{:?} in {:?} differs from [large.run]'s {:?} in {:?}: every wide stage \
+                         runs on the backend and precision of [large.run]",
+                        run.backend,
+                        run.precision,
+                        self.large.run.backend,
+                        self.large.run.precision
+                    ),
+                ));
+            }
+        }
         if self.control_enabled() {
             let control = self
                 .control_config(&seeds)
                 .map_err(|(key, message)| invalid(key, message))?;
-            stages.push(("control", control));
+            stages.push(("control".to_string(), control));
         }
         for (stage, cfg) in stages {
             cfg.validate().map_err(|e| {
@@ -315,11 +598,108 @@ impl ExperimentConfig {
         toml::to_string_pretty(self).expect("ExperimentConfig serialises")
     }
 
-    /// The wide model's architecture (derived from the small one by the expansion).
+    /// The wide model's architecture (derived from the small one by the expansion; with a
+    /// growth chain, its final shape: the baseline's).
     pub fn large_model(&self) -> Result<GptConfig, hyperclone_cloning::CloneError> {
-        let mut c = expand_config(&self.small.model, &self.expand)?;
+        let links = self.chain().map_err(|(_, e)| e)?;
+        let mut c = links.last().expect("a chain has a link").model.clone();
         c.dropout = self.large.dropout;
         Ok(c)
+    }
+
+    /// The `[expand]` section (its defaults when absent).
+    pub fn expand_section(&self) -> ExpandOptions {
+        self.expand.clone().unwrap_or_default()
+    }
+
+    /// Whether the experiment grows through a `[[growth]]` chain of more than one stage (a
+    /// chain of one is the single form, with its folders).
+    fn multi_stage(&self) -> bool {
+        self.growth.len() > 1
+    }
+
+    /// The growth chain, in order: one link for the single `[expand]` + `[large.cloned]` form,
+    /// one per `[[growth]]` table otherwise. `Err((key, error))` when an expansion does not fit
+    /// the model it grows.
+    pub fn chain(&self) -> Result<Vec<GrowthLink>, (String, hyperclone_cloning::CloneError)> {
+        if self.growth.is_empty() {
+            let expand = self.expand_section();
+            let mut model =
+                expand_config(&self.small.model, &expand).map_err(|e| ("expand".to_string(), e))?;
+            model.dropout = self.large.dropout;
+            return Ok(vec![GrowthLink {
+                index: 0,
+                expand_dir: "expand".into(),
+                train_dir: "large".into(),
+                key: "large.cloned".into(),
+                expand,
+                optimizer_state: self.cloned_optimizer_state(),
+                source_model: self.small.model.clone(),
+                model,
+            }]);
+        }
+        let multi = self.multi_stage();
+        let mut source = self.small.model.clone();
+        let mut links = Vec::with_capacity(self.growth.len());
+        for (index, stage) in self.growth.iter().enumerate() {
+            let key = format!("growth[{index}]");
+            let mut model =
+                expand_config(&source, &stage.expand).map_err(|e| (format!("{key}.expand"), e))?;
+            model.dropout = stage.dropout;
+            let (expand_dir, train_dir) = if multi {
+                (
+                    format!("expand-{}", index + 1),
+                    format!("large-{}", index + 1),
+                )
+            } else {
+                ("expand".to_string(), "large".to_string())
+            };
+            links.push(GrowthLink {
+                index,
+                expand_dir,
+                train_dir,
+                key,
+                expand: stage.expand.clone(),
+                optimizer_state: stage.optimizer_state,
+                source_model: std::mem::replace(&mut source, model.clone()),
+                model,
+            });
+        }
+        Ok(links)
+    }
+
+    /// The expansion settings of `link` for a replica (its own noise seed: the link's seed plus
+    /// the replica's).
+    pub fn link_expand_options(&self, seeds: &ReplicaSeeds, link: &GrowthLink) -> ExpandOptions {
+        ExpandOptions {
+            seed: match seeds.replica {
+                Some(n) => link.expand.seed.wrapping_add(n),
+                None => link.expand.seed,
+            },
+            ..link.expand.clone()
+        }
+    }
+
+    /// Training config of `link`'s run: for the single form the cloned run's
+    /// ([`ExperimentConfig::cloned_config`]); for a `[[growth]]` stage its own sections, on the
+    /// wide seed plus its position (with replicas) or its `run.seed` (without).
+    pub fn link_config(&self, seeds: &ReplicaSeeds, link: &GrowthLink) -> TrainConfig {
+        let Some(stage) = self.growth.get(link.index) else {
+            return self.cloned_config(seeds, link.model.clone());
+        };
+        TrainConfig {
+            model: Some(link.model.clone()),
+            data: self.data.clone(),
+            optimizer: stage.optimizer.clone(),
+            schedule: stage.schedule.clone(),
+            run: RunConfig {
+                seed: match seeds.replica {
+                    Some(_) => seeds.wide + link.index as u64,
+                    None => stage.run.seed,
+                },
+                ..stage.run.clone()
+            },
+        }
     }
 
     /// Whether the continued-small control runs.
@@ -334,22 +714,22 @@ impl ExperimentConfig {
                 replica,
                 small: n,
                 wide: n + WIDE_SEED_OFFSET,
-                expand: self.expand.seed.wrapping_add(n),
+                expand: self.expand_section().seed.wrapping_add(n),
             },
             None => ReplicaSeeds {
                 replica,
                 small: self.small.run.seed,
                 wide: self.large.run.seed,
-                expand: self.expand.seed,
+                expand: self.expand_section().seed,
             },
         }
     }
 
-    /// The expansion settings of a replica (its own noise seed).
+    /// The `[expand]` settings of a replica (its own noise seed).
     pub fn expand_options(&self, seeds: &ReplicaSeeds) -> ExpandOptions {
         ExpandOptions {
             seed: seeds.expand,
-            ..self.expand.clone()
+            ..self.expand_section()
         }
     }
 
@@ -510,10 +890,13 @@ mod tests {
             if text.contains("[experiment]") {
                 let exp = ExperimentConfig::load(&path, &[]).unwrap();
                 let large = exp.large_model().unwrap();
-                assert_eq!(
-                    large.d_model,
-                    exp.small.model.d_model * exp.expand.width_factor
-                );
+                let width: usize = exp
+                    .chain()
+                    .unwrap()
+                    .iter()
+                    .map(|l| l.expand.width_factor)
+                    .product();
+                assert_eq!(large.d_model, exp.small.model.d_model * width);
                 // The resolved file reads back to the same experiment.
                 let again = ExperimentConfig::from_toml_str(&exp.to_toml(), &path, &[]).unwrap();
                 assert_eq!(again, exp, "{}", path.display());
@@ -642,17 +1025,252 @@ mod tests {
         assert!(!tiny(&[]).unwrap().control_enabled());
     }
 
+    /// `configs/tiny.toml` with its `[expand]` replaced by `chain` (`[[growth]]` tables).
+    fn tiny_chain(chain: &str, overrides: &[&str]) -> Result<ExperimentConfig, ConfigFileError> {
+        let text = std::fs::read_to_string(configs_dir().join("tiny.toml")).unwrap();
+        let start = text.find("[expand]").unwrap();
+        let end = start + text[start..].find("\n\n").unwrap();
+        let rest = format!("{}{}", &text[..start], &text[end..]);
+        // A bare key (`growth = []`) belongs before the first table header.
+        let text = if chain.trim_start().starts_with('[') {
+            format!("{rest}\n{chain}")
+        } else {
+            format!("{chain}\n{rest}")
+        };
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        ExperimentConfig::from_toml_str(&text, Path::new("chain.toml"), &o)
+    }
+
+    const TWO_STAGES: &str = r#"
+[[growth]]
+[growth.expand]
+width_factor = 2
+ffn_factor = 2
+variant = "noisy-symmetric"
+snr_db = 10.0
+[growth.run]
+max_steps = 20
+
+[[growth]]
+optimizer_state = "transfer"
+[growth.expand]
+width_factor = 2
+ffn_factor = 1
+seed = 5
+[growth.optimizer]
+lr = 5e-4
+"#;
+
+    /// A chain of two: the folders, the shapes, what each stage inherits from `[large.*]`
+    /// (the budget as a group), the seeds, and the resolved file reading back the same.
+    #[test]
+    fn a_growth_chain_grows_stage_by_stage_and_inherits_from_large() {
+        let exp = tiny_chain(TWO_STAGES, &[]).unwrap();
+        let links = exp.chain().unwrap();
+        let dirs: Vec<(&str, &str)> = links
+            .iter()
+            .map(|l| (l.expand_dir.as_str(), l.train_dir.as_str()))
+            .collect();
+        assert_eq!(dirs, [("expand-1", "large-1"), ("expand-2", "large-2")]);
+        // 32 → 64 → 128 wide; the FFN 64 → 128 → 128 (the second stage keeps its factor 1).
+        assert_eq!(links[0].source_model, exp.small.model);
+        assert_eq!((links[0].model.d_model, links[0].model.d_ff), (64, 128));
+        assert_eq!(links[1].source_model, links[0].model);
+        assert_eq!((links[1].model.d_model, links[1].model.d_ff), (128, 128));
+        // The baseline has the final shape.
+        let large = exp.large_model().unwrap();
+        assert_eq!(large, links[1].model);
+        let seeds = exp.replica_seeds(None);
+        assert_eq!(exp.baseline_config(&seeds, large).run.max_steps, Some(40));
+
+        let first = exp.link_config(&seeds, &links[0]);
+        let second = exp.link_config(&seeds, &links[1]);
+        // Stage 1 names max_steps; stage 2 inherits [large.run]'s budget.
+        assert_eq!(first.run.max_steps, Some(20));
+        assert_eq!(second.run.max_steps, exp.large.run.max_steps);
+        // Everything not named comes from [large.*].
+        assert_eq!(first.run.batch_size, exp.large.run.batch_size);
+        assert_eq!(first.optimizer, exp.large.optimizer);
+        assert_eq!(second.optimizer.lr, 5e-4);
+        assert_eq!(
+            second.optimizer.weight_decay,
+            exp.large.optimizer.weight_decay
+        );
+        assert_eq!(second.schedule, exp.large.schedule);
+        assert_eq!(links[0].optimizer_state, ClonedOptimizerState::Fresh);
+        assert_eq!(links[1].optimizer_state, ClonedOptimizerState::Transfer);
+        // Data seeds: [large.run] seed + position without replicas, the wide seed + position
+        // with; the expansion's noise adds the replica's seed.
+        assert_eq!(
+            (first.run.seed, second.run.seed),
+            (exp.large.run.seed, exp.large.run.seed + 1)
+        );
+        let r = exp.replica_seeds(Some(3));
+        assert_eq!(exp.link_config(&r, &links[0]).run.seed, 1003);
+        assert_eq!(exp.link_config(&r, &links[1]).run.seed, 1004);
+        assert_eq!(exp.link_expand_options(&r, &links[1]).seed, 8);
+        assert_eq!(exp.link_expand_options(&seeds, &links[1]).seed, 5);
+        // The resolved file spells the chain out and reads back the same.
+        let text = exp.to_toml();
+        assert!(!text.contains("[expand]"), "{text}");
+        let again =
+            ExperimentConfig::from_toml_str(&text, Path::new("resolved.toml"), &[]).unwrap();
+        assert_eq!(again, exp);
+        // A stage's key can be overridden from the command line.
+        let exp = tiny_chain(TWO_STAGES, &["growth[1].run.max_steps=7"]).unwrap();
+        assert_eq!(exp.growth[1].run.max_steps, Some(7));
+        assert_eq!(exp.growth[0].run.max_steps, Some(20));
+        // The control still spends what the baseline (of the final shape) spends beyond the
+        // small run.
+        let exp = tiny_chain(TWO_STAGES, &["control.enabled=true"]).unwrap();
+        let control = exp.control_config(&r).unwrap();
+        let per_step =
+            exp.small.model.flops_per_token(control.run.seq_len) * control.tokens_per_step() as f64;
+        let spent = exp.small_flops().unwrap() + control.run.max_steps.unwrap() as f64 * per_step;
+        let baseline = exp.baseline_flops().unwrap();
+        assert!(spent <= baseline && baseline - spent < per_step);
+    }
+
+    /// A chain of one stage is the single `[expand]` + `[large.cloned]` form: the same link,
+    /// folders and training config, so the same stages.
+    #[test]
+    fn a_one_stage_chain_is_the_single_form() {
+        let single = tiny(&[
+            "large.cloned.optimizer.lr=5e-4",
+            "large.cloned.optimizer_state=\"transfer\"",
+        ])
+        .unwrap();
+        let chain = tiny_chain(
+            r#"
+[[growth]]
+optimizer_state = "transfer"
+[growth.expand]
+width_factor = 2
+ffn_factor = 2
+variant = "noisy-symmetric"
+snr_db = 10.0
+seed = 0
+[growth.optimizer]
+lr = 5e-4
+"#,
+            &[],
+        )
+        .unwrap();
+        let (a, b) = (single.chain().unwrap(), chain.chain().unwrap());
+        assert_eq!((a.len(), b.len()), (1, 1));
+        assert_eq!(
+            GrowthLink {
+                key: String::new(),
+                ..a[0].clone()
+            },
+            GrowthLink {
+                key: String::new(),
+                ..b[0].clone()
+            }
+        );
+        assert_eq!(
+            (b[0].expand_dir.as_str(), b[0].train_dir.as_str()),
+            ("expand", "large")
+        );
+        for replica in [None, Some(2)] {
+            let (sa, sb) = (single.replica_seeds(replica), chain.replica_seeds(replica));
+            assert_eq!(
+                single.link_config(&sa, &a[0]),
+                chain.link_config(&sb, &b[0])
+            );
+            assert_eq!(
+                single.link_expand_options(&sa, &a[0]),
+                chain.link_expand_options(&sb, &b[0])
+            );
+            assert_eq!(
+                single.link_expand_options(&sa, &a[0]),
+                single.expand_options(&sa)
+            );
+        }
+        assert_eq!(single.large_model().unwrap(), chain.large_model().unwrap());
+    }
+
+    /// Malformed chains are refused at load, naming the key and the value.
+    #[test]
+    fn malformed_chains_are_refused_naming_the_key() {
+        let err =
+            |chain: &str, overrides: &[&str]| tiny_chain(chain, overrides).unwrap_err().to_string();
+        let e = err("growth = []", &[]);
+        assert!(e.contains("growth") && e.contains("empty chain"), "{e}");
+        let e = err(TWO_STAGES, &["expand.width_factor=2"]);
+        assert!(e.contains("key `expand`") || e.contains("expand"), "{e}");
+        assert!(e.contains("[[growth]]"), "{e}");
+        let e = err(TWO_STAGES, &["large.cloned.optimizer.lr=1e-3"]);
+        assert!(
+            e.contains("large.cloned") && e.contains("[[growth]]"),
+            "{e}"
+        );
+        let e = err(TWO_STAGES, &["growth[1].run.max_steps=0"]);
+        assert!(
+            e.contains("growth[1].run.max_steps") && e.contains('0'),
+            "{e}"
+        );
+        let e = err(TWO_STAGES, &["growth[0].run.batch_size=0"]);
+        assert!(e.contains("growth[0].run.batch_size"), "{e}");
+        let e = err(TWO_STAGES, &["growth[1].optimizer.lr=-1"]);
+        assert!(
+            e.contains("growth[1].optimizer.lr") && e.contains("-1"),
+            "{e}"
+        );
+        let e = err(TWO_STAGES, &["growth[1].expand.width_factor=0"]);
+        assert!(
+            e.contains("growth[1].expand") && e.contains("width_factor"),
+            "{e}"
+        );
+        let e = err(TWO_STAGES, &["growth[0].run.seq_len=4096"]);
+        assert!(
+            e.contains("growth[0].run.seq_len") && e.contains("4096"),
+            "{e}"
+        );
+        let e = err(TWO_STAGES, &["growth[0].run.max_stepz=3"]);
+        assert!(
+            e.contains("growth[0].run") && e.contains("max_stepz"),
+            "{e}"
+        );
+        let e = err(TWO_STAGES, &["growth[1].optimizer_state=\"warm\""]);
+        assert!(
+            e.contains("growth[1].optimizer_state") && e.contains("warm"),
+            "{e}"
+        );
+        let e = err(TWO_STAGES, &["growth[1].run.precision=\"bf16\""]);
+        assert!(e.contains("growth[1].run.backend"), "{e}");
+        let e = err(TWO_STAGES, &["growth[5].run.max_steps=3"]);
+        assert!(
+            e.contains("growth[5]") && e.contains("growth[0] to growth[1]"),
+            "{e}"
+        );
+        let e = err("[[growth]]\n[growth.run]\nmax_steps = 3\n", &[]);
+        assert!(e.contains("growth[0]") && e.contains("expand"), "{e}");
+        let e = tiny(&["growth[0].run.max_steps=3"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("growth[0]") && e.contains("no [[growth]]"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn replicas_have_their_own_seeds() {
         let exp = tiny(&[]).unwrap();
         let single = exp.replica_seeds(None);
         assert_eq!(
             (single.small, single.wide, single.expand),
-            (exp.small.run.seed, exp.large.run.seed, exp.expand.seed)
+            (
+                exp.small.run.seed,
+                exp.large.run.seed,
+                exp.expand_section().seed
+            )
         );
         let r = exp.replica_seeds(Some(2));
-        assert_eq!((r.small, r.wide, r.expand), (2, 1002, exp.expand.seed + 2));
+        let expand_seed = exp.expand_section().seed;
+        assert_eq!((r.small, r.wide, r.expand), (2, 1002, expand_seed + 2));
         assert_eq!(exp.small_config(&r).run.seed, 2);
-        assert_eq!(exp.expand_options(&r).seed, exp.expand.seed + 2);
+        assert_eq!(exp.expand_options(&r).seed, expand_seed + 2);
     }
 }

@@ -7,6 +7,12 @@
 //! same rule `hyperclone train` applies when it resumes a run directory — plus the stage it
 //! starts from; its budget is recorded beside the hash, so a longer budget with the same
 //! trajectory resumes the stage instead of skipping it.
+//!
+//! A growth chain (`[[growth]]`, see [`crate::config`]) runs its links in order, each an expand
+//! stage (`expand-K/`) and a training stage (`large-K/`) of kinds [`Stage::Expand`] and
+//! [`Stage::Large`]; link K's hashes chain on link K − 1's, so a change anywhere refuses every
+//! stage after it, and a rerun after an interruption skips the finished links and resumes the
+//! interrupted one from its newest checkpoint.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,16 +31,16 @@ use hyperclone_training::TrainConfig;
 use hyperclone_training::{CostOffset, SymmetryFn};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ClonedOptimizerState, ExperimentConfig, ReplicaSeeds};
+use crate::config::{ClonedOptimizerState, ExperimentConfig, GrowthLink, ReplicaSeeds};
 use crate::transfer::{map_optimizer_state, write_optimizer_state, TransferError};
 
-/// A pipeline stage.
+/// A pipeline stage (its kind: the stages of a growth chain are `Expand` and `Large` too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     /// Train the small model.
     Small,
-    /// Expand it.
+    /// Expand it (or, in a growth chain, the previous stage's model).
     Expand,
     /// Train the expanded model.
     Large,
@@ -57,7 +63,7 @@ impl Stage {
         Stage::Report,
     ];
 
-    /// Folder name of the stage.
+    /// Folder name of the stage (a growth chain's links add `-K`: `expand-2`, `large-2`).
     pub fn dir_name(self) -> &'static str {
         match self {
             Stage::Small => "small",
@@ -88,21 +94,41 @@ pub enum ExperimentError {
     /// A training stage failed.
     #[error("stage {stage}: {source}")]
     Train {
-        /// The stage.
-        stage: &'static str,
-        /// The error.
-        source: TrainError,
+        /// The stage's folder name (`large`, `large-2`, ...).
+        stage: String,
+        /// The error (boxed: it is large).
+        source: Box<TrainError>,
     },
-    /// The expansion failed (nothing was written).
-    #[error("stage expand: {0}")]
-    Expand(#[from] hyperclone_cloning::FolderError),
-    /// The small run's optimizer state could not be carried through the clone
-    /// (`[large.cloned] optimizer_state = "transfer"`); nothing was written.
-    #[error("stage expand: [large.cloned] optimizer_state = \"transfer\": {0}")]
-    Transfer(#[from] TransferError),
+    /// An expansion failed (nothing was written).
+    #[error("stage {stage}: {source}")]
+    Expand {
+        /// The stage's folder name (`expand`, `expand-2`, ...).
+        stage: String,
+        /// The error (boxed: it is large).
+        source: Box<hyperclone_cloning::FolderError>,
+    },
+    /// The previous stage's optimizer state could not be carried through the clone
+    /// (`optimizer_state = "transfer"`); nothing was written.
+    #[error("stage {stage}: [{key}] optimizer_state = \"transfer\": {source}")]
+    Transfer {
+        /// The stage's folder name.
+        stage: String,
+        /// The config section asking for the transfer (`large.cloned`, `growth[1]`).
+        key: String,
+        /// The error (boxed: it is large).
+        source: Box<TransferError>,
+    },
     /// The expansion settings are impossible for the small model.
     #[error("[expand]: {0}")]
     Plan(#[from] hyperclone_cloning::CloneError),
+    /// A growth stage's expansion does not fit the model it grows.
+    #[error("key `{key}`: {source}")]
+    Chain {
+        /// The config key at fault (`growth[1].expand`).
+        key: String,
+        /// The error.
+        source: hyperclone_cloning::CloneError,
+    },
     /// The control's budget cannot be formed.
     #[error("stage control: key `{key}`: {message}")]
     Control {
@@ -114,8 +140,8 @@ pub enum ExperimentError {
     /// A stage folder holds results of different inputs.
     #[error("stage {stage} in {dir} was made from different inputs (hash {found}, now {expected}): the config or an earlier stage changed. Delete {dir} (and the stages after it) or choose another experiment.out")]
     StageChanged {
-        /// The stage.
-        stage: &'static str,
+        /// The stage's folder name.
+        stage: String,
         /// Its folder.
         dir: PathBuf,
         /// Hash recorded.
@@ -126,10 +152,10 @@ pub enum ExperimentError {
     /// `--stage X` needs an earlier stage that has not finished.
     #[error("stage {stage} needs stage {needs} to have finished first (run without --stage, or --stage {needs})")]
     Missing {
-        /// The stage asked for.
-        stage: &'static str,
-        /// The stage it depends on.
-        needs: &'static str,
+        /// The stage asked for (its folder name).
+        stage: String,
+        /// The stage it depends on (its folder name).
+        needs: String,
     },
     /// A file of the experiment folder could not be written.
     #[error("{path}: {source}")]
@@ -173,7 +199,8 @@ struct StageRecord {
 /// Where and how the pipeline runs.
 #[derive(Debug, Clone)]
 pub struct ExperimentOptions {
-    /// Run only this stage (its inputs must exist).
+    /// Run only this stage (its inputs must exist). In a growth chain, `Expand` and `Large`
+    /// select every link's expand or training stage, in order, each needing the one before.
     pub only: Option<Stage>,
     /// Backend name for the run records.
     pub backend_name: String,
@@ -184,8 +211,10 @@ pub struct ExperimentOptions {
 /// What happened to one stage of one seed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageOutcome {
-    /// The stage.
+    /// The stage's kind.
     pub stage: Stage,
+    /// Its folder name: the kind's, or a growth chain link's (`expand-2`, `large-2`).
+    pub name: String,
     /// The replica's seed (`None` for an experiment without `seeds`).
     pub seed: Option<u64>,
     /// `true` when it was already finished and skipped.
@@ -215,12 +244,78 @@ fn hash_of(parts: &[&str]) -> String {
 /// The identity of a training stage: its name, what its trajectory depends on, and the stage it
 /// starts from.
 fn training_stage_hash(stage: Stage, config: &TrainConfig, upstream: &str) -> String {
+    named_training_stage_hash(stage.dir_name(), config, upstream)
+}
+
+/// [`training_stage_hash`] of a stage named by its folder (a growth link's `large-2`).
+fn named_training_stage_hash(name: &str, config: &TrainConfig, upstream: &str) -> String {
     let trajectory = config
         .model
         .as_ref()
         .map(|m| trajectory_hash(config, m))
         .unwrap_or_default();
-    hash_of(&[stage.dir_name(), &trajectory, upstream])
+    hash_of(&[name, &trajectory, upstream])
+}
+
+/// The identity of a growth link's expand stage: its folder name, the stage it expands, the
+/// expansion, and whether the optimizer state goes through it. A fresh state keeps the hash it
+/// had before transfers existed, so that finished experiments stay finished; a transfer makes
+/// another expand folder (and training run).
+fn expand_stage_hash(
+    name: &str,
+    upstream: &str,
+    opts: &hyperclone_cloning::ExpandOptions,
+    optimizer_state: ClonedOptimizerState,
+) -> String {
+    let json = serde_json::to_string(opts).expect("expand serialises");
+    match optimizer_state {
+        ClonedOptimizerState::Fresh => hash_of(&[name, upstream, &json]),
+        ClonedOptimizerState::Transfer => {
+            hash_of(&[name, upstream, &json, "optimizer_state=transfer"])
+        }
+    }
+}
+
+/// What one link of the growth chain runs, and the hashes of its two stages.
+struct LinkPlan {
+    /// The expansion (with the replica's noise seed).
+    opts: hyperclone_cloning::ExpandOptions,
+    /// Hash of the expand stage.
+    expand_hash: String,
+    /// Training config of the grown run.
+    config: TrainConfig,
+    /// Hash of the training stage.
+    train_hash: String,
+}
+
+impl LinkPlan {
+    /// The plan of `link` for a replica, after the stage whose hash is `upstream_hash` (the
+    /// small run's, or the previous link's training stage's).
+    fn new(
+        exp: &ExperimentConfig,
+        seeds: &ReplicaSeeds,
+        link: &GrowthLink,
+        upstream_hash: &str,
+    ) -> Self {
+        let opts = exp.link_expand_options(seeds, link);
+        let expand_hash =
+            expand_stage_hash(&link.expand_dir, upstream_hash, &opts, link.optimizer_state);
+        let config = exp.link_config(seeds, link);
+        let train_hash = named_training_stage_hash(&link.train_dir, &config, &expand_hash);
+        LinkPlan {
+            opts,
+            expand_hash,
+            config,
+            train_hash,
+        }
+    }
+}
+
+/// The folder name of a stage folder (what errors call the stage).
+fn stage_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
 }
 
 fn read_stage(dir: &Path) -> Option<StageRecord> {
@@ -245,16 +340,16 @@ fn finished(dir: &Path) -> bool {
 }
 
 /// Decides what to do with a stage: `Ok(true)` skip (finished with the same inputs and budget),
-/// `Ok(false)` run or resume, `Err` inputs changed.
+/// `Ok(false)` run or resume, `Err` inputs changed (naming the stage by its folder).
 fn check_stage(
-    stage: Stage,
+    _stage: Stage,
     dir: &Path,
     hash: &str,
     budget: Option<u64>,
 ) -> Result<bool, ExperimentError> {
     match read_stage(dir) {
         Some(r) if r.hash != hash => Err(ExperimentError::StageChanged {
-            stage: stage.dir_name(),
+            stage: stage_name(dir),
             dir: dir.to_path_buf(),
             found: r.hash,
             expected: hash.to_string(),
@@ -301,6 +396,7 @@ pub fn run_experiment<AB: GptAutodiffBackend>(
         tracing::info!("report: {}", summary.report_md.display());
         outcomes.push(StageOutcome {
             stage: Stage::Report,
+            name: Stage::Report.dir_name().to_string(),
             seed: None,
             skipped: false,
         });
@@ -322,18 +418,37 @@ struct SeedPipeline<'a> {
     options: &'a ExperimentOptions,
 }
 
+/// How a training stage starts from an earlier stage's folder.
+struct InitFrom {
+    /// The model folder the weights (and a transferred optimizer state) come from.
+    dir: PathBuf,
+    /// Where the optimizer state comes from.
+    optimizer_state: OptimizerInit,
+    /// The stage that must have finished first (its folder name).
+    needs: String,
+}
+
+/// What a training stage paid for before it started, by folder: training runs whose metrics
+/// count, and expansions whose `expand.json` hours count.
+#[derive(Debug, Clone, Default)]
+struct Before {
+    runs: Vec<String>,
+    expansions: Vec<String>,
+}
+
 impl SeedPipeline<'_> {
     fn wants(&self, stage: Stage) -> bool {
         self.options.only.is_none() || self.options.only == Some(stage)
     }
 
-    fn dir(&self, stage: Stage) -> PathBuf {
-        self.root.join(stage.dir_name())
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
     }
 
-    fn outcome(&self, stage: Stage, skipped: bool) -> StageOutcome {
+    fn outcome(&self, stage: Stage, name: &str, skipped: bool) -> StageOutcome {
         StageOutcome {
             stage,
+            name: name.to_string(),
             seed: self.seeds.replica,
             skipped,
         }
@@ -345,65 +460,98 @@ impl SeedPipeline<'_> {
     ) -> Result<Vec<StageOutcome>, ExperimentError> {
         let exp = self.exp;
         let mut outcomes = Vec::new();
+        let small_name = Stage::Small.dir_name();
 
         // Small.
         let small_cfg = exp.small_config(&self.seeds);
         let small_hash = training_stage_hash(Stage::Small, &small_cfg, "random-init");
-        if let Some(o) =
-            self.train_stage::<AB>(Stage::Small, &small_cfg, &small_hash, None, device)?
-        {
-            outcomes.push(o);
-        }
-
-        // Expand.
-        let expand_opts = exp.expand_options(&self.seeds);
-        let expand_json = serde_json::to_string(&expand_opts).expect("expand serialises");
-        let optimizer_state = exp.cloned_optimizer_state();
-        // A fresh state keeps the hash it had before transfers existed, so that finished
-        // experiments stay finished; a transfer makes another expand folder (and large run).
-        let expand_hash = match optimizer_state {
-            ClonedOptimizerState::Fresh => hash_of(&["expand", &small_hash, &expand_json]),
-            ClonedOptimizerState::Transfer => hash_of(&[
-                "expand",
-                &small_hash,
-                &expand_json,
-                "optimizer_state=transfer",
-            ]),
-        };
-        let expand_dir = self.dir(Stage::Expand);
-        let expand_done = check_stage(Stage::Expand, &expand_dir, &expand_hash, None)?;
-        if self.wants(Stage::Expand) {
-            if expand_done {
-                tracing::info!("stage expand: finished earlier, skipped");
-            } else {
-                self.needs(Stage::Expand, Stage::Small)?;
-                self.expand::<AB>(&expand_opts, optimizer_state, &expand_hash, device)?;
-            }
-            outcomes.push(self.outcome(Stage::Expand, expand_done));
-        }
-
-        // The wide model from the expanded weights and from random init: same data order, batch,
-        // budget and seed; the cloned arm may have its own optimiser and schedule.
-        let large_model = exp.large_model()?;
-        let cloned_cfg = exp.cloned_config(&self.seeds, large_model.clone());
-        let hash = training_stage_hash(Stage::Large, &cloned_cfg, &expand_hash);
-        let large_init = match optimizer_state {
-            ClonedOptimizerState::Fresh => OptimizerInit::Fresh,
-            ClonedOptimizerState::Transfer => OptimizerInit::Transfer,
-        };
         if let Some(o) = self.train_stage::<AB>(
-            Stage::Large,
-            &cloned_cfg,
-            &hash,
-            Some((expand_dir, large_init)),
+            Stage::Small,
+            small_name,
+            &small_cfg,
+            &small_hash,
+            None,
+            Before::default(),
             device,
         )? {
             outcomes.push(o);
         }
+
+        // The growth chain: each link expands the model its predecessor trained (the small one
+        // first) and trains it. The single [expand] + [large.cloned] form is a chain of one,
+        // in `expand/` and `large/`.
+        let links = exp.chain().map_err(|(key, source)| {
+            if exp.growth.is_empty() {
+                ExperimentError::Plan(source)
+            } else {
+                ExperimentError::Chain { key, source }
+            }
+        })?;
+        let (mut upstream_name, mut upstream_hash) = (small_name.to_string(), small_hash.clone());
+        let mut before = Before {
+            runs: vec![small_name.to_string()],
+            expansions: Vec::new(),
+        };
+        for link in &links {
+            let LinkPlan {
+                opts,
+                expand_hash,
+                config: cfg,
+                train_hash: hash,
+            } = LinkPlan::new(exp, &self.seeds, link, &upstream_hash);
+            let expand_dir = self.dir(&link.expand_dir);
+            let expand_done = check_stage(Stage::Expand, &expand_dir, &expand_hash, None)?;
+            if self.wants(Stage::Expand) {
+                if expand_done {
+                    tracing::info!("stage {}: finished earlier, skipped", link.expand_dir);
+                } else {
+                    self.needs(&link.expand_dir, &upstream_name)?;
+                    self.expand::<AB>(link, &opts, &upstream_name, &expand_hash, device)?;
+                }
+                outcomes.push(self.outcome(Stage::Expand, &link.expand_dir, expand_done));
+            }
+            before.expansions.push(link.expand_dir.clone());
+
+            // The grown model from the expanded weights, with the link's own optimiser,
+            // schedule and budget (the single form: the baseline's data order, batch, budget
+            // and seed, and the cloned arm's optimiser and schedule).
+            let init = InitFrom {
+                dir: expand_dir,
+                optimizer_state: match link.optimizer_state {
+                    ClonedOptimizerState::Fresh => OptimizerInit::Fresh,
+                    ClonedOptimizerState::Transfer => OptimizerInit::Transfer,
+                },
+                needs: link.expand_dir.clone(),
+            };
+            if let Some(o) = self.train_stage::<AB>(
+                Stage::Large,
+                &link.train_dir,
+                &cfg,
+                &hash,
+                Some(init),
+                before.clone(),
+                device,
+            )? {
+                outcomes.push(o);
+            }
+            before.runs.push(link.train_dir.clone());
+            (upstream_name, upstream_hash) = (link.train_dir.clone(), hash);
+        }
+
+        // The random-init baseline, at the final shape.
         if exp.experiment.baseline {
+            let large_model = exp.large_model()?;
             let cfg = exp.baseline_config(&self.seeds, large_model);
             let hash = training_stage_hash(Stage::Baseline, &cfg, "random-init");
-            if let Some(o) = self.train_stage::<AB>(Stage::Baseline, &cfg, &hash, None, device)? {
+            if let Some(o) = self.train_stage::<AB>(
+                Stage::Baseline,
+                Stage::Baseline.dir_name(),
+                &cfg,
+                &hash,
+                None,
+                Before::default(),
+                device,
+            )? {
                 outcomes.push(o);
             }
         }
@@ -414,12 +562,21 @@ impl SeedPipeline<'_> {
                 .control_config(&self.seeds)
                 .map_err(|(key, message)| ExperimentError::Control { key, message })?;
             let hash = training_stage_hash(Stage::Control, &cfg, &small_hash);
-            let from = self.dir(Stage::Small).join("final");
+            let init = InitFrom {
+                dir: self.dir(small_name).join("final"),
+                optimizer_state: OptimizerInit::Fresh,
+                needs: small_name.to_string(),
+            };
             if let Some(o) = self.train_stage::<AB>(
                 Stage::Control,
+                Stage::Control.dir_name(),
                 &cfg,
                 &hash,
-                Some((from, OptimizerInit::Fresh)),
+                Some(init),
+                Before {
+                    runs: vec![small_name.to_string()],
+                    expansions: Vec::new(),
+                },
                 device,
             )? {
                 outcomes.push(o);
@@ -428,85 +585,84 @@ impl SeedPipeline<'_> {
         Ok(outcomes)
     }
 
-    /// What the route paid before `stage` started, for the total-cost axes of its TensorBoard
-    /// events: the small run (and the expansion) before the cloned run, the small run before the
-    /// control, nothing before the small run and the baseline.
-    fn cost_before(&self, stage: Stage) -> CostOffset {
-        if !matches!(stage, Stage::Large | Stage::Control) {
-            return CostOffset::default();
+    /// What the route paid before a stage started, for the total-cost axes of its TensorBoard
+    /// events: the small run (and every earlier link of the growth chain with its expansion)
+    /// before a grown run, the small run before the control, nothing before the small run and
+    /// the baseline.
+    fn cost_before(&self, stage: &str, before: &Before) -> CostOffset {
+        let mut offset = CostOffset::default();
+        for run in &before.runs {
+            let path = self.dir(run).join("metrics.jsonl");
+            match hyperclone_runfiles::read_metrics(&path) {
+                Ok(metrics) => {
+                    offset.flops += metrics.total_flops().unwrap_or(0.0);
+                    offset.device_hours += metrics.total_device_hours().unwrap_or(0.0);
+                }
+                Err(_) => tracing::warn!(
+                    "{}: unreadable; the total-cost axes of stage {stage} leave it out",
+                    path.display()
+                ),
+            }
         }
-        let small = self.dir(Stage::Small).join("metrics.jsonl");
-        let Ok(metrics) = hyperclone_runfiles::read_metrics(&small) else {
-            tracing::warn!(
-                "{}: unreadable; the total-cost axes of stage {} start at 0",
-                small.display(),
-                stage.dir_name()
-            );
-            return CostOffset::default();
-        };
-        let expand_hours = if stage == Stage::Large {
-            std::fs::read_to_string(
-                self.dir(Stage::Expand)
-                    .join(hyperclone_runfiles::EXPAND_FILE),
-            )
-            .ok()
-            .and_then(|t| serde_json::from_str::<hyperclone_runfiles::ExpandRecord>(&t).ok())
-            .and_then(|r| r.cost_hours())
-            .unwrap_or(0.0)
-        } else {
-            0.0
-        };
-        CostOffset {
-            flops: metrics.total_flops().unwrap_or(0.0),
-            device_hours: metrics.total_device_hours().unwrap_or(0.0) + expand_hours,
+        for expansion in &before.expansions {
+            offset.device_hours +=
+                std::fs::read_to_string(self.dir(expansion).join(hyperclone_runfiles::EXPAND_FILE))
+                    .ok()
+                    .and_then(|t| {
+                        serde_json::from_str::<hyperclone_runfiles::ExpandRecord>(&t).ok()
+                    })
+                    .and_then(|r| r.cost_hours())
+                    .unwrap_or(0.0);
         }
+        offset
     }
 
-    /// Errors unless `upstream` has finished.
-    fn needs(&self, stage: Stage, upstream: Stage) -> Result<(), ExperimentError> {
+    /// Errors unless the stage in folder `upstream` has finished.
+    fn needs(&self, stage: &str, upstream: &str) -> Result<(), ExperimentError> {
         if finished(&self.dir(upstream)) {
             Ok(())
         } else {
             Err(ExperimentError::Missing {
-                stage: stage.dir_name(),
-                needs: upstream.dir_name(),
+                stage: stage.to_string(),
+                needs: upstream.to_string(),
             })
         }
     }
 
-    /// Trains one stage unless it is finished (or not wanted); `init_from` is a model folder
-    /// made by an earlier stage, with where the run's optimizer state comes from.
+    /// Trains one stage (in folder `name`) unless it is finished (or not wanted); `init_from`
+    /// is a model folder made by an earlier stage, with where the run's optimizer state comes
+    /// from; `before` what the route paid before it (for the total-cost axes).
+    #[allow(clippy::too_many_arguments)]
     fn train_stage<AB: GptAutodiffBackend>(
         &self,
         stage: Stage,
+        name: &str,
         config: &TrainConfig,
         hash: &str,
-        init_from: Option<(PathBuf, OptimizerInit)>,
+        init_from: Option<InitFrom>,
+        before: Before,
         device: &AB::Device,
     ) -> Result<Option<StageOutcome>, ExperimentError> {
-        let (init_from, optimizer_state) = match init_from {
-            Some((dir, init)) => (Some(dir), init),
-            None => (None, OptimizerInit::Fresh),
-        };
-        let dir = self.dir(stage);
+        let dir = self.dir(name);
         let budget = config.total_steps();
         let done = check_stage(stage, &dir, hash, budget)?;
         if !self.wants(stage) {
             return Ok(None);
         }
         if done {
-            tracing::info!("stage {}: finished earlier, skipped", stage.dir_name());
-            return Ok(Some(self.outcome(stage, true)));
+            tracing::info!("stage {name}: finished earlier, skipped");
+            return Ok(Some(self.outcome(stage, name, true)));
         }
-        match stage {
-            Stage::Large => self.needs(stage, Stage::Expand)?,
-            Stage::Control => self.needs(stage, Stage::Small)?,
-            _ => {}
-        }
+        let (init_from, optimizer_state) = match init_from {
+            Some(init) => {
+                self.needs(name, &init.needs)?;
+                (Some(init.dir), init.optimizer_state)
+            }
+            None => (None, OptimizerInit::Fresh),
+        };
         let model = config.model.as_ref().map_or(0, |m| m.param_count());
         tracing::info!(
-            "stage {}: training {} ({model} parameters){}",
-            stage.dir_name(),
+            "stage {name}: training {} ({model} parameters){}",
             match stage {
                 Stage::Small | Stage::Control => "the small model",
                 _ => "the wide model",
@@ -533,11 +689,11 @@ impl SeedPipeline<'_> {
             device_name: self.options.device_name.clone(),
             symmetry: Some(symmetry_metric()),
             optimizer_state,
-            cost_offset: self.cost_before(stage),
+            cost_offset: self.cost_before(name, &before),
         };
         train::<AB>(config, &options, device).map_err(|source| ExperimentError::Train {
-            stage: stage.dir_name(),
-            source,
+            stage: name.to_string(),
+            source: Box::new(source),
         })?;
         write_stage(
             &dir,
@@ -546,22 +702,31 @@ impl SeedPipeline<'_> {
                 ..record
             },
         )?;
-        Ok(Some(self.outcome(stage, false)))
+        Ok(Some(self.outcome(stage, name, false)))
     }
 
+    /// Expands the model that the stage in folder `upstream` trained into `link`'s expand
+    /// folder.
     fn expand<AB: GptAutodiffBackend>(
         &self,
+        link: &GrowthLink,
         opts: &hyperclone_cloning::ExpandOptions,
-        optimizer_state: ClonedOptimizerState,
+        upstream: &str,
         hash: &str,
         device: &AB::Device,
     ) -> Result<(), ExperimentError> {
+        let name = link.expand_dir.as_str();
         tracing::info!(
-            "stage expand: HyperCloning ×{} width, ×{} FFN ({})",
+            "stage {name}: HyperCloning {upstream} ×{} width, ×{} FFN ({})",
             opts.width_factor,
             opts.ffn_factor,
             opts.variant
         );
+        let transfer_error = |source: TransferError| ExperimentError::Transfer {
+            stage: name.to_string(),
+            key: link.key.clone(),
+            source: Box::new(source),
+        };
         let probe = ProbeSpec {
             tokens: None,
             batch: 4,
@@ -569,28 +734,28 @@ impl SeedPipeline<'_> {
             tolerance: hyperclone_cloning::DEFAULT_TOLERANCE_F32,
             skip: false,
         };
-        let dir = self.dir(Stage::Expand);
+        let dir = self.dir(name);
         // A transfer needs the optimizer state, which only the step folders hold: expand the
-        // small run's newest checkpoint, its last step, whose weights are those of final/ (the
-        // last step is always checkpointed). The state is mapped first, so that a checkpoint
-        // without one fails before anything is written.
-        let small_dir = self.dir(Stage::Small);
-        let (source, mapped) = match optimizer_state {
-            ClonedOptimizerState::Fresh => (small_dir.join("final"), None),
+        // upstream run's newest checkpoint, its last step, whose weights are those of final/
+        // (the last step is always checkpointed). The state is mapped first, so that a
+        // checkpoint without one fails before anything is written.
+        let upstream_dir = self.dir(upstream);
+        let (source, mapped) = match link.optimizer_state {
+            ClonedOptimizerState::Fresh => (upstream_dir.join("final"), None),
             ClonedOptimizerState::Transfer => {
-                let newest = complete_checkpoints(&small_dir).into_iter().next();
+                let newest = complete_checkpoints(&upstream_dir).into_iter().next();
                 let Some((step, checkpoint)) = newest else {
-                    return Err(TransferError::NotACheckpoint {
-                        dir: small_dir,
-                        reason: "the small run has no complete checkpoint (step-NNNNNNNN/) to take the optimizer state from".into(),
-                    }
-                    .into());
+                    return Err(transfer_error(TransferError::NotACheckpoint {
+                        dir: upstream_dir,
+                        reason: format!("the {upstream} run has no complete checkpoint (step-NNNNNNNN/) to take the optimizer state from"),
+                    }));
                 };
                 tracing::info!(
-                    "stage expand: AdamW's state of {} (step {step}) goes through the clone too",
+                    "stage {name}: AdamW's state of {} (step {step}) goes through the clone too",
                     checkpoint.display()
                 );
-                let mapped = map_optimizer_state::<AB::InnerBackend>(&checkpoint, opts, device)?;
+                let mapped = map_optimizer_state::<AB::InnerBackend>(&checkpoint, opts, device)
+                    .map_err(transfer_error)?;
                 (checkpoint, Some(mapped))
             }
         };
@@ -601,9 +766,13 @@ impl SeedPipeline<'_> {
             &probe,
             &self.options.device_name,
             device,
-        )?;
+        )
+        .map_err(|source| ExperimentError::Expand {
+            stage: name.to_string(),
+            source: Box::new(source),
+        })?;
         if let Some(mapped) = &mapped {
-            let t = write_optimizer_state(&dir, mapped)?;
+            let t = write_optimizer_state(&dir, mapped).map_err(transfer_error)?;
             tracing::info!(
                 "optimizer state: moments of {} parameters, bias correction continues from update {}: {}",
                 t.parameters,
@@ -700,6 +869,112 @@ mod tests {
         assert_ne!(trajectory_hash(&lr, &model), trajectory_hash(&base, &model));
         // The same config from another stage's start is another stage.
         assert_ne!(training_stage_hash(Stage::Small, &base, "x"), hash(&base));
+    }
+
+    /// Every stage hash of one replica, by folder, as `run` forms them.
+    fn stage_hashes(exp: &ExperimentConfig, replica: Option<u64>) -> Vec<(String, String)> {
+        let seeds = exp.replica_seeds(replica);
+        let small = training_stage_hash(Stage::Small, &exp.small_config(&seeds), "random-init");
+        let mut out = vec![("small".to_string(), small.clone())];
+        let mut upstream = small.clone();
+        for link in exp.chain().unwrap() {
+            let plan = LinkPlan::new(exp, &seeds, &link, &upstream);
+            out.push((link.expand_dir.clone(), plan.expand_hash));
+            out.push((link.train_dir.clone(), plan.train_hash.clone()));
+            upstream = plan.train_hash;
+        }
+        let baseline = exp.baseline_config(&seeds, exp.large_model().unwrap());
+        out.push((
+            "baseline".into(),
+            training_stage_hash(Stage::Baseline, &baseline, "random-init"),
+        ));
+        if exp.control_enabled() {
+            let control = exp.control_config(&seeds).unwrap();
+            out.push((
+                "control".into(),
+                training_stage_hash(Stage::Control, &control, &small),
+            ));
+        }
+        out
+    }
+
+    fn growth_benchmark() -> (PathBuf, String) {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/growth-benchmark.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        (path, text)
+    }
+
+    /// The growth chain's generalisation keeps every stage of the committed growth benchmark
+    /// (seed 1, `runs/growth-benchmark/seed-1/*/stage.json`) finished: the hashes of all five
+    /// stages, not only the small run's.
+    #[test]
+    fn every_growth_benchmark_stage_keeps_its_hash() {
+        let (path, _) = growth_benchmark();
+        let exp = ExperimentConfig::load(&path, &[]).unwrap();
+        let hashes = stage_hashes(&exp, Some(1));
+        let expected = [
+            ("small", "d6e6aa6787555c26"),
+            ("expand", "ad2bd52b61efe00c"),
+            ("large", "185c0b05b301971a"),
+            ("baseline", "ec45d30ddba302c1"),
+            ("control", "20cd5e030b40bbae"),
+        ];
+        let got: Vec<(&str, &str)> = hashes
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    /// The growth benchmark written as a chain of one `[[growth]]` stage runs the same stages:
+    /// same folders, same hashes (so it would find the single form's finished stages).
+    #[test]
+    fn a_one_stage_chain_runs_the_single_forms_stages() {
+        let (path, text) = growth_benchmark();
+        let start = text.find("[expand]").unwrap();
+        let end = start + text[start..].find("\n\n").unwrap();
+        let expand = &text[start + "[expand]".len()..end];
+        let cloned = "[large.cloned.optimizer]\nlr = 1.2e-2\n";
+        assert!(text.contains(cloned));
+        let chain_text = format!(
+            "{}{}\n[[growth]]\n[growth.expand]{expand}\n[growth.optimizer]\nlr = 1.2e-2\n",
+            &text[..start],
+            &text[end..].replace(cloned, "")
+        );
+        let single = ExperimentConfig::load(&path, &[]).unwrap();
+        let chain = ExperimentConfig::from_toml_str(&chain_text, &path, &[]).unwrap();
+        assert_eq!(chain.growth.len(), 1);
+        for replica in [Some(1), Some(2), None] {
+            assert_eq!(
+                stage_hashes(&chain, replica),
+                stage_hashes(&single, replica)
+            );
+        }
+        // A second stage makes other folders, whose hashes chain on the stage before.
+        let two = ExperimentConfig::from_toml_str(
+            &format!("{chain_text}\n[[growth]]\n[growth.expand]\nwidth_factor = 2\n"),
+            &path,
+            &[],
+        )
+        .unwrap();
+        let hashes = stage_hashes(&two, Some(1));
+        let names: Vec<&str> = hashes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["small", "expand-1", "large-1", "expand-2", "large-2", "baseline", "control"]
+        );
+        assert_eq!(hashes[0], stage_hashes(&single, Some(1))[0]);
+        let mut changed = two.clone();
+        changed.growth[0].optimizer.lr = 1e-3;
+        let after = stage_hashes(&changed, Some(1));
+        assert_eq!(
+            after[1], hashes[1],
+            "expand-1 does not depend on stage 1's training"
+        );
+        for i in 2..5 {
+            assert_ne!(after[i], hashes[i], "{}", hashes[i].0);
+        }
     }
 
     /// The committed growth benchmark's finished stages stay finished across upgrades: a new

@@ -273,6 +273,10 @@ pub struct CostComparison {
     /// The continued-small control's cost to first reach the target, the small run before it
     /// included; `None` when it never did, did not run, or the axis is not logged.
     pub control_total: Option<f64>,
+    /// The first earlier stage of a growth chain (1-based index) to reach the target, with
+    /// the route's cumulative cost there (small run, earlier stages and expansions included);
+    /// `None` when none did, there is no chain, or the axis is not logged.
+    pub earlier_stage: Option<(usize, f64)>,
 }
 
 impl CostComparison {
@@ -322,8 +326,11 @@ pub enum Race {
 /// short for the wide model to pay.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Shortcut {
-    /// `true`: the continued-small control; `false`: the small run on its own.
+    /// `true`: the continued-small control; `false`: the small run on its own, or an earlier
+    /// growth stage (`earlier_stage`).
     pub control: bool,
+    /// `Some(k)`: growth stage k of a chain, before the last, with everything before it.
+    pub earlier_stage: Option<usize>,
     /// The axis the costs are on.
     pub axis: Axis,
     /// What the shortcut spent to reach the target.
@@ -367,17 +374,28 @@ impl TargetResult {
     }
 
     /// The cheaper ways to this target than the baseline, in FLOPs then device-hours: the small
-    /// run alone, or the continued-small control, reaching it at no more cost than the baseline.
+    /// run alone, the continued-small control, or an earlier stage of a growth chain (a model
+    /// smaller than the baseline's), reaching it at no more cost than the baseline.
     pub fn shortcuts(&self) -> Vec<Shortcut> {
         let mut out = Vec::new();
         for (axis, c) in [(Axis::Flops, &self.flops), (Axis::DeviceHours, &self.hours)] {
             let Some(baseline) = c.baseline else {
                 continue;
             };
-            for (control, cost) in [(false, c.small_alone), (true, c.control_total)] {
+            let routes = [
+                (false, None, c.small_alone),
+                (true, None, c.control_total),
+                (
+                    false,
+                    c.earlier_stage.map(|(k, _)| k),
+                    c.earlier_stage.map(|(_, v)| v),
+                ),
+            ];
+            for (control, earlier_stage, cost) in routes {
                 if let Some(cost) = cost.filter(|&v| v <= baseline) {
                     out.push(Shortcut {
                         control,
+                        earlier_stage,
                         axis,
                         cost,
                         baseline,
@@ -449,6 +467,44 @@ pub struct SymmetryPoint {
     pub per_layer: Vec<f64>,
 }
 
+/// One link of the growth chain: its expansion, its training run and where it sits on the
+/// cumulative cost axes of the cloned route.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkAnalysis {
+    /// 1-based position in the chain.
+    pub index: usize,
+    /// Folder of the expansion (`expand`, `expand-2`).
+    pub expand_dir: String,
+    /// Folder of the training run (`large`, `large-2`).
+    pub train_dir: String,
+    /// Device-hours of the expansion (`None` when its `expand.json` gives none).
+    pub expand_hours: Option<f64>,
+    /// Parameters of the grown model (from `expand.json`).
+    pub params: Option<u64>,
+    /// Statistics of the training run.
+    pub stats: Option<StageStats>,
+    /// FLOPs the route had paid when this link's training started: the small run and every
+    /// earlier link's training (the expansions copy weights: no FLOPs). `None` when a run
+    /// before it has no FLOPs logged.
+    pub flops_before: Option<f64>,
+    /// Device-hours the route had paid when this link's training started: the small run,
+    /// every earlier link and every expansion up to this one's (a missing `expand.json`
+    /// counts 0, as the verdict says).
+    pub hours_before: Option<f64>,
+}
+
+impl LinkAnalysis {
+    /// Cumulative FLOPs of the route at the end of this link's training.
+    pub fn flops_after(&self) -> Option<f64> {
+        Some(self.flops_before? + self.stats.as_ref()?.flops?)
+    }
+
+    /// Cumulative device-hours of the route at the end of this link's training.
+    pub fn hours_after(&self) -> Option<f64> {
+        Some(self.hours_before? + self.stats.as_ref()?.device_hours?)
+    }
+}
+
 /// Everything computed for one seed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SeedAnalysis {
@@ -466,12 +522,21 @@ pub struct SeedAnalysis {
     pub control: Option<StageStats>,
     /// The cloned run's and the baseline's median step times.
     pub step_times: Option<StepTimeCheck>,
-    /// Device-hours of the expansion (`None` when `expand.json` gives none).
+    /// Device-hours of the expansion (of every expansion of a growth chain; `None` when no
+    /// `expand.json` gives any).
     pub expand_hours: Option<f64>,
-    /// Device-hours paid before the cloned large run: small + expansion.
+    /// Device-hours paid before the cloned large run (the chain's last link): small +
+    /// expansions + every earlier link's training.
     pub prefix_hours: Option<f64>,
-    /// FLOPs paid before the cloned large run: the small run's.
+    /// FLOPs paid before the cloned large run: the small run's and every earlier link's.
     pub prefix_flops: Option<f64>,
+    /// The growth chain, link by link (one link for the single-growth layout).
+    pub chain: Vec<LinkAnalysis>,
+    /// FLOPs of the whole cloned route: small run + every link's training, to its end.
+    pub route_flops: Option<f64>,
+    /// Device-hours of the whole cloned route: small run + every expansion + every link's
+    /// training, to its end.
+    pub route_hours: Option<f64>,
     /// The targets, in [`TARGET_FRACTIONS`] order (those that could be formed).
     pub targets: Vec<TargetResult>,
     /// The cloned run's symmetry metric over training.
@@ -496,15 +561,66 @@ pub fn analyse_seed(run: &SeedRun) -> SeedAnalysis {
     let baseline_m = stage_metrics(&run.baseline);
     let control_m = stage_metrics(&run.control);
     let small = small_m.map(stage_stats);
-    let expand_hours = run.expand.as_ref().and_then(|e| e.record.cost_hours());
-    let prefix_hours = small
-        .as_ref()
-        .and_then(|s| s.device_hours)
-        .map(|h| h + expand_hours.unwrap_or(0.0));
-    let prefix_flops = small.as_ref().and_then(|s| s.flops);
+    // The cloned route link by link: each link's training starts where the one before ended
+    // (plus its expansion's hours).
+    let mut chain = Vec::with_capacity(run.chain.len());
+    let mut flops = small.as_ref().and_then(|s| s.flops);
+    let mut hours = small.as_ref().and_then(|s| s.device_hours);
+    for link in &run.chain {
+        let expand_hours = link.expand.as_ref().and_then(|e| e.record.cost_hours());
+        hours = hours.map(|h| h + expand_hours.unwrap_or(0.0));
+        let l = LinkAnalysis {
+            index: link.index,
+            expand_dir: link.expand_dir.clone(),
+            train_dir: link.train_dir.clone(),
+            expand_hours,
+            params: link.expand.as_ref().and_then(|e| e.record.target_params),
+            stats: stage_metrics(&link.run).map(stage_stats),
+            flops_before: flops,
+            hours_before: hours,
+        };
+        (flops, hours) = (l.flops_after(), l.hours_after());
+        chain.push(l);
+    }
+    let expand_hours = chain
+        .iter()
+        .filter_map(|l| l.expand_hours)
+        .reduce(|a, b| a + b);
+    let (prefix_hours, prefix_flops) = match chain.last() {
+        Some(last) => (last.hours_before, last.flops_before),
+        None => (
+            small
+                .as_ref()
+                .and_then(|s| s.device_hours)
+                .map(|h| h + expand_hours.unwrap_or(0.0)),
+            small.as_ref().and_then(|s| s.flops),
+        ),
+    };
+    let (route_flops, route_hours) = match chain.last() {
+        Some(_) => (flops, hours),
+        None => (None, None),
+    };
 
     let small_points = small_m.map(eval_points);
     let control_points = control_m.map(eval_points);
+    let earlier_points: Vec<(usize, Vec<EvalPoint>)> = run
+        .chain
+        .iter()
+        .enumerate()
+        .rev()
+        .skip(1)
+        .rev()
+        .filter_map(|(i, link)| Some((i, eval_points(stage_metrics(&link.run)?))))
+        .collect();
+    let earlier: Vec<EarlierStage> = earlier_points
+        .iter()
+        .map(|(i, points)| EarlierStage {
+            index: chain[*i].index,
+            points,
+            flops_before: chain[*i].flops_before,
+            hours_before: chain[*i].hours_before,
+        })
+        .collect();
     let targets = match (large_m, baseline_m) {
         (Some(l), Some(b)) => compute_targets(
             &Curves {
@@ -512,6 +628,7 @@ pub fn analyse_seed(run: &SeedRun) -> SeedAnalysis {
                 baseline: &eval_points(b),
                 small: small_points.as_deref(),
                 control: control_points.as_deref(),
+                earlier: &earlier,
             },
             &Prefix {
                 hours: prefix_hours,
@@ -560,6 +677,9 @@ pub fn analyse_seed(run: &SeedRun) -> SeedAnalysis {
         expand_hours,
         prefix_hours,
         prefix_flops,
+        chain,
+        route_flops,
+        route_hours,
         targets,
         symmetry,
     }
@@ -576,6 +696,22 @@ pub struct Curves<'a> {
     pub small: Option<&'a [EvalPoint]>,
     /// The continued-small control, when it has val losses.
     pub control: Option<&'a [EvalPoint]>,
+    /// The earlier stages of a growth chain (every link before the cloned run), in order.
+    pub earlier: &'a [EarlierStage<'a>],
+}
+
+/// An earlier stage of a growth chain, for [`Curves`]: its curve and where it starts on the
+/// route's cumulative cost axes.
+#[derive(Debug, Clone, Copy)]
+pub struct EarlierStage<'a> {
+    /// 1-based position in the chain.
+    pub index: usize,
+    /// Its val-loss curve (its own costs, from zero).
+    pub points: &'a [EvalPoint],
+    /// FLOPs the route had paid when it started.
+    pub flops_before: Option<f64>,
+    /// Device-hours the route had paid when it started (its expansion included).
+    pub hours_before: Option<f64>,
 }
 
 /// What was paid before the wide runs started.
@@ -632,6 +768,14 @@ pub fn compute_targets(curves: &Curves, prefix: &Prefix) -> Vec<TargetResult> {
             prefix,
             small_alone: reach(curves.small, axis),
             control_total: small_prefix.and_then(|p| Some(p + reach(curves.control, axis)?)),
+            earlier_stage: curves.earlier.iter().find_map(|e| {
+                let before = match axis {
+                    Axis::Flops => e.flops_before,
+                    Axis::DeviceHours => e.hours_before,
+                    _ => None,
+                }?;
+                Some((e.index, before + reached_at(e.points, axis, target_loss)?))
+            }),
         };
         let cloned_step = crossing(&curve(cloned, Axis::Step), target_loss);
         out.push(TargetResult {
@@ -721,6 +865,7 @@ mod tests {
                 baseline,
                 small: None,
                 control: None,
+                earlier: &[],
             },
             &Prefix {
                 hours: Some(hours),
@@ -861,6 +1006,9 @@ mod tests {
             expand_hours: None,
             prefix_hours: Some(0.0),
             prefix_flops: Some(0.0),
+            chain: Vec::new(),
+            route_flops: None,
+            route_hours: None,
             targets: targets_of(&cloned, &baseline, 0.0, 0.0),
             symmetry: Vec::new(),
         }
@@ -899,6 +1047,7 @@ mod tests {
             baseline: &baseline,
             small: Some(&small),
             control: Some(&control),
+            earlier: &[],
         };
         let prefix = Prefix {
             hours: Some(1.6),

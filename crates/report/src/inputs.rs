@@ -76,6 +76,22 @@ pub struct Stage {
     pub config_text: Option<String>,
 }
 
+/// One link of the growth chain as found on disk: its expansion and the run trained from it.
+/// The single-growth layout (`expand/`, `large/`) is a chain of one link.
+#[derive(Debug, Clone)]
+pub struct ChainLink {
+    /// 1-based position in the chain.
+    pub index: usize,
+    /// Folder name of the expansion (`expand`, `expand-2`).
+    pub expand_dir: String,
+    /// Folder name of the training run (`large`, `large-2`).
+    pub train_dir: String,
+    /// The expansion summary.
+    pub expand: Option<ExpandInfo>,
+    /// The grown model's training run.
+    pub run: Option<Stage>,
+}
+
 /// The stages of one seed.
 #[derive(Debug, Clone)]
 pub struct SeedRun {
@@ -87,10 +103,13 @@ pub struct SeedRun {
     pub dir: PathBuf,
     /// The small model's training run.
     pub small: Option<Stage>,
-    /// The expansion summary.
+    /// The expansion summary (of the last link of a growth chain).
     pub expand: Option<ExpandInfo>,
-    /// The cloned large run.
+    /// The cloned large run (the last link of a growth chain: the final shape).
     pub large: Option<Stage>,
+    /// Every link of the growth chain, in order (one for the single `expand/` + `large/`
+    /// layout, none when neither exists); the last is `expand` and `large`.
+    pub chain: Vec<ChainLink>,
     /// The random-init baseline run.
     pub baseline: Option<Stage>,
     /// The continued-small control run.
@@ -140,18 +159,29 @@ pub fn load_experiment(dir: &Path) -> Result<Experiment, ReportError> {
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| dir.display().to_string());
     let experiment_toml = read_optional_text(&dir.join("experiment.toml"))?;
-    // The experiment's own name when its resolved config gives one, else the folder's.
-    let name = experiment_toml
+    let resolved = experiment_toml
         .as_deref()
-        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|text| text.parse::<toml::Table>().ok());
+    // The experiment's own name when its resolved config gives one, else the folder's.
+    let name = resolved
+        .as_ref()
         .and_then(|t| Some(t.get("experiment")?.get("name")?.as_str()?.to_string()))
         .unwrap_or(name);
+    // The growth chain's planned length, so that a report written while an earlier stage is
+    // still training does not take that stage for the last one (the cloned run).
+    let planned = resolved
+        .as_ref()
+        .and_then(|t| t.get("growth")?.as_array().map(|a| a.len()))
+        .unwrap_or(0);
 
-    let single = STAGE_DIRS.iter().any(|s| dir.join(s).is_dir());
+    let single = STAGE_DIRS
+        .iter()
+        .chain(&["expand-1", "large-1"])
+        .any(|s| dir.join(s).is_dir());
     let (multi_seed, seeds) = if single {
         (
             false,
-            vec![load_seed(dir, "single seed".to_string(), None)?],
+            vec![load_seed(dir, "single seed".to_string(), None, planned)?],
         )
     } else {
         let mut found: Vec<(u64, PathBuf)> = Vec::new();
@@ -175,7 +205,12 @@ pub fn load_experiment(dir: &Path) -> Result<Experiment, ReportError> {
         found.sort();
         let mut seeds = Vec::with_capacity(found.len());
         for (seed, path) in found {
-            seeds.push(load_seed(&path, format!("seed {seed}"), Some(seed))?);
+            seeds.push(load_seed(
+                &path,
+                format!("seed {seed}"),
+                Some(seed),
+                planned,
+            )?);
         }
         (true, seeds)
     };
@@ -193,16 +228,73 @@ pub fn load_experiment(dir: &Path) -> Result<Experiment, ReportError> {
     })
 }
 
-fn load_seed(dir: &Path, label: String, seed: Option<u64>) -> Result<SeedRun, ReportError> {
+/// The number of links of a growth chain in `dir`: the largest K of its `expand-K/` and
+/// `large-K/` folders (0: the single-growth layout, or none).
+fn chain_length(dir: &Path) -> Result<usize, ReportError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ReportError::io("listing", dir, e))?;
+    let mut longest = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| ReportError::io("listing", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let k = ["expand-", "large-"]
+            .iter()
+            .find_map(|prefix| name.strip_prefix(prefix)?.parse::<usize>().ok());
+        if let (Some(k), true) = (k, entry.path().is_dir()) {
+            longest = longest.max(k);
+        }
+    }
+    Ok(longest)
+}
+
+fn load_expand(seed_dir: &Path, name: &str) -> Result<Option<ExpandInfo>, ReportError> {
+    let path = seed_dir.join(name).join("expand.json");
+    match read_optional_text(&path)? {
+        Some(text) => Ok(Some(parse_expand(&text, &path)?)),
+        None => Ok(None),
+    }
+}
+
+/// Loads the stages of one seed; `planned` is the number of `[[growth]]` stages the resolved
+/// config names (0 without one).
+fn load_seed(
+    dir: &Path,
+    label: String,
+    seed: Option<u64>,
+    planned: usize,
+) -> Result<SeedRun, ReportError> {
     let small = load_stage(dir, StageKind::Small)?;
-    let large = load_stage(dir, StageKind::Large)?;
     let baseline = load_stage(dir, StageKind::Baseline)?;
     let control = load_stage(dir, StageKind::Control)?;
-    let expand_path = dir.join("expand").join("expand.json");
-    let expand = match read_optional_text(&expand_path)? {
-        Some(text) => Some(parse_expand(&text, &expand_path)?),
-        None => None,
+    // A chain of one `[[growth]]` stage is written as `expand/` + `large/`.
+    let planned = if planned > 1 { planned } else { 0 };
+    let links = chain_length(dir)?.max(planned);
+    let names: Vec<(usize, String, String)> = match links {
+        0 => vec![(1, "expand".to_string(), "large".to_string())],
+        n => (1..=n)
+            .map(|k| (k, format!("expand-{k}"), format!("large-{k}")))
+            .collect(),
     };
+    let mut chain = Vec::with_capacity(names.len());
+    for (index, expand_dir, train_dir) in names {
+        chain.push(ChainLink {
+            index,
+            expand: load_expand(dir, &expand_dir)?,
+            run: load_stage_dir(&dir.join(&train_dir), StageKind::Large)?,
+            expand_dir,
+            train_dir,
+        });
+    }
+    // A single-growth layout that has neither folder yet has no chain. (A growth chain keeps
+    // a link whose folders are missing: its cost is unknown, not zero.)
+    if links == 0 {
+        chain.retain(|l| l.expand.is_some() || l.run.is_some());
+    }
+    let last = chain.last();
+    let expand = last.and_then(|l| l.expand.clone());
+    let large = last.and_then(|l| l.run.clone());
     let seed = seed.or_else(|| {
         [&small, &large, &baseline]
             .iter()
@@ -216,13 +308,18 @@ fn load_seed(dir: &Path, label: String, seed: Option<u64>) -> Result<SeedRun, Re
         small,
         expand,
         large,
+        chain,
         baseline,
         control,
     })
 }
 
 fn load_stage(seed_dir: &Path, kind: StageKind) -> Result<Option<Stage>, ReportError> {
-    let dir = seed_dir.join(kind.dir_name());
+    load_stage_dir(&seed_dir.join(kind.dir_name()), kind)
+}
+
+fn load_stage_dir(dir: &Path, kind: StageKind) -> Result<Option<Stage>, ReportError> {
+    let dir = dir.to_path_buf();
     if !dir.is_dir() {
         return Ok(None);
     }

@@ -7,6 +7,10 @@
 //! baseline's val loss with the speedups large-only and total, throughput and hardware, the
 //! symmetry metric, the expansion check and the configs.
 //!
+//! A growth chain (`expand-K/` + `large-K/` for K = 1, 2, ...) is read link by link: its last
+//! link is the cloned run, the earlier ones are drawn on the cumulative cost axes and tabled
+//! stage by stage, and the total cost counts all of them.
+//!
 //! The plots use a font embedded in this crate, so no system font is needed.
 
 pub mod analysis;
@@ -46,6 +50,14 @@ pub struct ReportSummary {
     pub final_val_loss_baseline: Option<f64>,
     /// Final val loss of the continued-small control (mean over seeds).
     pub final_val_loss_control: Option<f64>,
+    /// Growth stages of the cloned route (the longest chain over seeds; 1 for the single
+    /// `expand/` + `large/` layout).
+    pub growth_stages: usize,
+    /// FLOPs of the whole cloned route, small run and every growth stage to its end (mean over
+    /// seeds).
+    pub route_flops: Option<f64>,
+    /// Device-hours of the whole cloned route, every expansion included (mean over seeds).
+    pub route_hours: Option<f64>,
     /// Seeds in which the cloned run reached the baseline's final val loss.
     pub final_target_reached: usize,
     /// Seeds in which that target could be formed (cloned and baseline both have evals).
@@ -63,8 +75,9 @@ pub struct ReportSummary {
     pub flops_speedup_total: Option<f64>,
     /// The generated verdict, paragraphs separated by blank lines.
     pub verdict: String,
-    /// The small run or the control reached the baseline's final val loss at no more cost than
-    /// the baseline, in some seed: the verdict claims no speedup for growth.
+    /// The small run, the control or an earlier stage of a growth chain reached the baseline's
+    /// final val loss at no more cost than the baseline, in some seed: the verdict claims no
+    /// speedup for growth (to the final shape).
     pub degenerate: bool,
     /// The cloned run's and the baseline's median step times differ by more than 10 % in some
     /// seed: the device-hour figures are disturbed (the FLOPs figures stand).
@@ -99,6 +112,20 @@ impl ReportSummary {
         if self.final_val_loss_control.is_some() {
             line("final val loss control", loss(self.final_val_loss_control));
         }
+        if self.growth_stages > 1 {
+            line(
+                &format!("cloned route ({} growth stages)", self.growth_stages),
+                format!(
+                    "FLOPs {}, device-hours {} (whole chain, to its end)",
+                    self.route_flops
+                        .map(format::flops)
+                        .unwrap_or_else(|| "n/a".into()),
+                    self.route_hours
+                        .map(format::hours)
+                        .unwrap_or_else(|| "n/a".into())
+                ),
+            );
+        }
         for t in self.targets.iter().rev() {
             let reached = if t.reached == t.seeds {
                 String::new()
@@ -115,9 +142,14 @@ impl ReportSummary {
                     &format!("total cost {what}"),
                     format!(
                         "FLOPs {}, device-hours {} (for this budget only: no growth speedup is \
-                         claimed, the small model reaches the target on its own){reached}",
+                         claimed, {} reaches the target at no more cost){reached}",
                         sp(&t.flops_total),
-                        sp(&t.hours_total)
+                        sp(&t.hours_total),
+                        if self.growth_stages > 1 {
+                            "a smaller model (the small one or an earlier growth stage)"
+                        } else {
+                            "the small model"
+                        }
                     ),
                 );
             } else {
@@ -218,6 +250,9 @@ pub fn write_report(exp_dir: &Path) -> Result<ReportSummary, ReportError> {
                 .iter()
                 .filter_map(|a| a.control.as_ref()?.final_val_loss),
         ),
+        growth_stages: analyses.iter().map(|a| a.chain.len()).max().unwrap_or(0),
+        route_flops: mean_of(analyses.iter().filter_map(|a| a.route_flops)),
+        route_hours: mean_of(analyses.iter().filter_map(|a| a.route_hours)),
         final_target_reached: fin.map_or(0, |f| f.reached),
         final_target_seeds: fin.map_or(0, |f| f.seeds),
         speedup_large_only: headline(|f| &f.hours_large_only),

@@ -713,3 +713,260 @@ fn step_times_that_disagree_flag_the_device_hours() {
     assert!(!summary.timing_disturbed);
     assert!(summary.verdict.contains("Measurement check passed"));
 }
+
+// A growth chain of two stages: small → expand-1 → large-1 (a middle shape, P_MID parameters,
+// R_MID device-hours per token, MID_STEPS steps) → expand-2 → large-2 (the final shape: the
+// cloned run of the single layout, as if it had seen S tokens) against the baseline.
+const P_MID: f64 = 2.0e6;
+const R_MID: f64 = 0.5e-6;
+const MID_STEPS: u64 = 100;
+
+/// Writes one seed of a two-stage chain; returns (small + large-1 FLOPs, small + large-1 +
+/// both expansions device-hours): what the route paid before large-2.
+fn write_chain_seed(dir: &Path, shift: f64, seed: u64) -> (f64, f64) {
+    write_chain_seed_with(dir, shift, seed, 2.8)
+}
+
+/// [`write_chain_seed`] with large-1's curve `mid_floor + 300 / sqrt(n + 4·N0)`.
+fn write_chain_seed_with(dir: &Path, shift: f64, seed: u64, mid_floor: f64) -> (f64, f64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let small = run_lines(
+        SMALL_STEPS,
+        R_SMALL,
+        P_SMALL,
+        &|n| 3.0 + 300.0 / (n + N0).sqrt(),
+        false,
+        None,
+    );
+    write_stage(dir, "small", &small, P_SMALL, "random", seed);
+    let mid = run_lines(
+        MID_STEPS,
+        R_MID,
+        P_MID,
+        &|n| mid_floor + 300.0 / (n + 4.0 * N0).sqrt(),
+        false,
+        None,
+    );
+    write_stage(dir, "large-1", &mid, P_MID, "expanded", seed);
+    for (k, (from, to)) in [(1, (P_SMALL, P_MID)), (2, (P_MID, P_LARGE))] {
+        let d = dir.join(format!("expand-{k}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("expand.json"),
+            json!({"wall_s": EXPAND_HOURS * 3600.0, "device_hours": EXPAND_HOURS,
+                   "source_params": from as u64, "target_params": to as u64,
+                   "width_factor": 2, "ffn_factor": 2, "variant": "symmetric"})
+            .to_string(),
+        )
+        .unwrap();
+    }
+    let last = run_lines(
+        LARGE_STEPS,
+        R_LARGE,
+        P_LARGE,
+        &|n| loss_at(n, shift),
+        true,
+        None,
+    );
+    write_stage(dir, "large-2", &last, P_LARGE, "expanded", seed);
+    let baseline = run_lines(
+        LARGE_STEPS,
+        R_LARGE,
+        P_LARGE,
+        &|n| loss_at(n, 0.0),
+        false,
+        None,
+    );
+    write_stage(dir, "baseline", &baseline, P_LARGE, "random", seed);
+    let tokens = |steps: u64| (steps * TOKENS_PER_STEP) as f64;
+    (
+        6.0 * P_SMALL * tokens(SMALL_STEPS) + 6.0 * P_MID * tokens(MID_STEPS),
+        small_hours() + R_MID * tokens(MID_STEPS) + 2.0 * EXPAND_HOURS,
+    )
+}
+
+/// The report of a two-stage chain: the last stage is the cloned run, everything before it
+/// (small run, both expansions, the first growth stage) is the prefix of the total cost, the
+/// route's cumulative cost is tabled stage by stage and drawn on the cost axes.
+#[test]
+fn a_growth_chain_is_costed_drawn_and_tabled_as_a_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = report_dir(tmp.path(), "chain");
+    // S a multiple of the eval spacing: the last stage reaches the baseline's final val loss
+    // exactly at an eval point, N − S tokens in.
+    let shift = 0.25 * n_total();
+    let (prefix_flops, prefix_hours) = write_chain_seed(&exp, shift, 3);
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    let a = &summary.seeds[0];
+
+    // The chain, link by link, with its cumulative costs.
+    assert_eq!(summary.growth_stages, 2);
+    let names: Vec<(&str, &str)> = a
+        .chain
+        .iter()
+        .map(|l| (l.expand_dir.as_str(), l.train_dir.as_str()))
+        .collect();
+    assert_eq!(names, [("expand-1", "large-1"), ("expand-2", "large-2")]);
+    let tokens = |steps: u64| (steps * TOKENS_PER_STEP) as f64;
+    let small_flops = 6.0 * P_SMALL * tokens(SMALL_STEPS);
+    let rel = |a: f64, b: f64| ((a - b) / b).abs();
+    assert!(rel(a.chain[0].flops_before.unwrap(), small_flops) < 1e-12);
+    assert!(rel(a.chain[1].flops_before.unwrap(), prefix_flops) < 1e-12);
+    assert!(rel(a.prefix_flops.unwrap(), prefix_flops) < 1e-12);
+    assert!(rel(a.prefix_hours.unwrap(), prefix_hours) < 1e-12);
+    assert!(rel(a.expand_hours.unwrap(), 2.0 * EXPAND_HOURS) < 1e-12);
+    // The whole route: the sum of every stage's own FLOPs from its metrics.
+    let route_flops = prefix_flops + 6.0 * P_LARGE * n_total();
+    assert!(rel(a.route_flops.unwrap(), route_flops) < 1e-12);
+    assert!(rel(summary.route_flops.unwrap(), route_flops) < 1e-12);
+    let route_hours = prefix_hours + R_LARGE * n_total();
+    assert!(rel(a.route_hours.unwrap(), route_hours) < 1e-12);
+
+    // The verdict's total counts the whole chain: baseline N tokens ÷ (prefix + the last
+    // stage's N − S tokens), on both axes.
+    let fin = a.final_target().unwrap();
+    assert!(fin.cloned_reached);
+    let n_star = n_total() - shift;
+    let flops_total = fin.flops.cloned_total().unwrap();
+    assert!(
+        rel(flops_total, prefix_flops + 6.0 * P_LARGE * n_star) < 1e-9,
+        "{flops_total}"
+    );
+    let expected = 6.0 * P_LARGE * n_total() / (prefix_flops + 6.0 * P_LARGE * n_star);
+    assert!(rel(summary.flops_speedup_total.unwrap(), expected) < 1e-9);
+    let expected = R_LARGE * n_total() / (prefix_hours + R_LARGE * n_star);
+    assert!(rel(summary.speedup_total.unwrap(), expected) < 1e-9);
+    // Large-only is the last stage alone.
+    assert!(
+        rel(
+            summary.flops_speedup_large_only.unwrap(),
+            n_total() / n_star
+        ) < 1e-9
+    );
+
+    // The report: the chain table with a row per stage, every expansion checked, the chain
+    // drawn on the cost axes, the verdict naming both stages.
+    let md = read(&exp.join("report.md"));
+    assert!(md.contains("### The growth chain, stage by stage"), "{md}");
+    for row in [
+        "| small |",
+        "| expand-1 (expansion 1) |",
+        "| large-1 (growth stage 1) |",
+        "| expand-2 (expansion 2) |",
+        "| large-2 (growth stage 2) |",
+        "| cloned route, total |",
+        "| baseline (final shape, random init) |",
+    ] {
+        assert!(md.contains(row), "missing row {row}");
+    }
+    assert!(
+        md.contains("all 2 growth stages of the chain"),
+        "{}",
+        summary.verdict
+    );
+    // The per-run tables (final losses, throughput, settings) list every growth stage.
+    for title in [
+        "growth stage 1 (large-1)",
+        "cloned, growth stage 2 (large-2)",
+    ] {
+        assert_eq!(
+            md.matches(&format!("| {title} |")).count(),
+            3,
+            "{title}: a settings column, a final-losses and a throughput row"
+        );
+    }
+    assert!(
+        md.contains(
+            "| setting | small | growth stage 1 (large-1) | cloned, growth stage 2 (large-2) | \
+             baseline |"
+        ),
+        "settings columns"
+    );
+    assert!(md.contains("| quantity | expand-1 | expand-2 |"), "{md}");
+    let svg = read(&exp.join("plots/val_loss_vs_flops.svg"));
+    assert!(
+        svg.contains("growth stage 1 (large-1), cumulative"),
+        "no chain curve"
+    );
+    assert!(summary.table().contains("cloned route (2 growth stages)"));
+}
+
+/// A report written while the first growth stage of a two-stage chain has finished and the
+/// second has not started: the resolved `experiment.toml` names two stages, so the first is not
+/// taken for the cloned run; there is no verdict yet, and the chain so far is still tabled.
+#[test]
+fn a_chain_that_is_still_growing_has_no_verdict_yet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = report_dir(tmp.path(), "chain-partial");
+    write_chain_seed(&exp, 0.25 * n_total(), 3);
+    std::fs::remove_dir_all(exp.join("expand-2")).unwrap();
+    std::fs::remove_dir_all(exp.join("large-2")).unwrap();
+    std::fs::write(
+        exp.join("experiment.toml"),
+        "[experiment]\nname = \"growing\"\n\n[[growth]]\n[growth.expand]\n\n[[growth]]\n[growth.expand]\n",
+    )
+    .unwrap();
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    let a = &summary.seeds[0];
+    assert_eq!(summary.growth_stages, 2);
+    assert!(a.large.is_none() && a.targets.is_empty(), "{a:?}");
+    assert_eq!(summary.final_target_seeds, 0);
+    assert!(
+        summary.verdict.starts_with("No verdict yet"),
+        "{}",
+        summary.verdict
+    );
+    // What large-2 will start from is known; the route's total is not.
+    assert!(a.chain[1].flops_before.is_some() && a.route_flops.is_none());
+    let md = read(&exp.join("report.md"));
+    assert!(md.contains("| large-1 (growth stage 1) |"), "{md}");
+}
+
+/// An earlier growth stage that reaches the baseline's final val loss at less cost than the
+/// baseline makes the budget degenerate for the last growth: no speedup is claimed for growing
+/// to the final shape, and the verdict names the stage and its cumulative cost.
+#[test]
+fn an_earlier_growth_stage_that_gets_there_cheaper_claims_no_speedup_for_the_last_growth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = report_dir(tmp.path(), "chain-shortcut");
+    // large-1 falls to 1.0 + 300 / sqrt(n + 4000): below the baseline's final 2.63 early on.
+    write_chain_seed_with(&exp, 0.25 * n_total(), 3, 1.0);
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    assert!(summary.degenerate, "{}", summary.verdict);
+    assert!(
+        summary
+            .verdict
+            .starts_with("No speedup is claimed for the last growth"),
+        "{}",
+        summary.verdict
+    );
+    assert!(summary
+        .verdict
+        .contains("growth stage 1, before the last growth"));
+    let a = &summary.seeds[0];
+    let fin = a.final_target().unwrap();
+    let (stage, cost) = fin.flops.earlier_stage.unwrap();
+    assert_eq!(stage, 1);
+    // The route's cost there: the small run, then large-1 up to its crossing (interpolated
+    // between its eval points, so between the two around the exact one).
+    let target = fin.target_loss;
+    let n_cross = (300.0 / (target - 1.0)).powi(2) - 4.0 * N0;
+    let before = a.chain[0].flops_before.unwrap();
+    let step_tokens = (EVAL_EVERY * TOKENS_PER_STEP) as f64;
+    assert!(
+        cost >= before + 6.0 * P_MID * n_cross
+            && cost <= before + 6.0 * P_MID * (n_cross + step_tokens),
+        "{cost} vs {}",
+        before + 6.0 * P_MID * n_cross
+    );
+    let shortcuts = fin.shortcuts();
+    assert!(
+        shortcuts.iter().all(|s| s.earlier_stage == Some(1)),
+        "{shortcuts:?}"
+    );
+    assert_eq!(shortcuts.len(), 2, "FLOPs and device-hours");
+    assert!(summary.table().contains("an earlier growth stage"));
+    let md = read(&exp.join("report.md"));
+    assert!(md.contains("| earlier growth stage, total |"), "{md}");
+    assert!(md.contains("| stage 1: "), "{md}");
+}

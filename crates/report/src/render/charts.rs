@@ -15,6 +15,8 @@ const SMALL: (u8, u8, u8) = (44, 160, 44);
 const CONTROL: (u8, u8, u8) = (148, 103, 189);
 const TARGET: (u8, u8, u8) = (110, 110, 110);
 const LAYER: (u8, u8, u8) = (175, 175, 215);
+/// Earlier links of a growth chain (drawn cumulatively, before the last link's total curve).
+const CHAIN: (u8, u8, u8) = (140, 86, 75);
 
 /// The plots of the report, in the order they appear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +122,37 @@ fn val_chart(exp: &Experiment, analyses: &[SeedAnalysis], axis: Axis) -> ChartSp
                 points: baseline,
             });
         }
+        // The earlier links of a growth chain, on the cumulative cost of the route: each starts
+        // where the one before ended (plus its expansion).
+        let chained = a.chain.len() > 1;
+        if shifted && chained {
+            for (link, stage) in a.chain.iter().zip(&run.chain).rev().skip(1).rev() {
+                let before = match axis {
+                    Axis::DeviceHours => link.hours_before,
+                    _ => link.flops_before,
+                };
+                let points = stage
+                    .run
+                    .as_ref()
+                    .and_then(|s| s.metrics.as_ref())
+                    .map(|m| curve(&eval_points(m), axis))
+                    .unwrap_or_default();
+                let (Some(before), false) = (before, points.is_empty()) else {
+                    continue;
+                };
+                series.push(Series {
+                    label: label(&format!(
+                        "growth stage {} ({}), cumulative",
+                        link.index, link.train_dir
+                    )),
+                    color: CHAIN,
+                    dash: Dash::Dashed,
+                    width: 2,
+                    markers: true,
+                    points: points.iter().map(|&(x, y)| (x + before, y)).collect(),
+                });
+            }
+        }
         let large = points_of(StageKind::Large);
         if !large.is_empty() {
             let prefix = match axis {
@@ -129,7 +162,12 @@ fn val_chart(exp: &Experiment, analyses: &[SeedAnalysis], axis: Axis) -> ChartSp
             };
             if let (true, Some(prefix)) = (shifted, prefix) {
                 series.push(Series {
-                    label: label("cloned, total (+ small run + expansion)"),
+                    label: label(if chained {
+                        "cloned, last growth stage, total (+ small run + earlier stages + \
+                         expansions)"
+                    } else {
+                        "cloned, total (+ small run + expansion)"
+                    }),
                     color: TOTAL,
                     dash: Dash::Dashed,
                     width: 3,

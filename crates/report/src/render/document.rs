@@ -113,6 +113,22 @@ pub fn document(
     }
 
     b.push(Block::Heading(2, SECTIONS[3].to_string()));
+    if let Some(table) = chain_table(analyses, multi) {
+        b.push(Block::Heading(
+            3,
+            "The growth chain, stage by stage".to_string(),
+        ));
+        b.push(Block::Paragraph(
+            "Each growth stage expands the model the stage before it trained and trains it on \
+             for its own budget. The cumulative columns are the cloned route's cost so far: the \
+             small run, then every expansion (device-hours only: it copies weights) and every \
+             growth stage. The route's total is what the verdict and the tables below count as \
+             \"cloned, total\" when the last stage reaches a target (up to its crossing); the \
+             baseline trains the final shape from random init."
+                .to_string(),
+        ));
+        b.push(table);
+    }
     if analyses.iter().all(|a| a.targets.is_empty()) {
         b.push(Block::Paragraph(
             "Not available: both the cloned (large) run and the baseline need validation \
@@ -134,6 +150,16 @@ pub fn document(
              wide model to pay (see the verdict)."
                 .to_string(),
         ));
+        if analyses.iter().any(|a| a.chain.len() > 1) {
+            b.push(Block::Paragraph(
+                "With a growth chain, \"cloned\" is its last stage (large-only: that stage \
+                 alone) and the total counts the small run, every expansion and every earlier \
+                 stage in full. \"earlier growth stage, total\" is where the first earlier \
+                 stage's curve reached the target, on the route's cumulative cost; at or below \
+                 the baseline's cost, the budget is too short for the final shape to pay."
+                    .to_string(),
+            ));
+        }
         b.push(Block::Heading(3, "Device-hours".to_string()));
         b.push(cost_table(analyses, multi, |t| &t.hours, fmt::hours, true));
         b.push(Block::Heading(3, "FLOPs".to_string()));
@@ -157,7 +183,7 @@ pub fn document(
     }
 
     b.push(Block::Heading(2, SECTIONS[4].to_string()));
-    b.extend(final_losses(analyses, multi));
+    b.extend(final_losses(exp, analyses, multi));
 
     b.push(Block::Heading(2, SECTIONS[5].to_string()));
     match settings_table(exp, multi) {

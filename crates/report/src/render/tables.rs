@@ -1,6 +1,6 @@
 //! The tables of the report.
 
-use super::{opt, stage_stats};
+use super::{opt, run_rows};
 use crate::analysis::{
     spread, Axis, CostComparison, Race, SeedAnalysis, StageStats, TargetAggregate, TargetResult,
 };
@@ -66,6 +66,10 @@ pub(crate) fn cost_table(
     if control {
         header.push("control, total".to_string());
     }
+    let chained = analyses.iter().any(|a| a.chain.len() > 1);
+    if chained {
+        header.push("earlier growth stage, total".to_string());
+    }
     if with_steps {
         header.push("step reached (cloned / baseline)".to_string());
     }
@@ -98,6 +102,15 @@ pub(crate) fn cost_table(
             if control {
                 row.push(if t.control_ran {
                     reached_cell(c.control_total, f)
+                } else {
+                    "n/a".to_string()
+                });
+            }
+            if chained {
+                row.push(if a.chain.len() > 1 {
+                    c.earlier_stage
+                        .map(|(k, v)| format!("stage {k}: {}", f(v)))
+                        .unwrap_or_else(|| "not reached".to_string())
                 } else {
                     "n/a".to_string()
                 });
@@ -215,17 +228,17 @@ pub(crate) fn settings_table(exp: &Experiment, multi: bool) -> Option<Block> {
     ];
     let mut columns: Vec<(String, toml::Table)> = Vec::new();
     for run in &exp.seeds {
-        for kind in StageKind::ALL {
-            let Some(text) = run.stage(kind).and_then(|s| s.config_text.as_ref()) else {
+        for row in run_rows(run, None) {
+            let Some(text) = row.stage.config_text.as_ref() else {
                 continue;
             };
             let Ok(table) = text.parse::<toml::Table>() else {
                 continue;
             };
             let name = if multi {
-                format!("{} ({})", kind.title(), run.label)
+                format!("{} ({})", row.title, run.label)
             } else {
-                kind.title().to_string()
+                row.title
             };
             columns.push((name, table));
         }
@@ -295,8 +308,23 @@ pub(crate) fn aggregate_table(aggs: &[TargetAggregate]) -> Block {
     Block::Table { header, rows }
 }
 
-pub(crate) fn final_losses(analyses: &[SeedAnalysis], multi: bool) -> Vec<Block> {
+pub(crate) fn final_losses(exp: &Experiment, analyses: &[SeedAnalysis], multi: bool) -> Vec<Block> {
     let mut blocks = Vec::new();
+    // Every seed's runs in table order, and the run titles in the order they first appear.
+    let per_seed: Vec<(&SeedAnalysis, Vec<super::RunRow>)> = exp
+        .seeds
+        .iter()
+        .zip(analyses)
+        .map(|(run, a)| (a, run_rows(run, Some(a))))
+        .collect();
+    let mut titles: Vec<&str> = Vec::new();
+    for (_, rows) in &per_seed {
+        for r in rows {
+            if !titles.contains(&r.title.as_str()) {
+                titles.push(&r.title);
+            }
+        }
+    }
     if multi {
         let header = [
             "run",
@@ -309,10 +337,13 @@ pub(crate) fn final_losses(analyses: &[SeedAnalysis], multi: bool) -> Vec<Block>
         .map(String::from)
         .to_vec();
         let mut rows = Vec::new();
-        for kind in StageKind::ALL {
-            let stats: Vec<(&str, &StageStats)> = analyses
+        for title in &titles {
+            let stats: Vec<(&str, &StageStats)> = per_seed
                 .iter()
-                .filter_map(|a| Some((a.label.as_str(), stage_stats(a, kind)?)))
+                .filter_map(|(a, rows)| {
+                    let row = rows.iter().find(|r| r.title == *title)?;
+                    Some((a.label.as_str(), row.stats?))
+                })
                 .collect();
             if stats.is_empty() {
                 continue;
@@ -322,7 +353,7 @@ pub(crate) fn final_losses(analyses: &[SeedAnalysis], multi: bool) -> Vec<Block>
                 opt(spread(&v).as_ref(), |s| fmt::spread(s, show))
             };
             rows.push(vec![
-                kind.title().to_string(),
+                title.to_string(),
                 col(|s| s.final_val_loss, fmt::loss),
                 col(|s| s.best_val_loss, fmt::loss),
                 col(|s| s.final_train_loss, fmt::loss),
@@ -356,9 +387,9 @@ pub(crate) fn final_losses(analyses: &[SeedAnalysis], multi: bool) -> Vec<Block>
         .map(String::from),
     );
     let mut rows = Vec::new();
-    for a in analyses {
-        for kind in StageKind::ALL {
-            let Some(s) = stage_stats(a, kind) else {
+    for (a, runs) in &per_seed {
+        for r in runs {
+            let Some(s) = r.stats else {
                 continue;
             };
             let mut row = Vec::new();
@@ -366,7 +397,7 @@ pub(crate) fn final_losses(analyses: &[SeedAnalysis], multi: bool) -> Vec<Block>
                 row.push(a.label.clone());
             }
             row.extend([
-                kind.title().to_string(),
+                r.title.clone(),
                 fmt::loss_opt(s.first_val_loss),
                 fmt::loss_opt(s.final_val_loss),
                 fmt::loss_opt(s.best_val_loss),
@@ -413,16 +444,13 @@ pub(crate) fn throughput(exp: &Experiment, analyses: &[SeedAnalysis], multi: boo
     .to_vec();
     let mut rows = Vec::new();
     for (run, a) in exp.seeds.iter().zip(analyses) {
-        for kind in StageKind::ALL {
-            let Some(stage) = run.stage(kind) else {
-                continue;
-            };
-            let info = stage.run_info.clone().unwrap_or_default();
-            let stats = stage_stats(a, kind).cloned().unwrap_or_default();
+        for row in run_rows(run, Some(a)) {
+            let info = row.stage.run_info.clone().unwrap_or_default();
+            let stats = row.stats.cloned().unwrap_or_default();
             let name = if multi {
-                format!("{} ({})", kind.title(), a.label)
+                format!("{} ({})", row.title, a.label)
             } else {
-                kind.title().to_string()
+                row.title
             };
             let device = match (&info.device_name, &info.device) {
                 (Some(n), Some(d)) if n != d => format!("{n} ({d})"),
@@ -508,11 +536,116 @@ pub(crate) fn symmetry_table(analyses: &[SeedAnalysis], multi: bool) -> Option<B
     (!rows.is_empty()).then_some(Block::Table { header, rows })
 }
 
+/// The growth chain stage by stage, per seed: what each stage cost and the route's cumulative
+/// cost after it (small run, then each expansion and growth stage), with the whole route's
+/// total and the baseline beside it. `None` unless some seed grows in more than one stage.
+pub(crate) fn chain_table(analyses: &[SeedAnalysis], multi: bool) -> Option<Block> {
+    if analyses.iter().all(|a| a.chain.len() < 2) {
+        return None;
+    }
+    let mut header = Vec::new();
+    if multi {
+        header.push("seed".to_string());
+    }
+    header.extend(
+        [
+            "stage",
+            "parameters",
+            "steps",
+            "FLOPs",
+            "cumulative FLOPs",
+            "device-hours",
+            "cumulative device-hours",
+            "final val loss",
+        ]
+        .map(String::from),
+    );
+    let mut rows = Vec::new();
+    let na = || "n/a".to_string();
+    for a in analyses {
+        let mut push = |cells: [String; 8]| {
+            let mut row = Vec::new();
+            if multi {
+                row.push(a.label.clone());
+            }
+            row.extend(cells);
+            rows.push(row);
+        };
+        let small = a.small.as_ref();
+        push([
+            "small".to_string(),
+            na(),
+            opt(small.and_then(|s| s.steps), |v| v.to_string()),
+            opt(small.and_then(|s| s.flops), fmt::flops),
+            opt(small.and_then(|s| s.flops), fmt::flops),
+            opt(small.and_then(|s| s.device_hours), fmt::hours),
+            opt(small.and_then(|s| s.device_hours), fmt::hours),
+            opt(small.and_then(|s| s.final_val_loss), fmt::loss),
+        ]);
+        for link in &a.chain {
+            push([
+                format!("{} (expansion {})", link.expand_dir, link.index),
+                opt(link.params, fmt::count),
+                na(),
+                "0 (copies weights)".to_string(),
+                opt(link.flops_before, fmt::flops),
+                opt(link.expand_hours, fmt::hours),
+                opt(link.hours_before, fmt::hours),
+                na(),
+            ]);
+            let stats = link.stats.as_ref();
+            push([
+                format!("{} (growth stage {})", link.train_dir, link.index),
+                opt(link.params, fmt::count),
+                opt(stats.and_then(|s| s.steps), |v| v.to_string()),
+                opt(stats.and_then(|s| s.flops), fmt::flops),
+                opt(link.flops_after(), fmt::flops),
+                opt(stats.and_then(|s| s.device_hours), fmt::hours),
+                opt(link.hours_after(), fmt::hours),
+                opt(stats.and_then(|s| s.final_val_loss), fmt::loss),
+            ]);
+        }
+        push([
+            "cloned route, total".to_string(),
+            na(),
+            na(),
+            opt(a.route_flops, fmt::flops),
+            opt(a.route_flops, fmt::flops),
+            opt(a.route_hours, fmt::hours),
+            opt(a.route_hours, fmt::hours),
+            opt(a.large.as_ref().and_then(|s| s.final_val_loss), fmt::loss),
+        ]);
+        let baseline = a.baseline.as_ref();
+        push([
+            "baseline (final shape, random init)".to_string(),
+            na(),
+            opt(baseline.and_then(|s| s.steps), |v| v.to_string()),
+            opt(baseline.and_then(|s| s.flops), fmt::flops),
+            opt(baseline.and_then(|s| s.flops), fmt::flops),
+            opt(baseline.and_then(|s| s.device_hours), fmt::hours),
+            opt(baseline.and_then(|s| s.device_hours), fmt::hours),
+            opt(baseline.and_then(|s| s.final_val_loss), fmt::loss),
+        ]);
+    }
+    Some(Block::Table { header, rows })
+}
+
 pub(crate) fn expansion_table(exp: &Experiment) -> Option<Block> {
-    let infos: Vec<(&str, &crate::inputs::ExpandInfo)> = exp
+    // One column per seed, or per seed and expansion of a growth chain.
+    let chained = exp.seeds.iter().any(|s| s.chain.len() > 1);
+    let infos: Vec<(String, &crate::inputs::ExpandInfo)> = exp
         .seeds
         .iter()
-        .filter_map(|s| Some((s.label.as_str(), s.expand.as_ref()?)))
+        .flat_map(|s| {
+            s.chain.iter().filter_map(move |l| {
+                let label = match (chained, exp.multi_seed) {
+                    (true, true) => format!("{}, {}", s.label, l.expand_dir),
+                    (true, false) => l.expand_dir.clone(),
+                    (false, _) => s.label.clone(),
+                };
+                Some((label, l.expand.as_ref()?))
+            })
+        })
         .collect();
     if infos.is_empty() {
         return None;

@@ -16,8 +16,8 @@ use crate::inputs::{Experiment, StageKind};
 pub struct Verdict {
     /// The verdict's paragraphs.
     pub paragraphs: Vec<String>,
-    /// The small run or the control reached the baseline's final val loss at no more cost than
-    /// the baseline (in some seed): no speedup is claimed for growth.
+    /// The small run, the control or an earlier growth stage reached the baseline's final val
+    /// loss at no more cost than the baseline (in some seed): no speedup is claimed for growth.
     pub degenerate: bool,
     /// The cloned run's and the baseline's median step times differ by more than
     /// [`STEP_TIME_TOLERANCE`] in some seed: the device-hour figures are disturbed.
@@ -62,10 +62,13 @@ fn shortcut_words(s: &Shortcut) -> String {
     let f = axis_format(s.axis);
     format!(
         "{} reached it with {} {} (the baseline needed {})",
-        if s.control {
-            "the continued-small control (small run included)"
-        } else {
-            "the small run alone"
+        match (s.control, s.earlier_stage) {
+            (true, _) => "the continued-small control (small run included)".to_string(),
+            (false, Some(k)) => format!(
+                "growth stage {k}, before the last growth (the small run, the stages before it \
+                 and the expansions included),"
+            ),
+            (false, None) => "the small run alone".to_string(),
         },
         f(s.cost),
         axis_name(s.axis),
@@ -86,11 +89,12 @@ fn degenerate_paragraph(finals: &[(&SeedAnalysis, &TargetResult)], target: &str)
         seeds_hit += 1;
         // One sentence per kind of shortcut, on FLOPs when it holds there (the stable axis).
         let mut words = Vec::new();
-        for control in [false, true] {
+        let kinds = [(false, false), (true, false), (false, true)];
+        for (control, earlier) in kinds {
             let pick = shortcuts
                 .iter()
-                .filter(|s| s.control == control)
-                .min_by_key(|s| s.axis != Axis::Flops);
+                .filter(|s| s.control == control && s.earlier_stage.is_some() == earlier)
+                .min_by_key(|s| (s.axis != Axis::Flops, s.earlier_stage));
             if let Some(s) = pick {
                 words.push(shortcut_words(s));
             }
@@ -107,6 +111,24 @@ fn degenerate_paragraph(finals: &[(&SeedAnalysis, &TargetResult)], target: &str)
     } else {
         String::new()
     };
+    // Only earlier growth stages got there cheaper: the small model did not, but a grown model
+    // smaller than the baseline's did.
+    let only_earlier = finals
+        .iter()
+        .all(|(_, t)| t.shortcuts().iter().all(|s| s.earlier_stage.is_some()));
+    if only_earlier {
+        return format!(
+            "No speedup is claimed for the last growth: the budget is too short for the final \
+             shape to pay{scope}. The baseline's final val loss ({target}) was reached at no \
+             more cost than the baseline needed by a stage of the chain smaller than the \
+             baseline's shape: {}. That smaller grown model is the better model to train at \
+             this budget, so what the route to the final shape saves against the baseline says \
+             nothing about growing to it; the cost tables below still list those ratios, for \
+             this budget only. Give the last stage and the baseline a longer budget until the \
+             baseline beats the earlier stages.",
+            parts.join("; ")
+        );
+    }
     format!(
         "No speedup is claimed for growth: the budget is too short for the wide model to pay{scope}. \
          The baseline's final val loss ({target}) was reached at no more cost than the baseline \
@@ -201,9 +223,17 @@ pub fn verdict(exp: &Experiment, analyses: &[SeedAnalysis], aggs: &[TargetAggreg
                 .map(fmt::speedup_spread)
                 .unwrap_or_else(|| "n/a".into())
         };
+        let stages = analyses.iter().map(|a| a.chain.len()).max().unwrap_or(1);
+        let route = if stages > 1 {
+            format!(
+                "the small run and all {stages} growth stages of the chain, each expansion \
+                 included, the last up to the target"
+            )
+        } else {
+            "the small run, the expansion and the cloned run".to_string()
+        };
         let mut text = format!(
-            "{scope}ounting everything it took (the small run, the expansion and the cloned run), \
-             HyperCloning reached the baseline's final val loss ({target}) with a total speedup \
+            "{scope}ounting everything it took ({route}), HyperCloning reached the baseline's final val loss ({target}) with a total speedup \
              of {} in training FLOPs and {} in device-hours over training the wide model from \
              random init (the baseline's cost ÷ the cloned route's){seeds_note}.",
             total(&fin.flops_total),
@@ -230,20 +260,25 @@ pub fn verdict(exp: &Experiment, analyses: &[SeedAnalysis], aggs: &[TargetAggreg
             .iter()
             .filter(|(_, t)| t.cloned_reached)
             .all(|(_, t)| t.met_at_initialisation());
+        let who = if stages > 1 {
+            "the model before the last growth already exists and only the last growth stage is \
+             paid for"
+        } else {
+            "the small model already exists (e.g. imported from the hub) and only the wide run \
+             is paid for"
+        };
         let large_only = if met_everywhere {
             let first = values(analyses, |a| a.large.as_ref()?.first_val_loss);
             format!(
-                "Large-only, the figure that holds when the small model already exists (e.g. \
-                 imported from the hub) and only the wide run is paid for: the expanded model met \
-                 the target at initialisation (val loss {} before any training), so there is no \
-                 large-only factor to give.",
+                "Large-only, the figure that holds when {who}: the expanded model met the target \
+                 at initialisation (val loss {} before any training), so there is no large-only \
+                 factor to give.",
                 spread_text(&first, fmt::loss)
             )
         } else {
             format!(
-                "Large-only, the figure that holds when the small model already exists (e.g. \
-                 imported from the hub) and only the wide run is paid for: {} in training FLOPs, \
-                 {} in device-hours.",
+                "Large-only, the figure that holds when {who}: {} in training FLOPs, {} in \
+                 device-hours.",
                 total(&fin.flops_large_only),
                 total(&fin.hours_large_only)
             )
@@ -263,8 +298,13 @@ pub fn verdict(exp: &Experiment, analyses: &[SeedAnalysis], aggs: &[TargetAggreg
     });
     if let Some(d) = spread(&diffs) {
         ends.push_str(&format!(
-            "At the end of their equal budgets the cloned run's val loss was {} against the \
-             baseline's {} (difference {}{}).",
+            "At the end of their {} the cloned run's val loss was {} against the baseline's {} \
+             (difference {}{}).",
+            if analyses.iter().any(|a| a.chain.len() > 1) {
+                "budgets (the last growth stage's and the baseline's)"
+            } else {
+                "equal budgets"
+            },
             spread_text(
                 &values(analyses, |a| a.large.as_ref()?.final_val_loss),
                 fmt::loss
