@@ -513,6 +513,24 @@ impl ExperimentConfig {
         for link in &links {
             stages.push((link.key.clone(), self.link_config(&seeds, link)));
         }
+        // Refused here rather than at the expansion, after the small run has trained.
+        for link in &links {
+            if link.optimizer_state == ClonedOptimizerState::Transfer && link.expand.grows_depth() {
+                let expand_key = if self.growth.is_empty() {
+                    "expand.depth_factor".to_string()
+                } else {
+                    format!("{}.expand.depth_factor", link.key)
+                };
+                return Err(invalid(
+                    format!("{}.optimizer_state", link.key),
+                    format!(
+                        "\"transfer\" with {expand_key} = {}: AdamW's state is carried through \
+                         width growth only; use \"fresh\" for a stage that grows depth",
+                        link.expand.depth_factor
+                    ),
+                ));
+            }
+        }
         // A chain's stages run in the job of the wide runs, on `[large.run]`'s backend.
         for (link, stage) in links.iter().zip(&self.growth) {
             let run = &stage.run;
@@ -928,6 +946,26 @@ mod tests {
 
     /// `[large.cloned] optimizer_state`: fresh unless asked, "transfer" read and kept by the
     /// resolved file, anything else refused naming the key and the value.
+    #[test]
+    fn transfer_through_depth_growth_is_refused_before_anything_trains() {
+        let e = tiny(&[
+            "large.cloned.optimizer_state=\"transfer\"",
+            "expand.depth_factor=2",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("large.cloned.optimizer_state")
+                && e.contains("expand.depth_factor = 2")
+                && e.contains("fresh"),
+            "{e}"
+        );
+        assert!(
+            tiny(&["expand.depth_factor=2"]).is_ok(),
+            "fresh state grows depth"
+        );
+    }
+
     #[test]
     fn the_cloned_optimizer_state_is_fresh_by_default_and_validated() {
         let exp = tiny(&[]).unwrap();
