@@ -156,9 +156,21 @@ pub struct ScheduleConfig {
     /// Floor as a fraction of the peak learning rate.
     #[serde(default = "d_min_lr_ratio")]
     pub min_lr_ratio: f64,
-    /// Step at which the floor is reached (default: the last step of the run).
+    /// Step at which the floor is reached (default: the last step of the run, counted from
+    /// the schedule's start: `start_step + max_steps`).
     #[serde(default)]
     pub decay_steps: Option<u64>,
+    /// Where this run enters the schedule: the run continues a schedule that already took
+    /// `start_step` steps, so its step `t` gets the schedule's lr at `start_step + t` (warm-up
+    /// over if `start_step ≥ warmup_steps`). A wide run grown from a small run's checkpoint at
+    /// step k continues the small run's schedule position with `start_step = k`. Default 0
+    /// (left out of the file at 0, so older runs keep their hashes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_step: u64,
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 
 fn default_decay() -> Decay {
@@ -172,6 +184,7 @@ impl Default for ScheduleConfig {
             decay: Decay::Cosine,
             min_lr_ratio: d_min_lr_ratio(),
             decay_steps: None,
+            start_step: 0,
         }
     }
 }

@@ -5,10 +5,15 @@ use crate::config::{Decay, ScheduleConfig};
 
 /// Learning rate at optimiser step `step` (counted from 1) of a run of `total_steps` steps.
 ///
+/// The run enters the schedule at `start_step` (0 unless it continues another run's schedule):
+/// its step `t` is the schedule's step `start_step + t`, of `start_step + total_steps`.
 /// Warm-up climbs linearly from `peak / warmup` at step 1 to `peak` at step `warmup` (never 0:
 /// a zero first step would waste a batch). Decay runs from the end of warm-up to
-/// `decay_steps` (default `total_steps`), reaching `min_lr_ratio · peak`, and stays there.
+/// `decay_steps` (default the schedule's last step), reaching `min_lr_ratio · peak`, and stays
+/// there.
 pub fn learning_rate(schedule: &ScheduleConfig, peak: f64, step: u64, total_steps: u64) -> f64 {
+    let step = schedule.start_step + step;
+    let total_steps = schedule.start_step + total_steps;
     let warmup = schedule.warmup_steps;
     if step <= warmup {
         return peak * step.max(1) as f64 / warmup as f64;
@@ -41,6 +46,7 @@ mod tests {
             decay,
             min_lr_ratio: 0.1,
             decay_steps: None,
+            start_step: 0,
         }
     }
 
@@ -78,5 +84,25 @@ mod tests {
         assert!((learning_rate(&s, 2.0, 50, 100) - 0.2).abs() < 1e-12);
         assert!((learning_rate(&s, 2.0, 80, 100) - 0.2).abs() < 1e-12);
         assert_eq!(learning_rate(&sched(Decay::Constant, 0), 2.0, 80, 100), 2.0);
+    }
+
+    #[test]
+    fn a_run_that_starts_into_the_schedule_continues_it() {
+        // A 100-step schedule taken as 40 + 60: the second run's steps are the first's 41..=100.
+        let whole = sched(Decay::Cosine, 10);
+        let continued = ScheduleConfig {
+            start_step: 40,
+            ..whole.clone()
+        };
+        for t in 1..=60 {
+            let a = learning_rate(&whole, 1.0, 40 + t, 100);
+            let b = learning_rate(&continued, 1.0, t, 60);
+            assert!((a - b).abs() < 1e-15, "step {t}: {a} vs {b}");
+        }
+        // Past the warm-up from its first step.
+        assert!(learning_rate(&continued, 1.0, 1, 60) > 0.5);
+        // 0 keeps the file as it was.
+        let text = toml::to_string(&whole).unwrap();
+        assert!(!text.contains("start_step"), "{text}");
     }
 }
