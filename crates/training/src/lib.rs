@@ -7,13 +7,15 @@ pub mod config;
 pub mod lock;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 mod progress;
 pub mod schedule;
 pub mod trainer;
 
+pub use parallel::{Launch, ParallelError};
 pub use config::{BackendKind, ConfigFileError, Precision, TrainConfig};
 pub use hyperclone_runfiles::CostOffset;
 pub use trainer::{
-    evaluate, train, InitKind, StepTensors, SymmetryFn, TrainError, TrainOptions, TrainSummary,
+    evaluate, train, train_data_parallel, InitKind, StepTensors, SymmetryFn, TrainError, TrainOptions, TrainSummary,
     Trainer,
 };
