@@ -16,6 +16,6 @@ pub use parallel::{Launch, ParallelError};
 pub use config::{BackendKind, ConfigFileError, Precision, TrainConfig};
 pub use hyperclone_runfiles::CostOffset;
 pub use trainer::{
-    evaluate, train, train_data_parallel, InitKind, StepTensors, SymmetryFn, TrainError, TrainOptions, TrainSummary,
+    evaluate, time_data_parallel_steps, train, train_data_parallel, DataParallelBench, InitKind, StepTensors, SymmetryFn, TrainError, TrainOptions, TrainSummary,
     Trainer,
 };

@@ -525,6 +525,101 @@ mod tests {
         assert!(e.contains("--node-rank = 2"), "{e}");
     }
 
+    type B = burn::backend::Flex;
+
+    /// burn-collective keeps one server per backend and process: these tests take turns.
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn quick(timeout: Duration) -> Launch {
+        Launch {
+            peer_timeout: timeout,
+            ..Launch::default()
+        }
+    }
+
+    #[test]
+    fn peers_agree_on_equal_bytes_and_name_who_differs() {
+        let _serial = serial();
+        reset::<B>();
+        let launch = quick(Duration::from_secs(30));
+        let abort = Abort::new();
+        let config = launch.collective_config(2).unwrap();
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2)
+                .map(|rank| {
+                    let (launch, abort, config) = (&launch, abort.clone(), config.clone());
+                    s.spawn(move || {
+                        let peer =
+                            Peer::<B>::register(rank, 2, Default::default(), config, launch, abort)
+                                .unwrap();
+                        let same = peer.agree("same", [7; 16]).unwrap();
+                        let mut mine = [7u8; 16];
+                        mine[15] = rank as u8;
+                        let differ = peer.agree("differ", mine).unwrap();
+                        let any = peer.any("any", rank == 1).unwrap();
+                        let none = peer.any("none", false).unwrap();
+                        peer.finish().unwrap();
+                        (same, differ, any, none)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (same, differ, any, none) in results {
+            assert_eq!(same, Ok(()));
+            let detail = differ.unwrap_err();
+            assert!(
+                detail.contains(&format!("peer 0: {}00", "07".repeat(15)))
+                    && detail.contains(&format!("peer 1: {}01", "07".repeat(15))),
+                "{detail}"
+            );
+            assert!(any && !none);
+        }
+    }
+
+    #[test]
+    fn a_peer_whose_sibling_never_comes_stops_at_its_deadline() {
+        let _serial = serial();
+        reset::<B>();
+        let launch = quick(Duration::from_millis(500));
+        let config = launch.collective_config(2).unwrap();
+        let t0 = Instant::now();
+        let err = Peer::<B>::register(0, 2, Default::default(), config, &launch, Abort::new())
+            .err()
+            .expect("registration cannot complete without peer 1");
+        let waited = t0.elapsed();
+        assert!(
+            matches!(err, ParallelError::Timeout { rank: 0, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("register within 0.5 s"), "{err}");
+        assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+        reset::<B>();
+    }
+
+    #[test]
+    fn a_peer_stops_at_once_when_a_sibling_failed() {
+        let _serial = serial();
+        reset::<B>();
+        let launch = quick(Duration::from_secs(60));
+        let config = launch.collective_config(2).unwrap();
+        let abort = Abort::new();
+        abort.fail(1);
+        let t0 = Instant::now();
+        let err = Peer::<B>::register(0, 2, Default::default(), config, &launch, abort)
+            .err()
+            .expect("peer 1 failed");
+        assert!(
+            matches!(err, ParallelError::PeerFailed { rank: 0, failed: 1 }),
+            "{err}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        reset::<B>();
+    }
+
     #[test]
     fn abort_keeps_the_first_failure() {
         let a = Abort::new();

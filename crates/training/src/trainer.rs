@@ -1719,3 +1719,131 @@ fn agree_at_start<AB: GptAutodiffBackend>(
     }
     Ok(())
 }
+
+/// What [`time_data_parallel_steps`] times: a model, its kernels and a global batch.
+#[derive(Debug, Clone)]
+pub struct DataParallelBench {
+    /// The architecture (random weights, seed 0).
+    pub model: GptConfig,
+    /// Compute dtype and kernels.
+    pub kernels: hyperclone_model::Kernels,
+    /// Rows of the global batch (split evenly over the peers).
+    pub batch: usize,
+    /// Tokens per row.
+    pub seq: usize,
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+}
+
+/// Wall seconds of each timed training step of `devices` data-parallel peers in this process
+/// (as rank 0 sees them: forward, backward, the gradient and loss all-reduce and AdamW, with
+/// the device synced at the end of each step), on the devices [`train_data_parallel`] would
+/// take. The batch is random tokens, the same every step; AdamW at its defaults, lr 1e-4.
+/// For `hyperclone bench --devices N`.
+pub fn time_data_parallel_steps<AB: GptAutodiffBackend>(
+    bench: &DataParallelBench,
+    devices: usize,
+    device: &AB::Device,
+    device_name: &str,
+) -> Result<Vec<f64>, TrainError> {
+    if !bench.batch.is_multiple_of(devices) {
+        return Err(ParallelError::BatchNotDivisible {
+            batch_size: bench.batch,
+            world: devices,
+        }
+        .into());
+    }
+    let launch = Launch::default();
+    let collective = launch.collective_config(devices)?;
+    let peer_devices = peer_devices::<AB>(device, devices, device_name)?;
+    let (rows, width) = (bench.batch / devices, bench.seq + 1);
+    let mut rng = hyperclone_model::SplitMix64::new(1);
+    let ids: Vec<u32> = (0..bench.batch * width)
+        .map(|_| (rng.next_u64() % bench.model.vocab_size as u64) as u32)
+        .collect();
+    let abort = Abort::new();
+    let results: Vec<Result<Vec<f64>, TrainError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = peer_devices
+            .into_iter()
+            .enumerate()
+            .map(|(rank, dev)| {
+                let (abort, collective, ids) = (abort.clone(), collective.clone(), &ids);
+                let launch = &launch;
+                scope.spawn(move || {
+                    let result = (|| {
+                        let peer = if devices > 1 {
+                            Some(Peer::<AB::InnerBackend>::register(
+                                rank,
+                                devices,
+                                dev.clone(),
+                                collective,
+                                launch,
+                                abort.clone(),
+                            )?)
+                        } else {
+                            None
+                        };
+                        let model = Gpt::<AB>::init(&bench.model, 0, &dev)?
+                            .with_kernels(bench.kernels);
+                        let mut trainer =
+                            Trainer::new(model, AdamW::<AB>::new(Default::default()), dev.clone());
+                        let mine = Batch {
+                            batch_size: rows,
+                            seq_len: bench.seq,
+                            tokens: ids[rank * rows * width..(rank + 1) * rows * width].to_vec(),
+                        };
+                        let tokens = || {
+                            Ok::<_, TrainError>((
+                                tokens_tensor::<AB>(&mine.inputs(), rows, bench.seq, &dev),
+                                tokens_tensor::<AB>(&mine.targets(), rows, bench.seq, &dev),
+                            ))
+                        };
+                        let mut times = Vec::with_capacity(bench.steps);
+                        for i in 0..bench.warmup + bench.steps {
+                            let t0 = Instant::now();
+                            let step = match &peer {
+                                None => trainer.step(1, 1e-4, |_| tokens())?,
+                                Some(peer) => trainer.step_reduced(
+                                    1,
+                                    1e-4,
+                                    |_| tokens(),
+                                    |optimizer, loss| {
+                                        optimizer.reduce_accumulated(|g| {
+                                            peer.mean("the gradient all-reduce", g)
+                                        })?;
+                                        Ok(peer.mean("the loss all-reduce", loss)?)
+                                    },
+                                )?,
+                            };
+                            drop(step);
+                            trainer.sync()?;
+                            if i >= bench.warmup {
+                                times.push(t0.elapsed().as_secs_f64());
+                            }
+                        }
+                        if let Some(peer) = &peer {
+                            peer.finish()?;
+                        }
+                        Ok(times)
+                    })();
+                    if result.is_err() {
+                        abort.fail(rank);
+                    }
+                    result
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a bench peer panicked"))
+            .collect()
+    });
+    if results.iter().any(Result::is_err) {
+        crate::parallel::reset::<AB::InnerBackend>();
+        let errors: Vec<TrainError> = results.into_iter().filter_map(Result::err).collect();
+        return Err(root_cause(errors.into_iter().map(Err).collect()));
+    }
+    results.into_iter().next().expect("at least one peer")
+}
