@@ -158,7 +158,12 @@ fn two_processes_joined_through_the_orchestrator_train_like_one_two_peer_run() {
 fn nodes_with_different_configs_are_refused_and_a_lone_node_stops_at_its_timeout() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path());
-    ok(&bin().arg("prepare").arg("--config").arg(&cfg).output().unwrap());
+    ok(&bin()
+        .arg("prepare")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap());
 
     // Node 1 with another learning rate: both refuse at the start, naming both hashes.
     let run = tmp.path().join("mismatch");
@@ -178,7 +183,9 @@ fn nodes_with_different_configs_are_refused_and_a_lone_node_stops_at_its_timeout
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("different configurations") && err.contains("peer 0: ") && err.contains("peer 1: "),
+            err.contains("different configurations")
+                && err.contains("peer 0: ")
+                && err.contains("peer 1: "),
             "{err}"
         );
     }
@@ -192,9 +199,6 @@ fn nodes_with_different_configs_are_refused_and_a_lone_node_stops_at_its_timeout
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("did not join register within 3 s"),
-        "{err}"
-    );
+    assert!(err.contains("did not join register within 3 s"), "{err}");
     assert!(waited < Duration::from_secs(30), "{waited:?}");
 }

@@ -198,10 +198,11 @@ impl Launch {
             None => port
                 .checked_add(1 + self.node_rank as u16)
                 .ok_or(ParallelError::InvalidLaunch {
-                    key: "--coordinator",
-                    value: port.to_string(),
-                    message: "the port leaves no room for the nodes' default data ports; give --node-port",
-                })?,
+                key: "--coordinator",
+                value: port.to_string(),
+                message:
+                    "the port leaves no room for the nodes' default data ports; give --node-port",
+            })?,
         };
         let coordinator = self.coordinator.clone().unwrap_or_default();
         let parse = |s: String| {
@@ -222,7 +223,10 @@ impl Launch {
             value,
             message: "give HOST:PORT of node 0 (required with --nodes > 1)",
         };
-        let text = self.coordinator.clone().ok_or_else(|| bad("(none)".into()))?;
+        let text = self
+            .coordinator
+            .clone()
+            .ok_or_else(|| bad("(none)".into()))?;
         let (host, port) = text.rsplit_once(':').ok_or_else(|| bad(text.clone()))?;
         let port: u16 = port.parse().map_err(|_| bad(text.clone()))?;
         if host.is_empty() || port == 0 {
@@ -244,9 +248,9 @@ impl Abort {
 
     /// Records that `rank` failed (the first failure wins).
     pub(crate) fn fail(&self, rank: usize) {
-        let _ =
-            self.0
-                .compare_exchange(usize::MAX, rank, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self
+            .0
+            .compare_exchange(usize::MAX, rank, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// The peer that failed first, if any.
@@ -386,10 +390,8 @@ impl<B: Backend> Peer<B> {
 
     /// Whether `flag` holds on any peer.
     pub(crate) fn any(&self, operation: &'static str, flag: bool) -> Result<bool, ParallelError> {
-        let t = Tensor::<B, 1>::from_data(
-            TensorData::new(vec![flag as u8 as f32], [1]),
-            &self.device,
-        );
+        let t =
+            Tensor::<B, 1>::from_data(TensorData::new(vec![flag as u8 as f32], [1]), &self.device);
         let total = self.sum(operation, t)?.into_scalar();
         Ok(burn::tensor::ElementConversion::elem::<f32>(total) > 0.0)
     }
@@ -408,13 +410,14 @@ impl<B: Backend> Peer<B> {
         let len = slots.len();
         let t = Tensor::<B, 1>::from_data(TensorData::new(slots, [len]), &self.device);
         let all = self.sum(operation, t)?.into_data();
-        let values: Vec<f32> = all.convert::<f32>().into_vec().map_err(|e| {
-            ParallelError::Collective {
-                rank: self.rank,
-                operation,
-                detail: format!("{e:?}"),
-            }
-        })?;
+        let values: Vec<f32> =
+            all.convert::<f32>()
+                .into_vec()
+                .map_err(|e| ParallelError::Collective {
+                    rank: self.rank,
+                    operation,
+                    detail: format!("{e:?}"),
+                })?;
         Ok(values
             .chunks(16)
             .map(|c| {
@@ -461,7 +464,9 @@ impl<B: Backend> Peer<B> {
     /// Unregisters the peer (at the end of a run).
     pub(crate) fn finish(&self) -> Result<(), ParallelError> {
         let id = self.id;
-        self.call("finish", move || burn_collective::finish_collective::<B>(id))
+        self.call("finish", move || {
+            burn_collective::finish_collective::<B>(id)
+        })
     }
 }
 

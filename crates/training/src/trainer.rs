@@ -1193,12 +1193,14 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             // The gradient of the global batch is the mean of the peers' gradients (equal
             // shares), and so is its loss: averaged before the clip and AdamW, every peer
             // makes the same update.
-            Some(peer) => self
-                .trainer
-                .step_reduced(grad_accum, lr, batch, |optimizer, loss_sum| {
-                    optimizer.reduce_accumulated(|g| peer.mean("the gradient all-reduce", g))?;
-                    Ok(peer.mean("the loss all-reduce", loss_sum)?)
-                })?,
+            Some(peer) => {
+                self.trainer
+                    .step_reduced(grad_accum, lr, batch, |optimizer, loss_sum| {
+                        optimizer
+                            .reduce_accumulated(|g| peer.mean("the gradient all-reduce", g))?;
+                        Ok(peer.mean("the loss all-reduce", loss_sum)?)
+                    })?
+            }
         };
         // The step's one wait for the device: its summed loss and gradient norm, read together.
         let (loss, grad_norm) = tensors.read();
@@ -1571,8 +1573,15 @@ pub fn train_data_parallel<AB: GptAutodiffBackend>(
                             Some(inputs) => inputs,
                             None => RunInputs::resolve(config, options)?,
                         };
-                        Session::<AB>::start(config, options, inputs, lock, &peer_device, Some(peer))?
-                            .run()
+                        Session::<AB>::start(
+                            config,
+                            options,
+                            inputs,
+                            lock,
+                            &peer_device,
+                            Some(peer),
+                        )?
+                        .run()
                     });
                     let result = std::panic::catch_unwind(run).unwrap_or_else(|panic| {
                         let message = panic
@@ -1601,10 +1610,7 @@ pub fn train_data_parallel<AB: GptAutodiffBackend>(
         crate::parallel::reset::<AB::InnerBackend>();
         return Err(root_cause(results));
     }
-    results
-        .into_iter()
-        .next()
-        .expect("at least one peer")
+    results.into_iter().next().expect("at least one peer")
 }
 
 /// The error to report from failed peers: the first that is not a consequence of another
@@ -1785,8 +1791,8 @@ pub fn time_data_parallel_steps<AB: GptAutodiffBackend>(
                         } else {
                             None
                         };
-                        let model = Gpt::<AB>::init(&bench.model, 0, &dev)?
-                            .with_kernels(bench.kernels);
+                        let model =
+                            Gpt::<AB>::init(&bench.model, 0, &dev)?.with_kernels(bench.kernels);
                         let mut trainer =
                             Trainer::new(model, AdamW::<AB>::new(Default::default()), dev.clone());
                         let mine = Batch {

@@ -123,7 +123,10 @@ fn two_peers_match_one_device_at_the_same_global_batch() {
     let loss_diff = max_relative_difference(&parallel.losses, &single.losses);
     eprintln!("2 peers vs 1 device: max relative loss difference {loss_diff:.3e}");
     assert!(loss_diff < 1e-5, "losses differ by {loss_diff}");
-    assert_ne!(parallel.losses, single.losses, "the peers did not split the batch");
+    assert_ne!(
+        parallel.losses, single.losses,
+        "the peers did not split the batch"
+    );
     let (v2, v1) = (
         parallel.final_val_loss.unwrap(),
         single.final_val_loss.unwrap(),
@@ -135,7 +138,10 @@ fn two_peers_match_one_device_at_the_same_global_batch() {
     assert_eq!(metrics.train.len(), 30);
     for line in &metrics.train {
         let (hours, wall) = (line.device_hours.unwrap(), line.wall_s.unwrap());
-        assert!((hours - 2.0 * wall / 3600.0).abs() < 1e-12, "{hours} vs {wall}");
+        assert!(
+            (hours - 2.0 * wall / 3600.0).abs() < 1e-12,
+            "{hours} vs {wall}"
+        );
     }
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(two.path().join("run_info.json")).unwrap()).unwrap();
@@ -164,8 +170,8 @@ fn two_peers_are_deterministic_and_a_run_that_lost_a_peer_resumes_to_the_same_lo
         ..Launch::default()
     };
     let t0 = Instant::now();
-    let err = train_data_parallel::<AB>(&cfg, &options(split.path()), &launch, &device)
-        .unwrap_err();
+    let err =
+        train_data_parallel::<AB>(&cfg, &options(split.path()), &launch, &device).unwrap_err();
     assert!(
         matches!(
             err,
@@ -213,7 +219,11 @@ fn a_batch_that_does_not_split_and_dropout_on_shared_devices_are_refused() {
         text.contains("model.dropout = 0.1") && text.contains("run.devices = 2"),
         "{text}"
     );
-    assert!(!run_dir.exists(), "a refused run left {}", run_dir.display());
+    assert!(
+        !run_dir.exists(),
+        "a refused run left {}",
+        run_dir.display()
+    );
     let mut bad = config(&[]);
     bad.run.devices = 0;
     let text = bad.validate().unwrap_err().to_string();
