@@ -197,7 +197,7 @@ fn two_peers_are_deterministic_and_a_run_that_lost_a_peer_resumes_to_the_same_lo
 }
 
 #[test]
-fn a_batch_that_does_not_split_and_dropout_on_shared_devices_are_refused() {
+fn uneven_batches_too_many_devices_and_shared_dropout_are_refused() {
     let _serial = serial();
     let device = Default::default();
     let tmp = tempfile::tempdir().unwrap();
@@ -217,6 +217,22 @@ fn a_batch_that_does_not_split_and_dropout_on_shared_devices_are_refused() {
     let text = err.to_string();
     assert!(
         text.contains("model.dropout = 0.1") && text.contains("run.devices = 2"),
+        "{text}"
+    );
+    // A backend that is not the CPU gets one device per peer: flex reports a single device, so
+    // two peers on a "GPU" are more devices than exist.
+    let err = train::<AB>(
+        &config(&["run.devices=2"]),
+        &TrainOptions {
+            device_name: "a GPU".into(),
+            ..options(&run_dir)
+        },
+        &device,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("run.devices = 2, but the backend has 1 device(s)"),
         "{text}"
     );
     assert!(
