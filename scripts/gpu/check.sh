@@ -23,7 +23,7 @@ mkdir -p "$out"
 # Start from a clean slate: a run dir left by an earlier check (another commit, another clone
 # path) holds checkpoints of a different configuration, which `train` and `run` rightly refuse.
 # Only what this script itself creates is removed.
-rm -rf "$out"/c-cpu "$out"/c-cpu-fused "$out"/c-cpu-composed "$out"/c-cpu-bf16 "$out"/c-gpu "$out"/c-gpu-composed "$out"/c-bf16 "$out"/c-bf16p "$out"/pipeline "$out"/data "$out"/data-full
+rm -rf "$out"/c-cpu "$out"/c-cpu-fused "$out"/c-cpu-composed "$out"/c-cpu-bf16 "$out"/c-gpu "$out"/c-gpu-composed "$out"/c-bf16 "$out"/c-bf16p "$out"/c-dp1 "$out"/c-dp2 "$out"/pipeline "$out"/data "$out"/data-full
 rm -f "$out"/*.log "$out"/train-check.toml "$out"/pipeline.toml
 results="$out/results.jsonl"
 : > "$results"
@@ -95,6 +95,24 @@ compare "f32 $gpu vs cpu" 1e-4 "$out/c-gpu" "$out/c-cpu" || status=1
 # bf16 = mixed precision (f32 weights, bf16 matmuls): on the GPU and, in the CPU half, on flex.
 train5 "$out/c-bf16" $gpu bf16 || status=1
 compare "bf16 $gpu vs cpu f32" 1e-2 "$out/c-bf16" "$out/c-cpu" || status=1
+# Data parallel (#17): 2 peers against 1 device at the same global batch, without dropout (its
+# masks would come from a generator the peers share). On CUDA it needs 2 GPUs; the CPU half runs
+# 2 flex peers (threads sharing the CPU).
+train5dp() { # dir backend devices
+  timeout 240 "$bin" train --config "$cfg" --run-dir "$1" --set run.max_steps=5 --set run.eval_every=5 \
+    --set run.backend="$2" --set model.dropout=0.0 --devices "$3" > "$1.log" 2>&1
+  local rc=$?
+  [ $rc = 0 ] || { note "train on $2 with $3 peer(s) failed: $(why "$1.log" $rc)"; return 1; }
+}
+gpus=1
+[ $cpu_only = 0 ] && gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+if [ $cpu_only = 1 ] || [ "$gpus" -ge 2 ]; then
+  train5dp "$out/c-dp1" $gpu 1 || status=1
+  train5dp "$out/c-dp2" $gpu 2 || status=1
+  compare "2 data-parallel peers vs 1 device on $gpu" 1e-5 "$out/c-dp2" "$out/c-dp1" || status=1
+else
+  note "data parallel: skipped, $gpus GPU on this machine (the 2-peer check needs 2)"
+fi
 if [ $cpu_only = 0 ]; then
   # The same mixed recipe on the CPU rounds at the same places: a closer reference for CUDA's
   # bf16 kernels than f32, so its difference should come out well under the f32 comparison's.

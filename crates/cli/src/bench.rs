@@ -12,7 +12,7 @@ use hyperclone_model::{
 use hyperclone_training::config::OptimizerConfig;
 use hyperclone_training::metrics::{peak_flops, peak_rss_bytes};
 use hyperclone_training::optim::AdamW;
-use hyperclone_training::{Precision, Trainer};
+use hyperclone_training::{time_data_parallel_steps, DataParallelBench, Precision, Trainer};
 
 use crate::backend::{run_job, Env, Job};
 use crate::train::CliBackend;
@@ -59,6 +59,11 @@ pub struct BenchArgs {
     /// the host from queuing ahead, so the phases add up to more than `step_ms`.
     #[arg(long)]
     pub phases: bool,
+    /// Then time the same global batch split over N data-parallel peers (threads; on the CPU
+    /// they share the one device) and report their global tokens/s and the scaling efficiency
+    /// (tokens/s of N peers / (N × one device's)).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub devices: usize,
 }
 
 impl BenchArgs {
@@ -154,6 +159,29 @@ impl Job for BenchJob {
         let host_median = median(&mut host);
         let step_median = median(&mut times);
         let tokens = (batch * seq) as f64;
+        let data_parallel = if args.devices > 1 {
+            drop(trainer);
+            let bench = DataParallelBench {
+                model: config.clone(),
+                kernels: args.kernels(),
+                batch,
+                seq,
+                warmup: args.warmup,
+                steps: args.steps,
+            };
+            let mut peers =
+                time_data_parallel_steps::<AB>(&bench, args.devices, device, &env.device_name)?;
+            let peers_median = median(&mut peers);
+            let peers_tps = tokens / peers_median;
+            Some(serde_json::json!({
+                "devices": args.devices,
+                "step_ms": peers_median * 1e3,
+                "tokens_per_s": peers_tps,
+                "scaling_efficiency": peers_tps / (args.devices as f64 * tokens / step_median),
+            }))
+        } else {
+            None
+        };
         let flops_per_token = config.flops_per_token(seq);
         let achieved = flops_per_token * tokens / step_median;
         let peak = peak_flops(&env.device_name, args.precision.matmuls_in_bf16());
@@ -193,6 +221,7 @@ impl Job for BenchJob {
             },
             "steps": args.steps,
             "final_loss": last_loss,
+            "data_parallel": data_parallel,
         }))
     }
 }
@@ -217,8 +246,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             GptConfig::PRESETS.join(", ")
         );
     };
-    if args.steps == 0 || args.batch == 0 {
-        bail!("--steps and --batch must be at least 1");
+    if args.steps == 0 || args.batch == 0 || args.devices == 0 {
+        bail!("--steps, --batch and --devices must be at least 1");
+    }
+    if !args.batch.is_multiple_of(args.devices) {
+        bail!(
+            "--batch {} does not split evenly over --devices {}: give a multiple",
+            args.batch,
+            args.devices
+        );
     }
     let seq = args.seq.unwrap_or(config.context_length);
     if seq == 0 || seq > config.context_length {
@@ -274,6 +310,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
             String::new()
         }
     );
+    let dp = &json["data_parallel"];
+    if dp.is_object() {
+        println!(
+            "  {} data-parallel peers, same global batch: {:.1} ms/step, {:.0} tokens/s, scaling efficiency {:.2} (tokens/s of {} peers / {} × one device){}",
+            args.devices,
+            dp["step_ms"].as_f64().unwrap_or(f64::NAN),
+            dp["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            dp["scaling_efficiency"].as_f64().unwrap_or(f64::NAN),
+            args.devices,
+            args.devices,
+            if json["backend"] == "flex" {
+                "; CPU peers share the machine's cores, so this says little about speed"
+            } else {
+                ""
+            }
+        );
+    }
     println!("{json}");
     Ok(())
 }

@@ -420,6 +420,7 @@ mod tests {
             resume: false,
             stop_after: None,
             optimizer_state: Default::default(),
+            launch: Default::default(),
         };
         run_training(config.clone(), plan(Some(model_dir.clone()))).unwrap();
         for dir in [run.clone(), run.join("final")] {

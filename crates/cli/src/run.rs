@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// `experiment.seeds`); the report gives every figure as mean and range over the seeds.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub seeds: Option<u64>,
+    /// Data-parallel peers for every training stage (sets small.run.devices and
+    /// large.run.devices; see `hyperclone train --devices`).
+    #[arg(long, value_name = "N")]
+    pub devices: Option<usize>,
 }
 
 struct RunJob {
@@ -60,6 +64,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(n) = args.seeds {
         let seeds: Vec<String> = (1..=n).map(|s| s.to_string()).collect();
         overrides.push(format!("experiment.seeds=[{}]", seeds.join(", ")));
+    }
+    if let Some(n) = args.devices {
+        overrides.push(format!("small.run.devices={n}"));
+        overrides.push(format!("large.run.devices={n}"));
     }
     let config = ExperimentConfig::load(&args.experiment, &overrides)?;
     let out = config.experiment.out.clone();

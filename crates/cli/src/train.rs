@@ -8,7 +8,9 @@ use hyperclone_model::GptAutodiffBackend;
 use hyperclone_model::{generate, SampleOptions};
 use hyperclone_training::checkpoint::complete_checkpoints;
 use hyperclone_training::trainer::OptimizerInit;
-use hyperclone_training::{train, BackendKind, Precision, TrainConfig, TrainOptions, TrainSummary};
+use hyperclone_training::{
+    train_data_parallel, BackendKind, Launch, Precision, TrainConfig, TrainOptions, TrainSummary,
+};
 
 use crate::backend::{run_job, Env, Job};
 
@@ -48,6 +50,64 @@ pub struct TrainArgs {
     /// `transfer` requires it, `fresh` ignores it.
     #[arg(long, value_enum, default_value_t = OptimizerStateArg::Auto)]
     pub optimizer_state: OptimizerStateArg,
+    #[command(flatten)]
+    pub parallel: ParallelArgs,
+}
+
+/// Data-parallel training: peers on this machine and, across machines, the torchrun-like
+/// launch of one process per node.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ParallelArgs {
+    /// Data-parallel peers on this machine, one per device (sets run.devices; CPU peers share
+    /// the one CPU device). run.batch_size is the global micro-batch: each peer computes
+    /// batch_size / (devices × nodes) rows of it.
+    #[arg(long, value_name = "N")]
+    pub devices: Option<usize>,
+    /// Machines (processes) in the run, each started with the same config and --devices.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub nodes: u32,
+    /// This process's index among the nodes (0 starts the orchestrator and writes the run).
+    #[arg(long, default_value_t = 0, value_name = "I")]
+    pub node_rank: u32,
+    /// HOST:PORT of node 0, where it starts burn-collective's orchestrator (with --nodes > 1).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+    /// The address at which the other nodes reach this node.
+    #[arg(long, default_value = "127.0.0.1", value_name = "HOST")]
+    pub node_host: String,
+    /// This node's tensor-service port (default: the coordinator's port + 1 + node rank).
+    #[arg(long, value_name = "PORT")]
+    pub node_port: Option<u16>,
+    /// Seconds a peer waits for the others at one collective operation before it stops with
+    /// an error (a dead or hung peer); must cover rank 0's evaluations and checkpoints.
+    #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
+    pub peer_timeout: f64,
+}
+
+impl ParallelArgs {
+    /// The `--set run.devices=N` that `--devices N` stands for, if given.
+    pub fn devices_override(&self) -> Option<String> {
+        self.devices.map(|n| format!("run.devices={n}"))
+    }
+
+    /// The launch these arguments describe.
+    pub fn launch(&self) -> Result<Launch> {
+        if !(self.peer_timeout.is_finite() && self.peer_timeout > 0.0) {
+            bail!(
+                "--peer-timeout {}: must be a positive number of seconds",
+                self.peer_timeout
+            );
+        }
+        Ok(Launch {
+            nodes: self.nodes,
+            node_rank: self.node_rank,
+            coordinator: self.coordinator.clone(),
+            node_host: self.node_host.clone(),
+            data_port: self.node_port,
+            peer_timeout: std::time::Duration::from_secs_f64(self.peer_timeout),
+            fail_peer: None,
+        })
+    }
 }
 
 /// `--optimizer-state` of `train` (see [`OptimizerInit`]).
@@ -84,6 +144,8 @@ pub struct TrainPlan {
     pub stop_after: Option<u64>,
     /// Where the optimizer state of a run from `init_from` comes from.
     pub optimizer_state: OptimizerInit,
+    /// This process's part in a data-parallel run across nodes (default: alone).
+    pub launch: Launch,
 }
 
 struct TrainJob {
@@ -100,6 +162,7 @@ impl Job for TrainJob {
             resume,
             stop_after,
             optimizer_state,
+            launch,
         } = self.plan;
         let options = TrainOptions::<AB::InnerBackend> {
             run_dir,
@@ -118,7 +181,12 @@ impl Job for TrainJob {
             options.device_name,
             options.run_dir.display()
         );
-        Ok(train::<AB>(&self.config, &options, device)?)
+        Ok(train_data_parallel::<AB>(
+            &self.config,
+            &options,
+            &launch,
+            device,
+        )?)
     }
 }
 
@@ -130,7 +198,9 @@ pub fn run_training(config: TrainConfig, plan: TrainPlan) -> Result<TrainSummary
 
 /// `hyperclone train`.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let config = TrainConfig::load(&args.config, &args.overrides)?;
+    let mut overrides = args.overrides.clone();
+    overrides.extend(args.parallel.devices_override());
+    let config = TrainConfig::load(&args.config, &overrides)?;
     let run_dir = args.run_dir.clone().unwrap_or_else(|| {
         let stem = args
             .config
@@ -145,6 +215,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         resume: args.resume == ResumeMode::Auto,
         stop_after: args.stop_after,
         optimizer_state: args.optimizer_state.into(),
+        launch: args.parallel.launch()?,
     };
     let summary = run_training(config, plan.clone())?;
     println!(

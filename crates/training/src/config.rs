@@ -73,6 +73,10 @@ fn d_clip() -> f64 {
 fn d_min_lr_ratio() -> f64 {
     0.1
 }
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
 fn d_one() -> usize {
     1
 }
@@ -267,6 +271,13 @@ pub struct RunConfig {
     /// Micro-batches per optimiser step.
     #[serde(default = "d_one")]
     pub grad_accum: usize,
+    /// Data-parallel peers on this machine (one per device; CPU peers share the one CPU
+    /// device): each computes `batch_size / devices` rows of every micro-batch, so the global
+    /// batch, the data and the loss curve (to float rounding) are those of one device. Not part
+    /// of the trajectory hash, and left out when serialised at its default 1, so that configs
+    /// and stage hashes of single-device runs are unchanged.
+    #[serde(default = "d_one", skip_serializing_if = "is_one")]
+    pub devices: usize,
     /// Budget in optimiser steps.
     #[serde(default)]
     pub max_steps: Option<u64>,
@@ -412,6 +423,9 @@ impl TrainConfig {
         }
         if r.grad_accum == 0 {
             return bad("run.grad_accum", "0".into(), "must be at least 1");
+        }
+        if r.devices == 0 {
+            return bad("run.devices", "0".into(), "must be at least 1");
         }
         if r.eval_every == 0 {
             return bad("run.eval_every", "0".into(), "must be at least 1");

@@ -7,13 +7,15 @@ pub mod config;
 pub mod lock;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 mod progress;
 pub mod schedule;
 pub mod trainer;
 
 pub use config::{BackendKind, ConfigFileError, Precision, TrainConfig};
 pub use hyperclone_runfiles::CostOffset;
+pub use parallel::{Launch, ParallelError};
 pub use trainer::{
-    evaluate, train, InitKind, StepTensors, SymmetryFn, TrainError, TrainOptions, TrainSummary,
-    Trainer,
+    evaluate, time_data_parallel_steps, train, train_data_parallel, DataParallelBench, InitKind,
+    StepTensors, SymmetryFn, TrainError, TrainOptions, TrainSummary, Trainer,
 };

@@ -689,6 +689,34 @@ impl<AB: AutodiffBackend> AdamW<AB> {
         self.micro_batches += 1;
     }
 
+    /// Replaces the accumulated gradients by `reduce` of them, all parameters at once: they are
+    /// concatenated in parameter-path order into one `[Σ numel]` tensor (one all-reduce per
+    /// step instead of one per parameter, the same order on every data-parallel peer), and
+    /// the result is cut back into the parameters. Nothing waits for the device here unless
+    /// `reduce` does. No-op without accumulated gradients.
+    pub fn reduce_accumulated<E>(
+        &mut self,
+        reduce: impl FnOnce(Tensor<AB::InnerBackend, 1>) -> Result<Tensor<AB::InnerBackend, 1>, E>,
+    ) -> Result<(), E> {
+        if self.accumulated.is_empty() {
+            return Ok(());
+        }
+        let accumulated = std::mem::take(&mut self.accumulated);
+        let sizes: Vec<(String, usize)> = accumulated
+            .iter()
+            .map(|(name, g)| (name.clone(), g.dims()[0]))
+            .collect();
+        let flat = Tensor::cat(accumulated.into_values().collect(), 0); // [Σ numel]
+        let reduced = reduce(flat)?;
+        let mut start = 0;
+        for (name, len) in sizes {
+            let part = reduced.clone().narrow(0, start, len); // [numel]
+            self.accumulated.insert(name, part);
+            start += len;
+        }
+        Ok(())
+    }
+
     /// L2 norm of the mean gradient over the accumulated micro-batches, computed in f32 on the
     /// device without waiting for it (`[1]`); `None` before any gradient was accumulated. A
     /// parameter with norm factors ([`ParamScale::norm`]) contributes `Σ w·g²`: for a state

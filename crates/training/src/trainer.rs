@@ -28,6 +28,7 @@ use crate::config::{OptimizerConfig, TrainConfig};
 use crate::lock::{LockError, RunLock};
 use crate::metrics::{peak_flops, peak_rss_bytes};
 use crate::optim::{read_scalars, AdamW, AdamWState, OptimError};
+use crate::parallel::{digest16, weights_checksum, Abort, Launch, ParallelError, Peer};
 use crate::progress::make_progress;
 use crate::schedule::learning_rate;
 use hyperclone_runfiles::{
@@ -149,6 +150,9 @@ pub enum TrainError {
     /// its model.
     #[error("--init-from optimizer state: {0}")]
     InitOptimizer(OptimError),
+    /// Data-parallel training could not start, or a peer failed ([`crate::parallel`]).
+    #[error(transparent)]
+    Parallel(#[from] ParallelError),
 }
 
 /// The end of a [`TrainError::NonFiniteLoss`] message: what is left on disk.
@@ -423,6 +427,28 @@ impl<AB: GptAutodiffBackend> Trainer<AB> {
         options: &TrainOptions<AB::InnerBackend>,
         device: &AB::Device,
     ) -> Result<Started<AB>, TrainError> {
+        Self::init_or_resume_as(
+            config,
+            model_config,
+            config_hash,
+            data,
+            options,
+            device,
+            true,
+        )
+    }
+
+    /// [`Trainer::init_or_resume`]; only a `leader` (the single device, or rank 0 of a
+    /// data-parallel run) writes into the run directory.
+    fn init_or_resume_as(
+        config: &TrainConfig,
+        model_config: &GptConfig,
+        config_hash: &str,
+        data: &PreparedData,
+        options: &TrainOptions<AB::InnerBackend>,
+        device: &AB::Device,
+        leader: bool,
+    ) -> Result<Started<AB>, TrainError> {
         let run_dir = &options.run_dir;
         let resumed = if options.resume {
             load_latest::<AB>(run_dir, &config.optimizer, device)?
@@ -434,7 +460,9 @@ impl<AB: GptAutodiffBackend> Trainer<AB> {
         }
         // An imported model's special token ids, generation and tokenizer configs stay with
         // the run (and its final/), so that `hyperclone export` of the run writes them back.
-        crate::checkpoint::carry_hf_metadata(options.init_from.as_deref(), run_dir)?;
+        if leader {
+            crate::checkpoint::carry_hf_metadata(options.init_from.as_deref(), run_dir)?;
+        }
         let (model, init, width) = match &options.init_from {
             Some(dir) => {
                 let inner =
@@ -636,7 +664,24 @@ impl<AB: GptAutodiffBackend> Trainer<AB> {
         &mut self,
         micro_batches: usize,
         lr: f64,
+        batch: impl FnMut(usize) -> Result<(Tensor<AB, 2, Int>, Tensor<AB, 2, Int>), E>,
+    ) -> Result<StepTensors<AB::InnerBackend>, E> {
+        self.step_reduced(micro_batches, lr, batch, |_, loss_sum| Ok(loss_sum))
+    }
+
+    /// [`Trainer::step`] with `reduce` between the last backward and the update: it gets the
+    /// optimiser, whose accumulated gradients it may replace ([`AdamW::reduce_accumulated`]),
+    /// and the summed loss, and returns the loss to report. Data-parallel peers average both
+    /// over the peers here, so that the clip and AdamW see the gradient of the global batch.
+    pub fn step_reduced<E>(
+        &mut self,
+        micro_batches: usize,
+        lr: f64,
         mut batch: impl FnMut(usize) -> Result<(Tensor<AB, 2, Int>, Tensor<AB, 2, Int>), E>,
+        reduce: impl FnOnce(
+            &mut AdamW<AB>,
+            Tensor<AB::InnerBackend, 1>,
+        ) -> Result<Tensor<AB::InnerBackend, 1>, E>,
     ) -> Result<StepTensors<AB::InnerBackend>, E> {
         let mut loss_sum: Option<Tensor<AB::InnerBackend, 1>> = None;
         for micro in 0..micro_batches {
@@ -649,8 +694,9 @@ impl<AB: GptAutodiffBackend> Trainer<AB> {
             });
             self.backward(loss);
         }
-        let grad_norm = self.update(lr);
         let loss_sum = loss_sum.unwrap_or_else(|| Tensor::zeros([1], &self.device));
+        let loss_sum = reduce(&mut self.optimizer, loss_sum)?;
+        let grad_norm = self.update(lr);
         Ok(StepTensors {
             loss_sum,
             grad_norm,
@@ -788,14 +834,35 @@ struct Clock {
     wall_at_start: f64,
     /// Seconds of this segment kept off the clock (measurements only some runs make).
     excluded: f64,
+    /// Devices this segment occupies (every data-parallel peer's device).
+    devices: f64,
+    /// Device-hours recorded at the checkpoint the segment started from.
+    hours_at_start: f64,
+    /// Whether the run so far used `devices` devices throughout (its device-hours are
+    /// `wall × devices`): then that product is reported, bit for bit as before on one device.
+    same_devices: bool,
 }
 
 impl Clock {
-    fn new(wall_at_start: f64) -> Self {
+    fn new(state: &TrainState, devices: usize) -> Self {
+        let devices = devices as f64;
         Self {
             start: Instant::now(),
-            wall_at_start,
+            wall_at_start: state.wall_s,
             excluded: 0.0,
+            devices,
+            hours_at_start: state.device_hours,
+            same_devices: state.device_hours == state.wall_s * devices / 3600.0,
+        }
+    }
+
+    /// Device-hours at wall second `wall`: every device counts for the whole wall time. A run
+    /// resumed with another number of devices adds this segment's share to what it had.
+    fn device_hours(&self, wall: f64) -> f64 {
+        if self.same_devices {
+            wall * self.devices / 3600.0
+        } else {
+            self.hours_at_start + (wall - self.wall_at_start) * self.devices / 3600.0
         }
     }
 
@@ -818,7 +885,8 @@ struct Session<'a, AB: GptAutodiffBackend> {
     data: PreparedData,
     sampler: BatchSampler,
     val: Vec<Batch>,
-    metrics: RunLog,
+    /// `None` on data-parallel peers other than rank 0, which write nothing.
+    metrics: Option<RunLog>,
     total_steps: Option<u64>,
     /// The schedule's length: `total_steps`, or practically endless under a wall-time budget.
     sched_total: u64,
@@ -833,8 +901,10 @@ struct Session<'a, AB: GptAutodiffBackend> {
     resumed_from: Option<(u64, PathBuf)>,
     /// Whether the session already fell back to an older checkpoint (it does so once).
     fell_back: bool,
-    /// Held for the whole run.
-    _lock: RunLock,
+    /// This session's place in a data-parallel run; `None` on a single device.
+    peer: Option<Peer<AB::InnerBackend>>,
+    /// Held for the whole run (by the single device, or rank 0's session in its process).
+    _lock: Option<RunLock>,
 }
 
 /// A finished step: its metrics line (written) and its loss.
@@ -861,10 +931,13 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
         config: &'a TrainConfig,
         options: &'a TrainOptions<AB::InnerBackend>,
         inputs: RunInputs,
-        lock: RunLock,
+        lock: Option<RunLock>,
         device: &AB::Device,
+        peer: Option<Peer<AB::InnerBackend>>,
     ) -> Result<Self, TrainError> {
         let run_dir = &options.run_dir;
+        let leader = peer.as_ref().is_none_or(|p| p.rank == 0);
+        let world = peer.as_ref().map_or(1, |p| p.world);
         let RunInputs {
             data,
             model_config,
@@ -876,18 +949,24 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             state,
             init,
             resumed_from,
-        } = Trainer::<AB>::init_or_resume(
+        } = Trainer::<AB>::init_or_resume_as(
             config,
             &model_config,
             &config_hash,
             &data,
             options,
             device,
+            leader,
         )?;
+        if let Some(peer) = &peer {
+            agree_at_start(peer, config, &model_config, &data, &trainer, &state)?;
+        }
 
         // Files of the run directory.
-        let resolved = config.to_toml();
-        std::fs::write(run_dir.join("config.toml"), &resolved).map_err(io_err(run_dir))?;
+        if leader {
+            let resolved = config.to_toml();
+            std::fs::write(run_dir.join("config.toml"), &resolved).map_err(io_err(run_dir))?;
+        }
         let flops_per_token = model_config.flops_per_token(config.run.seq_len);
         let precision = config.run.precision;
         let peak = peak_flops(&options.device_name, precision.matmuls_in_bf16());
@@ -896,7 +975,7 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             backend: Some(options.backend_name.clone()),
             device: Some(if on_cpu { "cpu".into() } else { "gpu".into() }),
             device_name: Some(options.device_name.clone()),
-            devices: Some(1),
+            devices: Some(world as u64),
             param_count: Some(model_config.param_count() as u64),
             flops_per_token: Some(flops_per_token),
             seed: Some(config.run.seed),
@@ -906,11 +985,19 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             peak_flops: peak.map(|p| p.0),
             peak_estimated: Some(peak.is_none_or(|p| p.1)),
         };
-        if init != InitKind::Resume {
+        if leader && init != InitKind::Resume {
             let info_json = serde_json::to_vec_pretty(&info).expect("RunInfo serialises");
             std::fs::write(run_dir.join("run_info.json"), info_json).map_err(io_err(run_dir))?;
         }
-        let mut metrics = RunLog::open(run_dir, config.run.tensorboard, options.cost_offset)?;
+        let mut metrics = if leader {
+            Some(RunLog::open(
+                run_dir,
+                config.run.tensorboard,
+                options.cost_offset,
+            )?)
+        } else {
+            None
+        };
 
         let sampler =
             BatchSampler::new(config.run.batch_size, config.run.seq_len, config.run.seed)?;
@@ -946,19 +1033,21 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
         if budget_left {
             let t0 = Instant::now();
             let first = state.step * config.run.grad_accum as u64;
-            let batch = sampler.random_batch(&data.train, first)?;
+            let batch = peer_rows(sampler.random_batch(&data.train, first)?, peer.as_ref());
             let x = tokens_tensor::<AB>(&batch.inputs(), batch.batch_size, batch.seq_len, device);
             let y = tokens_tensor::<AB>(&batch.targets(), batch.batch_size, batch.seq_len, device);
             trainer.warm_up(&config.optimizer, x, y, val.first())?;
             let seconds = t0.elapsed().as_secs_f64();
             tracing::info!("warm-up step (kernel compilation, autotuning): {seconds:.2} s, not counted in device-hours");
-            metrics.write(&Line::Warmup(WarmupLine {
-                step: state.step,
-                seconds,
-            }))?;
+            if let Some(metrics) = &mut metrics {
+                metrics.write(&Line::Warmup(WarmupLine {
+                    step: state.step,
+                    seconds,
+                }))?;
+            }
         }
 
-        let clock = Clock::new(state.wall_s);
+        let clock = Clock::new(&state, world);
         let state_step = state.step;
         let mut session = Self {
             config,
@@ -979,9 +1068,10 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             resumed_from: resumed_from.map(|dir| (state_step, dir)),
             config_hash,
             fell_back: false,
+            peer,
             _lock: lock,
         };
-        if session.state.step == 0 {
+        if session.state.step == 0 && leader {
             session.evaluate_and_log()?;
         }
         Ok(session)
@@ -1007,11 +1097,13 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             val_loss: Some(val_loss),
             val_ppl: Some(val_loss.exp()),
             wall_s: Some(wall),
-            device_hours: Some(wall / 3600.0),
+            device_hours: Some(self.clock.device_hours(wall)),
             flops: Some(self.state.flops),
             symmetry: symmetry.clone(),
         };
-        self.metrics.write(&Line::Eval(line))?;
+        if let Some(metrics) = &mut self.metrics {
+            metrics.write(&Line::Eval(line))?;
+        }
         if self.state.best_val.is_none_or(|(_, best)| val_loss < best) {
             self.state.best_val = Some((self.state.step, val_loss));
         }
@@ -1025,20 +1117,43 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
     }
 
     /// Whether the budget (steps or wall time) is spent.
-    fn budget_spent(&self) -> bool {
+    fn budget_spent(&self) -> Result<bool, TrainError> {
         if self.total_steps.is_some_and(|t| self.state.step >= t) {
-            return true;
+            return Ok(true);
         }
         if let Some(limit) = self.config.run.max_wall_seconds {
-            if self.clock.now() >= limit {
+            if self.out_of_time()? {
                 tracing::info!(
                     "wall-time budget of {limit} s spent at step {}",
                     self.state.step
                 );
-                return true;
+                return Ok(true);
             }
         }
-        false
+        Ok(false)
+    }
+
+    /// Whether the wall-time budget is spent; data-parallel peers decide together (their
+    /// clocks differ a little), so that all of them stop at the same step.
+    fn out_of_time(&self) -> Result<bool, TrainError> {
+        let Some(limit) = self.config.run.max_wall_seconds else {
+            return Ok(false);
+        };
+        let mine = self.clock.now() >= limit;
+        Ok(match &self.peer {
+            Some(peer) => peer.any("the wall-time budget decision", mine)?,
+            None => mine,
+        })
+    }
+
+    /// Whether this session writes the run files: the single device, or data-parallel rank 0.
+    fn leader(&self) -> bool {
+        self.peer.as_ref().is_none_or(|p| p.rank == 0)
+    }
+
+    /// Devices of the run (data-parallel peers in all).
+    fn world(&self) -> usize {
+        self.peer.as_ref().map_or(1, |p| p.world)
     }
 
     /// Runs step `state.step + 1` and writes its metrics line.
@@ -1046,6 +1161,9 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
         let config = self.config;
         let device = self.trainer.device().clone();
         let step = self.state.step + 1;
+        if let Some(peer) = &self.peer {
+            peer.check_injected(step)?;
+        }
         let t0 = Instant::now();
         // Dropout masks come from the backend's generator, reseeded every step so that a
         // resumed run draws the same masks. The generator is process-wide: one training per
@@ -1059,16 +1177,31 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             self.sched_total,
         );
         let grad_accum = config.run.grad_accum;
-        let (sampler, train) = (&self.sampler, &self.data.train);
-        let tensors = self.trainer.step(grad_accum, lr, |micro| {
+        let (sampler, train, peer) = (&self.sampler, &self.data.train, self.peer.as_ref());
+        let batch = |micro: usize| {
             let td = Instant::now();
             let index = (step - 1) * grad_accum as u64 + micro as u64;
-            let batch = sampler.random_batch(train, index)?;
+            // A data-parallel peer takes its rows of the batch one device would take.
+            let batch = peer_rows(sampler.random_batch(train, index)?, peer);
             let x = tokens_tensor::<AB>(&batch.inputs(), batch.batch_size, batch.seq_len, &device);
             let y = tokens_tensor::<AB>(&batch.targets(), batch.batch_size, batch.seq_len, &device);
             data_time += td.elapsed().as_secs_f64();
             Ok::<_, TrainError>((x, y))
-        })?;
+        };
+        let tensors = match peer {
+            None => self.trainer.step(grad_accum, lr, batch)?,
+            // The gradient of the global batch is the mean of the peers' gradients (equal
+            // shares), and so is its loss: averaged before the clip and AdamW, every peer
+            // makes the same update.
+            Some(peer) => {
+                self.trainer
+                    .step_reduced(grad_accum, lr, batch, |optimizer, loss_sum| {
+                        optimizer
+                            .reduce_accumulated(|g| peer.mean("the gradient all-reduce", g))?;
+                        Ok(peer.mean("the loss all-reduce", loss_sum)?)
+                    })?
+            }
+        };
         // The step's one wait for the device: its summed loss and gradient norm, read together.
         let (loss, grad_norm) = tensors.read();
         if !loss.is_finite() || !grad_norm.is_finite() {
@@ -1096,7 +1229,7 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             step_time_s: Some(step_time),
             tokens_per_s: Some(self.tokens_per_step as f64 / step_time),
             wall_s: Some(wall),
-            device_hours: Some(wall / 3600.0),
+            device_hours: Some(self.clock.device_hours(wall)),
             flops: Some(state.flops),
             tflops_per_s: Some(achieved / 1e12),
             mfu: self.peak.map(|(p, _)| achieved / p),
@@ -1104,14 +1237,32 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             peak_memory_bytes: if self.on_cpu { peak_rss_bytes() } else { None },
             data_time_s: Some(data_time),
         };
-        self.metrics.write(&Line::Train(line.clone()))?;
+        if let Some(metrics) = &mut self.metrics {
+            metrics.write(&Line::Train(line.clone()))?;
+        }
         Ok(StepOutcome::Done(Box::new(StepReport { line, loss })))
     }
 
     /// Writes the checkpoint of the current step and prunes old ones.
     fn checkpoint(&mut self) -> Result<(), TrainError> {
         self.state.wall_s = self.clock.now();
-        self.state.device_hours = self.state.wall_s / 3600.0;
+        self.state.device_hours = self.clock.device_hours(self.state.wall_s);
+        if let Some(peer) = &self.peer {
+            // Identical updates keep the weights identical; a checksum per peer proves it
+            // before rank 0 writes the step for all of them.
+            let checksum = weights_checksum(&self.trainer.model().valid());
+            if let Err(detail) = peer.agree("the weights checksum", checksum)? {
+                return Err(ParallelError::Diverged {
+                    step: self.state.step,
+                    detail,
+                }
+                .into());
+            }
+            if peer.rank != 0 {
+                self.resumed_from = None;
+                return Ok(());
+            }
+        }
         let run_dir = &self.options.run_dir;
         let dir = self.trainer.checkpoint(run_dir, &self.state)?;
         tracing::debug!("checkpoint {}", dir.display());
@@ -1177,7 +1328,7 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
         )?;
         self.trainer = started.trainer;
         self.state = started.state;
-        self.clock = Clock::new(self.state.wall_s);
+        self.clock = Clock::new(&self.state, self.world());
         self.resumed_from = started.resumed_from.map(|dir| (self.state.step, dir));
         self.fell_back = true;
         Ok(true)
@@ -1186,7 +1337,8 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
     /// Trains until the budget is spent (or `stop_after`), then evaluates and writes `final/`.
     fn run(mut self) -> Result<TrainSummary, TrainError> {
         let config = self.config;
-        let progress = make_progress(self.total_steps, self.state.step);
+        let leader = self.leader();
+        let progress = make_progress(self.total_steps.filter(|_| leader), self.state.step);
         let mut losses = Vec::new();
         let mut final_val = None;
         let mut stopped_early = false;
@@ -1196,7 +1348,7 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
         // last, end the run without a checkpoint at its final step, and let a re-run resume
         // from an earlier one and train again. Here it only catches a run that was already
         // finished when this call started.
-        let mut finished = self.budget_spent();
+        let mut finished = self.budget_spent()?;
         while !finished {
             let line = match self.train_step()? {
                 StepOutcome::Done(line) => line,
@@ -1224,17 +1376,16 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             let StepReport { line, loss } = *line;
             let step = line.step;
             losses.push((step, loss));
-            progress.report(&line, config.run.log_every);
+            if leader {
+                progress.report(&line, config.run.log_every);
+            }
 
-            let out_of_time = config
-                .run
-                .max_wall_seconds
-                .is_some_and(|l| self.clock.now() >= l);
+            let out_of_time = self.out_of_time()?;
             if out_of_time {
                 tracing::info!("wall-time budget spent at step {step}");
             }
             let last = self.total_steps == Some(step) || out_of_time;
-            if step.is_multiple_of(config.run.eval_every) || last {
+            if (step.is_multiple_of(config.run.eval_every) || last) && leader {
                 let v = self.evaluate_and_log()?;
                 if last {
                     final_val = Some(v);
@@ -1253,9 +1404,9 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
         }
         progress.finish();
         self.state.wall_s = self.clock.now();
-        self.state.device_hours = self.state.wall_s / 3600.0;
+        self.state.device_hours = self.clock.device_hours(self.state.wall_s);
 
-        if !stopped_early {
+        if !stopped_early && leader {
             if final_val.is_none() {
                 // Budget already spent when this call started (a finished run re-invoked).
                 final_val = self
@@ -1264,6 +1415,9 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
                     .map(|_| self.trainer.evaluate(&self.val));
             }
             self.trainer.save_final(&self.options.run_dir)?;
+        }
+        if let Some(peer) = &self.peer {
+            peer.finish()?;
         }
         Ok(TrainSummary {
             step: self.state.step,
@@ -1287,6 +1441,9 @@ pub fn train<AB: GptAutodiffBackend>(
     options: &TrainOptions<AB::InnerBackend>,
     device: &AB::Device,
 ) -> Result<TrainSummary, TrainError> {
+    if config.run.devices > 1 {
+        return train_data_parallel::<AB>(config, options, &Launch::default(), device);
+    }
     let run_dir = &options.run_dir;
     let inputs = RunInputs::resolve(config, options)?;
     if !options.resume {
@@ -1306,7 +1463,7 @@ pub fn train<AB: GptAutodiffBackend>(
             if !options.resume {
                 refuse_checkpoints(run_dir)?;
             }
-            Session::<AB>::start(config, options, inputs, lock, device)
+            Session::<AB>::start(config, options, inputs, Some(lock), device, None)
         });
     match started {
         Ok(session) => session.run(),
@@ -1330,4 +1487,369 @@ fn refuse_checkpoints(run_dir: &Path) -> Result<(), TrainError> {
         }),
         None => Ok(()),
     }
+}
+
+/// Trains like [`train`] with `config.run.devices` data-parallel peers in this process (one
+/// thread each) and, with `launch.nodes > 1`, as one node of a run across processes or
+/// machines joined through burn-collective's orchestrator ([`crate::parallel`]).
+///
+/// The peers of a GPU backend take the devices `device`, `device + 1`, …; on the CPU
+/// (`options.device_name` "cpu…") they share the one CPU device. Every node resolves the same
+/// inputs and must see the same run directory (a shared file system) to resume; node 0's
+/// first peer holds the run directory's lock and writes every file. One data-parallel run per
+/// process at a time (burn-collective keeps one server per backend).
+pub fn train_data_parallel<AB: GptAutodiffBackend>(
+    config: &TrainConfig,
+    options: &TrainOptions<AB::InnerBackend>,
+    launch: &Launch,
+    device: &AB::Device,
+) -> Result<TrainSummary, TrainError> {
+    let devices = config.run.devices;
+    let collective = launch.collective_config(devices)?;
+    if devices == 1 && launch.nodes == 1 {
+        return train::<AB>(config, options, device);
+    }
+    let world = devices * launch.nodes as usize;
+    if !config.run.batch_size.is_multiple_of(world) {
+        return Err(ParallelError::BatchNotDivisible {
+            batch_size: config.run.batch_size,
+            world,
+        }
+        .into());
+    }
+    let peer_devices = peer_devices::<AB>(device, devices, &options.device_name)?;
+    let inputs = RunInputs::resolve(config, options)?;
+    if devices > 1 && inputs.model_config.dropout > 0.0 {
+        return Err(ParallelError::SharedDropout {
+            dropout: inputs.model_config.dropout,
+            devices,
+        }
+        .into());
+    }
+    let run_dir = &options.run_dir;
+    let writer_node = launch.node_rank == 0;
+    let mut lock = None;
+    if writer_node {
+        if !options.resume {
+            refuse_checkpoints(run_dir)?;
+        }
+        std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+        lock = Some(RunLock::acquire(run_dir)?);
+        if !options.resume {
+            refuse_checkpoints(run_dir)?;
+        }
+        if launch.nodes > 1 {
+            start_orchestrator(launch)?;
+        }
+    }
+    tracing::info!(
+        "data-parallel: {devices} peer(s) on node {} of {}, {world} in all; {} rows of each micro-batch per peer",
+        launch.node_rank,
+        launch.nodes,
+        config.run.batch_size / world
+    );
+    let mut inputs = Some(inputs);
+    let abort = Abort::new();
+    let results: Vec<Result<TrainSummary, TrainError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = peer_devices
+            .into_iter()
+            .enumerate()
+            .map(|(local, peer_device)| {
+                let rank = launch.node_rank as usize * devices + local;
+                let lock = if local == 0 { lock.take() } else { None };
+                let inputs = if local == 0 { inputs.take() } else { None };
+                let (abort, collective) = (abort.clone(), collective.clone());
+                scope.spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(|| {
+                        let peer = Peer::<AB::InnerBackend>::register(
+                            rank,
+                            world,
+                            peer_device.clone(),
+                            collective,
+                            launch,
+                            abort.clone(),
+                        )?;
+                        let inputs = match inputs {
+                            Some(inputs) => inputs,
+                            None => RunInputs::resolve(config, options)?,
+                        };
+                        Session::<AB>::start(
+                            config,
+                            options,
+                            inputs,
+                            lock,
+                            &peer_device,
+                            Some(peer),
+                        )?
+                        .run()
+                    });
+                    let result = std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+                        let message = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "(no message)".into());
+                        Err(ParallelError::Panicked { rank, message }.into())
+                    });
+                    if let Err(e) = &result {
+                        tracing::error!("data-parallel peer {rank}: {e}");
+                        abort.fail(rank);
+                    }
+                    result
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a peer thread catches its panics"))
+            .collect()
+    });
+    if results.iter().any(Result::is_err) {
+        // Helper threads of the stopped peers may still wait inside burn-collective: a reset
+        // answers them, and a later run in this process starts clean.
+        crate::parallel::reset::<AB::InnerBackend>();
+        return Err(root_cause(results));
+    }
+    results.into_iter().next().expect("at least one peer")
+}
+
+/// The error to report from failed peers: the first that is not a consequence of another
+/// peer's failure (stopped for a sibling, or waiting for it in vain), else the first.
+fn root_cause(results: Vec<Result<TrainSummary, TrainError>>) -> TrainError {
+    let mut errors: Vec<TrainError> = results.into_iter().filter_map(Result::err).collect();
+    let secondary = |e: &TrainError| {
+        matches!(
+            e,
+            TrainError::Parallel(ParallelError::PeerFailed { .. } | ParallelError::Timeout { .. })
+        )
+    };
+    let first = errors.iter().position(|e| !secondary(e)).unwrap_or(0);
+    errors.swap_remove(first)
+}
+
+/// The devices of `devices` peers starting at `device`: consecutive devices of its kind on a
+/// GPU backend ([`ParallelError::TooManyDevices`] beyond those that exist), the one device
+/// shared on the CPU (`device_name` "cpu…"), where the peers are threads.
+fn peer_devices<AB: GptAutodiffBackend>(
+    device: &AB::Device,
+    devices: usize,
+    device_name: &str,
+) -> Result<Vec<AB::Device>, ParallelError> {
+    if device_name.starts_with("cpu") {
+        return Ok(vec![device.clone(); devices]);
+    }
+    let id = burn::tensor::backend::DeviceOps::id(device);
+    let available = AB::device_count(id.type_id);
+    let first = id.index_id as usize;
+    if first + devices > available {
+        return Err(ParallelError::TooManyDevices {
+            asked: devices,
+            available: available.saturating_sub(first),
+            device: format!("{device:?}"),
+        });
+    }
+    Ok((0..devices)
+        .map(|i| {
+            let mut peer = id;
+            peer.index_id = (first + i) as u16;
+            <AB::Device as burn::tensor::backend::Device>::from_id(peer)
+        })
+        .collect())
+}
+
+/// Starts burn-collective's global orchestrator on the coordinator's port, on a thread of its
+/// own for the rest of the process; a port already taken is an error now rather than a hang.
+fn start_orchestrator(launch: &Launch) -> Result<(), ParallelError> {
+    let (_, port) = launch.coordinator_host_port()?;
+    let taken = |e: std::io::Error| ParallelError::Collective {
+        rank: 0,
+        operation: "starting the orchestrator",
+        detail: format!("port {port}: {e}"),
+    };
+    drop(std::net::TcpListener::bind(("0.0.0.0", port)).map_err(taken)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(taken)?;
+    std::thread::Builder::new()
+        .name("collective-orchestrator".into())
+        .spawn(move || runtime.block_on(burn_collective::start_global_orchestrator(port)))
+        .map_err(taken)?;
+    tracing::info!("orchestrator listening on port {port}");
+    Ok(())
+}
+
+/// The rows of `batch` that data-parallel `peer` computes: an equal, contiguous share
+/// (`[B/N, T+1]` of `[B, T+1]`); the whole batch without a peer.
+fn peer_rows<B: Backend>(batch: Batch, peer: Option<&Peer<B>>) -> Batch {
+    let Some(peer) = peer else {
+        return batch;
+    };
+    let rows = batch.batch_size / peer.world;
+    let width = batch.seq_len + 1;
+    let start = peer.rank * rows * width;
+    Batch {
+        batch_size: rows,
+        seq_len: batch.seq_len,
+        tokens: batch.tokens[start..start + rows * width].to_vec(),
+    }
+}
+
+/// The start of a data-parallel run: every peer must hold the same configuration (config,
+/// model, data, devices per node) and the same starting point (step and weights).
+fn agree_at_start<AB: GptAutodiffBackend>(
+    peer: &Peer<AB::InnerBackend>,
+    config: &TrainConfig,
+    model: &GptConfig,
+    data: &PreparedData,
+    trainer: &Trainer<AB>,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let key = serde_json::json!({
+        "config": config.to_toml(),
+        "devices": config.run.devices,
+        "model": model,
+        "tokenizer": data.manifest.tokenizer_hash,
+        "train_tokens": data.train.len(),
+        "val_tokens": data.val.len(),
+    });
+    let config_hash = digest16(key.to_string().as_bytes());
+    if let Err(detail) = peer.agree("the config hash exchange", config_hash)? {
+        return Err(ParallelError::ConfigMismatch { detail }.into());
+    }
+    let mut start = weights_checksum(&trainer.model().valid()).to_vec();
+    start.extend_from_slice(&state.step.to_le_bytes());
+    if let Err(detail) = peer.agree("the start checksum", digest16(&start))? {
+        return Err(ParallelError::StartMismatch { detail }.into());
+    }
+    Ok(())
+}
+
+/// What [`time_data_parallel_steps`] times: a model, its kernels and a global batch.
+#[derive(Debug, Clone)]
+pub struct DataParallelBench {
+    /// The architecture (random weights, seed 0).
+    pub model: GptConfig,
+    /// Compute dtype and kernels.
+    pub kernels: hyperclone_model::Kernels,
+    /// Rows of the global batch (split evenly over the peers).
+    pub batch: usize,
+    /// Tokens per row.
+    pub seq: usize,
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+}
+
+/// Wall seconds of each timed training step of `devices` data-parallel peers in this process
+/// (as rank 0 sees them: forward, backward, the gradient and loss all-reduce and AdamW, with
+/// the device synced at the end of each step), on the devices [`train_data_parallel`] would
+/// take. The batch is random tokens, the same every step; AdamW at its defaults, lr 1e-4.
+/// For `hyperclone bench --devices N`.
+pub fn time_data_parallel_steps<AB: GptAutodiffBackend>(
+    bench: &DataParallelBench,
+    devices: usize,
+    device: &AB::Device,
+    device_name: &str,
+) -> Result<Vec<f64>, TrainError> {
+    if !bench.batch.is_multiple_of(devices) {
+        return Err(ParallelError::BatchNotDivisible {
+            batch_size: bench.batch,
+            world: devices,
+        }
+        .into());
+    }
+    let launch = Launch::default();
+    let collective = launch.collective_config(devices)?;
+    let peer_devices = peer_devices::<AB>(device, devices, device_name)?;
+    let (rows, width) = (bench.batch / devices, bench.seq + 1);
+    let mut rng = hyperclone_model::SplitMix64::new(1);
+    let ids: Vec<u32> = (0..bench.batch * width)
+        .map(|_| (rng.next_u64() % bench.model.vocab_size as u64) as u32)
+        .collect();
+    let abort = Abort::new();
+    let results: Vec<Result<Vec<f64>, TrainError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = peer_devices
+            .into_iter()
+            .enumerate()
+            .map(|(rank, dev)| {
+                let (abort, collective, ids) = (abort.clone(), collective.clone(), &ids);
+                let launch = &launch;
+                scope.spawn(move || {
+                    let result = (|| {
+                        let peer = if devices > 1 {
+                            Some(Peer::<AB::InnerBackend>::register(
+                                rank,
+                                devices,
+                                dev.clone(),
+                                collective,
+                                launch,
+                                abort.clone(),
+                            )?)
+                        } else {
+                            None
+                        };
+                        let model =
+                            Gpt::<AB>::init(&bench.model, 0, &dev)?.with_kernels(bench.kernels);
+                        let mut trainer =
+                            Trainer::new(model, AdamW::<AB>::new(Default::default()), dev.clone());
+                        let mine = Batch {
+                            batch_size: rows,
+                            seq_len: bench.seq,
+                            tokens: ids[rank * rows * width..(rank + 1) * rows * width].to_vec(),
+                        };
+                        let tokens = || {
+                            Ok::<_, TrainError>((
+                                tokens_tensor::<AB>(&mine.inputs(), rows, bench.seq, &dev),
+                                tokens_tensor::<AB>(&mine.targets(), rows, bench.seq, &dev),
+                            ))
+                        };
+                        let mut times = Vec::with_capacity(bench.steps);
+                        for i in 0..bench.warmup + bench.steps {
+                            let t0 = Instant::now();
+                            let step = match &peer {
+                                None => trainer.step(1, 1e-4, |_| tokens())?,
+                                Some(peer) => trainer.step_reduced(
+                                    1,
+                                    1e-4,
+                                    |_| tokens(),
+                                    |optimizer, loss| {
+                                        optimizer.reduce_accumulated(|g| {
+                                            peer.mean("the gradient all-reduce", g)
+                                        })?;
+                                        Ok(peer.mean("the loss all-reduce", loss)?)
+                                    },
+                                )?,
+                            };
+                            drop(step);
+                            trainer.sync()?;
+                            if i >= bench.warmup {
+                                times.push(t0.elapsed().as_secs_f64());
+                            }
+                        }
+                        if let Some(peer) = &peer {
+                            peer.finish()?;
+                        }
+                        Ok(times)
+                    })();
+                    if result.is_err() {
+                        abort.fail(rank);
+                    }
+                    result
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a bench peer panicked"))
+            .collect()
+    });
+    if results.iter().any(Result::is_err) {
+        crate::parallel::reset::<AB::InnerBackend>();
+        let errors: Vec<TrainError> = results.into_iter().filter_map(Result::err).collect();
+        return Err(root_cause(errors.into_iter().map(Err).collect()));
+    }
+    results.into_iter().next().expect("at least one peer")
 }
