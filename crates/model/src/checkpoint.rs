@@ -4,6 +4,11 @@
 //! The JSON file is written last, so a folder without it is incomplete; the checksum catches a
 //! truncated or bit-flipped weights file before any tensor is loaded. Whole checkpoint folders
 //! are made atomic by [`write_dir_atomically`] (temp folder + rename).
+//!
+//! Weights are streamed both ways, so that saving or loading a model costs about one tensor of
+//! memory beyond the model itself: [`save_model`] writes the file tensor by tensor in chunks
+//! ([`WeightsLayout`], the same bytes burn-store's in-memory writer produced), and
+//! [`load_model`] hashes the file in blocks and then reads one tensor at a time into the model.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
