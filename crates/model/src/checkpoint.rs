@@ -272,7 +272,7 @@ struct LaidOutTensor<B: Backend> {
 /// valid.
 ///
 /// Only the header is built up front; [`WeightsLayout::write_to`] reads the values back from
-/// the backend in chunks of [`WRITE_CHUNK_ELEMENTS`], so writing costs no copy of the model
+/// the backend in chunks of 4 Mi values (16 MiB of f32), so writing costs no copy of the model
 /// (saving a 1.6 GB model used to hold three more copies of it: burn-store's snapshot bytes,
 /// the serialised buffer and its canonical rewrite).
 pub struct WeightsLayout<B: Backend> {
