@@ -49,9 +49,14 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    alloc::keep_freed_memory();
     init_tracing();
     let cli = Cli::parse();
+    // Training loops reuse their buffers step after step; `expand` frees the source for good.
+    if matches!(cli.command, Command::Expand(_)) {
+        alloc::return_freed_memory();
+    } else {
+        alloc::keep_freed_memory();
+    }
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Prepare(args) => prepare::run(args),

@@ -11,11 +11,14 @@
 //!
 //! (`Maximum resident set size` in the `time -v` report is the peak RSS.)
 //!
+//! `gpt2_124m_model_dir DIR llama-135m` writes a Llama-architecture model of SmolLM-135M's
+//! shape instead ([`llama_135m`]), for measuring `hyperclone expand` on that architecture.
+//!
 //! `gpt2_124m_model_dir --measure DIR OUT` loads the model from `DIR` and exports it to `OUT`
 //! in-process, printing VmRSS / VmHWM (KiB, from `/proc/self/status`) after each step; the peak
 //! counter is reset after loading, so the export's own peak is separated from the load's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
 use hyperclone_interop::{export_hf, hf_tensors};
@@ -66,24 +69,47 @@ fn measure(dir: PathBuf, out: PathBuf) -> Result<(), Error> {
     Ok(())
 }
 
+/// A Llama-architecture model of SmolLM-135M's shape (RoPE, RMSNorm, SwiGLU, 9 query / 3 KV
+/// heads, tied embeddings): 134,515,008 parameters.
+fn llama_135m() -> GptConfig {
+    GptConfig {
+        vocab_size: 49_152,
+        context_length: 2048,
+        n_layer: 30,
+        d_model: 576,
+        n_head: 9,
+        n_kv_head: Some(3),
+        d_ff: 1536,
+        tie_embeddings: true,
+        ..GptConfig::llama_small()
+    }
+}
+
+/// Writes a randomly initialised model of `config` to the new folder `dir`.
+fn write_model(dir: &Path, config: &GptConfig) -> Result<(), Error> {
+    if dir.exists() {
+        return Err(format!("{} exists already", dir.display()).into());
+    }
+    let model = Gpt::<Flex>::init(config, 1, &Default::default())?;
+    std::fs::create_dir_all(dir)?;
+    save_model(&model, dir)?;
+    println!(
+        "wrote {} ({} parameters)",
+        dir.display(),
+        model.config().param_count()
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Error> {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     match args.as_slice() {
         [flag, dir, out] if flag.as_os_str() == "--measure" => measure(dir.clone(), out.clone()),
-        [dir] => {
-            if dir.exists() {
-                return Err(format!("{} exists already", dir.display()).into());
-            }
-            let model = Gpt::<Flex>::init(&GptConfig::gpt2_124m(), 1, &Default::default())?;
-            std::fs::create_dir_all(dir)?;
-            save_model(&model, dir)?;
-            println!(
-                "wrote {} ({} parameters)",
-                dir.display(),
-                model.config().param_count()
-            );
-            Ok(())
-        }
-        _ => Err("usage: gpt2_124m_model_dir DIR | gpt2_124m_model_dir --measure DIR OUT".into()),
+        [dir] => write_model(dir, &GptConfig::gpt2_124m()),
+        [dir, preset] if preset.as_os_str() == "llama-135m" => write_model(dir, &llama_135m()),
+        _ => Err(
+            "usage: gpt2_124m_model_dir DIR [llama-135m] | gpt2_124m_model_dir --measure DIR OUT"
+                .into(),
+        ),
     }
 }

@@ -4,15 +4,23 @@
 //! The JSON file is written last, so a folder without it is incomplete; the checksum catches a
 //! truncated or bit-flipped weights file before any tensor is loaded. Whole checkpoint folders
 //! are made atomic by [`write_dir_atomically`] (temp folder + rename).
+//!
+//! Weights are streamed both ways, so that saving or loading a model costs about one tensor of
+//! memory beyond the model itself: [`save_model`] writes the file tensor by tensor in chunks
+//! ([`WeightsLayout`], the same bytes burn-store's in-memory writer produced), and
+//! [`load_model`] hashes the file in blocks and then reads one tensor at a time into the model.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Element, Tensor};
-use burn_store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::{Bool, DType, Element, Int, Tensor, TensorData};
+use burn_store::{ModuleSnapshot, SafetensorsStore, TensorSnapshot, TensorSnapshotError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -114,10 +122,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
 }
 
 /// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename.
@@ -201,12 +206,229 @@ where
     Ok(())
 }
 
-/// Serialises the model's weights to safetensors bytes (GPT-2 parameter names), in the
-/// canonical layout of [`canonical_safetensors`]: equal weights give equal bytes.
+/// Elements of one tensor read back and written per step when streaming weights to a file
+/// (16 MiB of f32): the only host copy of the weights that saving makes.
+const WRITE_CHUNK_ELEMENTS: usize = 4 << 20;
+
+/// The safetensors name of a float dtype the model can hold.
+fn stored_dtype(dtype: DType) -> Option<safetensors::Dtype> {
+    match dtype {
+        DType::F64 => Some(safetensors::Dtype::F64),
+        DType::F32 | DType::Flex32 => Some(safetensors::Dtype::F32),
+        DType::F16 => Some(safetensors::Dtype::F16),
+        DType::BF16 => Some(safetensors::Dtype::BF16),
+        _ => None,
+    }
+}
+
+/// The burn dtype of a stored safetensors dtype (the inverse of [`stored_dtype`]).
+fn burn_dtype(dtype: safetensors::Dtype) -> Option<DType> {
+    match dtype {
+        safetensors::Dtype::F64 => Some(DType::F64),
+        safetensors::Dtype::F32 => Some(DType::F32),
+        safetensors::Dtype::F16 => Some(DType::F16),
+        safetensors::Dtype::BF16 => Some(DType::BF16),
+        _ => None,
+    }
+}
+
+/// Collects every float parameter flattened to one dimension, in visiting order (the order of
+/// burn-store's `collect`), with its id; counts parameters of other kinds.
+struct FlatParams<B: Backend> {
+    floats: Vec<(ParamId, Tensor<B, 1>)>,
+    others: usize,
+}
+
+impl<B: Backend> ModuleVisitor<B> for FlatParams<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let tensor = param.val();
+        let elements = tensor.shape().num_elements();
+        // [elements]: row-major, so the values come out in the order safetensors stores them.
+        self.floats.push((param.id, tensor.reshape([elements])));
+    }
+
+    fn visit_int<const D: usize>(&mut self, _param: &Param<Tensor<B, D, Int>>) {
+        self.others += 1;
+    }
+
+    fn visit_bool<const D: usize>(&mut self, _param: &Param<Tensor<B, D, Bool>>) {
+        self.others += 1;
+    }
+}
+
+/// One tensor of a weights file being written: where its values come from.
+struct LaidOutTensor<B: Backend> {
+    /// The parameter, flattened (shares the model's storage).
+    flat: Tensor<B, 1>,
+    /// Number of values.
+    elements: usize,
+}
+
+/// A model's weights laid out as the `model.safetensors` file that burn-store writes for it
+/// (GPT-2 parameter names, `__metadata__` `{format, producer, version}`, tensors ordered by
+/// descending dtype then name as the `safetensors` crate orders them), with the header in the
+/// canonical form of [`canonical_safetensors`]: byte-identical to what `save_model` wrote when
+/// it serialised the whole file in memory, so existing checkpoints and their checksums stay
+/// valid.
+///
+/// Only the header is built up front; [`WeightsLayout::write_to`] reads the values back from
+/// the backend in chunks of 4 Mi values (16 MiB of f32), so writing costs no copy of the model
+/// (saving a 1.6 GB model used to hold three more copies of it: burn-store's snapshot bytes,
+/// the serialised buffer and its canonical rewrite).
+pub struct WeightsLayout<B: Backend> {
+    header: Vec<u8>,
+    tensors: Vec<LaidOutTensor<B>>,
+    data_len: u64,
+}
+
+impl<B: Backend> WeightsLayout<B> {
+    /// Lays out the weights of `model`; the error names the tensor that cannot be stored.
+    pub fn new(model: &Gpt<B>) -> Result<Self, String> {
+        let snapshots = model.collect(None, None, false);
+        let mut params = FlatParams {
+            floats: Vec::new(),
+            others: 0,
+        };
+        model.visit(&mut params);
+        if params.others > 0 || params.floats.len() != snapshots.len() {
+            return Err(format!(
+                "{} float and {} other parameters for {} named tensors: only float parameters can be stored",
+                params.floats.len(),
+                params.others,
+                snapshots.len()
+            ));
+        }
+        let mut entries = Vec::with_capacity(snapshots.len());
+        for (snapshot, (id, flat)) in snapshots.into_iter().zip(params.floats) {
+            let name = snapshot.full_path();
+            if snapshot.tensor_id != Some(id) {
+                return Err(format!("tensor {name}: parameters visited out of order"));
+            }
+            let dtype = stored_dtype(snapshot.dtype).ok_or_else(|| {
+                format!("tensor {name}: dtype {:?} cannot be stored", snapshot.dtype)
+            })?;
+            let shape = snapshot.shape.to_vec();
+            let elements = shape.iter().product::<usize>();
+            let bytes = snapshot.data_len();
+            entries.push((name, dtype, shape, elements, bytes, flat));
+        }
+        // The safetensors crate's order: descending dtype, then name.
+        entries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let metadata: BTreeMap<String, String> =
+            SafetensorsStore::default_metadata().into_iter().collect();
+        let mut header = serde_json::Map::new();
+        header.insert(
+            "__metadata__".to_string(),
+            serde_json::to_value(metadata).expect("strings serialise"),
+        );
+        let mut tensors = Vec::with_capacity(entries.len());
+        let mut offset = 0usize;
+        for (name, dtype, shape, elements, bytes, flat) in entries {
+            let end = offset + bytes;
+            let entry = serde_json::json!({
+                "dtype": dtype,
+                "shape": shape,
+                "data_offsets": [offset, end],
+            });
+            if header.insert(name.clone(), entry).is_some() {
+                return Err(format!("tensor {name} is named twice"));
+            }
+            offset = end;
+            tensors.push(LaidOutTensor { flat, elements });
+        }
+        let mut json = serde_json::to_vec(&sort_keys(serde_json::Value::Object(header)))
+            .expect("a JSON value serialises");
+        json.resize(json.len().next_multiple_of(8), b' ');
+        let mut framed = Vec::with_capacity(8 + json.len());
+        framed.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        framed.extend_from_slice(&json);
+        Ok(WeightsLayout {
+            header: framed,
+            tensors,
+            data_len: offset as u64,
+        })
+    }
+
+    /// The length of the file in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.header.len() as u64 + self.data_len
+    }
+
+    /// Writes the file to `w` (unbuffered writers should be wrapped in a `BufWriter`), one
+    /// chunk of one tensor on the host at a time.
+    pub fn write_to<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
+        self.write_chunked(w, WRITE_CHUNK_ELEMENTS)
+    }
+
+    /// [`WeightsLayout::write_to`] with chunks of `chunk_elements` values.
+    fn write_chunked<W: Write>(&self, w: &mut W, chunk_elements: usize) -> std::io::Result<()> {
+        w.write_all(&self.header)?;
+        for tensor in &self.tensors {
+            let mut start = 0;
+            while start < tensor.elements {
+                let end = (start + chunk_elements).min(tensor.elements);
+                let chunk = if start == 0 && end == tensor.elements {
+                    tensor.flat.clone()
+                } else {
+                    tensor.flat.clone().slice(start..end)
+                };
+                let data = chunk.try_into_data().map_err(|e| {
+                    std::io::Error::other(format!("reading weights back to the host: {e:?}"))
+                })?;
+                w.write_all(data.as_bytes())?;
+                start = end;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serialises the model's weights to safetensors bytes in memory (the layout of
+/// [`WeightsLayout`]: equal weights give equal bytes). [`save_model`] streams them to disk
+/// instead.
 pub fn weights_to_bytes<B: Backend>(model: &Gpt<B>) -> Result<Vec<u8>, String> {
-    let mut store = SafetensorsStore::from_bytes(None);
-    model.save_into(&mut store).map_err(|e| e.to_string())?;
-    canonical_safetensors(store.get_bytes().map_err(|e| e.to_string())?)
+    let layout = WeightsLayout::new(model)?;
+    let mut out = Vec::with_capacity(usize::try_from(layout.file_len()).unwrap_or(0));
+    layout.write_to(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// A writer that hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Lower-case hex of a digest.
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lower-case hex SHA-256 of the file at `path`, read in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> Result<String, CheckpointError> {
+    let mut file = fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut block = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut block).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&block[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
 }
 
 /// JSON `value` with the keys of every object in sorted order, whatever order it was built in.
@@ -252,18 +474,30 @@ pub fn canonical_safetensors(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
 }
 
 /// Writes `model.safetensors` then `model.json` into the existing folder `dir`.
+///
+/// The weights are streamed to a temp file (see [`WeightsLayout`]) and hashed as they are
+/// written: saving holds no host copy of the model, only one chunk of one tensor at a time.
 pub fn save_model<B: Backend>(model: &Gpt<B>, dir: &Path) -> Result<(), CheckpointError> {
     let weights_path = dir.join(WEIGHTS_FILE);
-    let bytes = weights_to_bytes(model).map_err(|reason| CheckpointError::Store {
+    let layout = WeightsLayout::new(model).map_err(|reason| CheckpointError::Store {
         path: weights_path.clone(),
         reason,
     })?;
-    write_file_atomically(&weights_path, &bytes)?;
+    let mut weights_sha256 = String::new();
+    write_file_streaming(&weights_path, |w| {
+        let mut hashing = HashingWriter {
+            inner: w,
+            hasher: Sha256::new(),
+        };
+        layout.write_to(&mut hashing)?;
+        weights_sha256 = hex(&hashing.hasher.finalize());
+        Ok(())
+    })?;
     let meta = ModelMeta {
         magic: MODEL_MAGIC.to_string(),
         version: MODEL_FORMAT_VERSION,
         config: model.config().clone(),
-        weights_sha256: sha256_hex(&bytes),
+        weights_sha256,
     };
     let json = serde_json::to_vec_pretty(&meta).expect("ModelMeta serialises");
     write_file_atomically(&dir.join(META_FILE), &json)
@@ -311,11 +545,13 @@ pub fn read_meta(dir: &Path) -> Result<ModelMeta, CheckpointError> {
 
 /// Loads a model folder written by [`save_model`], verifying the checksum and that every
 /// tensor is present with the shape the recorded config implies.
+///
+/// The weights file is hashed in blocks, then read tensor by tensor into the model (see
+/// [`load_weights_from`]): loading holds the model plus one tensor's bytes, never the file.
 pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Gpt<B>, CheckpointError> {
     let meta = read_meta(dir)?;
     let weights_path = dir.join(WEIGHTS_FILE);
-    let bytes = fs::read(&weights_path).map_err(io_err(&weights_path))?;
-    let found = sha256_hex(&bytes);
+    let found = sha256_file(&weights_path)?;
     if found != meta.weights_sha256 {
         return Err(CheckpointError::Checksum {
             path: weights_path,
@@ -323,13 +559,13 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Gpt<B>, 
             found,
         });
     }
-    let mut model =
+    let model =
         Gpt::<B>::zeros(&meta.config, device).map_err(|source| CheckpointError::BadConfig {
             path: dir.join(META_FILE),
             source,
         })?;
-    load_weights_bytes(&mut model, bytes, &weights_path)?;
-    Ok(model)
+    let file = fs::File::open(&weights_path).map_err(io_err(&weights_path))?;
+    load_weights_from(model, file, &weights_path)
 }
 
 /// Casts every float parameter to the backend's float element type: weights saved in bf16 (a
@@ -349,22 +585,167 @@ impl<B: Backend> ModuleMapper<B> for ToBackendFloat {
     }
 }
 
-/// Applies safetensors `bytes` to `model` (cast to the backend's float type), refusing missing,
-/// unused or mis-shaped tensors.
-pub fn load_weights_bytes<B: Backend>(
-    model: &mut Gpt<B>,
-    bytes: Vec<u8>,
+/// One entry of a safetensors header.
+#[derive(Deserialize)]
+struct HeaderEntry {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
+}
+
+/// A tensor of a safetensors file being read.
+struct StoredTensor {
+    /// Its name (GPT-2 parameter path).
+    name: String,
+    /// The stored dtype.
+    dtype: DType,
+    /// Its shape.
+    shape: Vec<usize>,
+    /// Where its bytes start in the file.
+    offset: u64,
+    /// How many bytes it has.
+    len: usize,
+}
+
+/// Reads and checks the header of the safetensors file in `reader` (`file_len` bytes): the
+/// tensors with their dtype, shape and absolute byte range, which must tile the data section
+/// exactly. Errors are the reason, for [`CheckpointError::Store`].
+fn read_header<R: Read>(reader: &mut R, file_len: u64) -> Result<Vec<StoredTensor>, String> {
+    let mut len_bytes = [0u8; 8];
+    reader
+        .read_exact(&mut len_bytes)
+        .map_err(|e| format!("reading the header length: {e}"))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    let data_start = header_len
+        .checked_add(8)
+        .filter(|&end| end <= file_len)
+        .ok_or_else(|| format!("header length {header_len} exceeds the file ({file_len} bytes)"))?;
+    let mut json = vec![0u8; header_len as usize];
+    reader
+        .read_exact(&mut json)
+        .map_err(|e| format!("reading the header: {e}"))?;
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&json).map_err(|e| format!("header is not valid JSON: {e}"))?;
+    header.remove("__metadata__");
+    let mut tensors = Vec::with_capacity(header.len());
+    for (name, value) in header {
+        let entry: HeaderEntry = serde_json::from_value(value)
+            .map_err(|e| format!("header entry of tensor {name}: {e}"))?;
+        let dtype = burn_dtype(entry.dtype)
+            .ok_or_else(|| format!("tensor {name}: dtype {:?} is not a float type", entry.dtype))?;
+        let [start, end] = entry.data_offsets;
+        let want = entry
+            .shape
+            .iter()
+            .try_fold(dtype.size() as u64, |n, &d| n.checked_mul(d as u64));
+        if end < start || want != Some(end - start) {
+            return Err(format!(
+                "tensor {name}: data_offsets [{start}, {end}] do not hold a {:?} tensor of shape {:?}",
+                entry.dtype, entry.shape
+            ));
+        }
+        let len = usize::try_from(end - start)
+            .map_err(|_| format!("tensor {name}: {} bytes do not fit in memory", end - start))?;
+        tensors.push(StoredTensor {
+            name,
+            dtype,
+            shape: entry.shape,
+            offset: start,
+            len,
+        });
+    }
+    // The tensors must tile the data section, as the safetensors crate requires.
+    let mut ranges: Vec<(u64, u64, &str)> = tensors
+        .iter()
+        .map(|t| (t.offset, t.offset + t.len as u64, t.name.as_str()))
+        .collect();
+    ranges.sort();
+    let mut expected = 0u64;
+    for (start, end, name) in ranges {
+        if start != expected {
+            return Err(format!(
+                "tensor {name} starts at byte {start} of the data, expected {expected}"
+            ));
+        }
+        expected = end;
+    }
+    if data_start + expected != file_len {
+        return Err(format!(
+            "the tensors end at byte {} but the file has {file_len}",
+            data_start + expected
+        ));
+    }
+    for tensor in &mut tensors {
+        tensor.offset += data_start;
+    }
+    Ok(tensors)
+}
+
+/// Applies the safetensors file in `reader` to `model` (cast to the backend's float type),
+/// refusing missing, unused or mis-shaped tensors. Tensors are read one at a time as the model
+/// takes them, so the model plus one tensor's bytes are on the host at once. Errors name
+/// `path`.
+pub fn load_weights_from<B: Backend, R: Read + Seek + 'static>(
+    model: Gpt<B>,
+    mut reader: R,
     path: &Path,
-) -> Result<(), CheckpointError> {
-    let mut store = SafetensorsStore::from_bytes(Some(bytes)).allow_partial(true);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| CheckpointError::Store {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    // The store keeps each tensor's stored dtype; a model computes in its backend's.
-    *model = Module::map(model.clone(), &mut ToBackendFloat);
+) -> Result<Gpt<B>, CheckpointError> {
+    let file_len = reader
+        .seek(SeekFrom::End(0))
+        .and_then(|len| reader.seek(SeekFrom::Start(0)).map(|_| len))
+        .map_err(io_err(path))?;
+    let header = read_header(&mut reader, file_len).map_err(|reason| CheckpointError::Store {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    let reader = Rc::new(RefCell::new(reader));
+    // The first read error, reported as such rather than as a tensor that failed to load.
+    let read_error: Rc<RefCell<Option<std::io::Error>>> = Rc::new(RefCell::new(None));
+    let snapshots = header
+        .into_iter()
+        .map(|tensor| {
+            let StoredTensor {
+                name,
+                dtype,
+                shape,
+                offset,
+                len,
+            } = tensor;
+            let (reader, read_error) = (Rc::clone(&reader), Rc::clone(&read_error));
+            let data_shape = shape.clone();
+            let read = move || {
+                let mut bytes = vec![0u8; len];
+                let mut reader = reader.borrow_mut();
+                let done = reader
+                    .seek(SeekFrom::Start(offset))
+                    .and_then(|_| reader.read_exact(&mut bytes));
+                match done {
+                    Ok(()) => Ok(TensorData::from_bytes_vec(bytes, data_shape.clone(), dtype)),
+                    Err(e) => {
+                        let message = e.to_string();
+                        read_error.borrow_mut().get_or_insert(e);
+                        Err(TensorSnapshotError::IoError(message))
+                    }
+                }
+            };
+            let path_stack = name.split('.').map(str::to_string).collect();
+            TensorSnapshot::from_closure(
+                Rc::new(read),
+                dtype,
+                shape.into(),
+                path_stack,
+                Vec::new(),
+                ParamId::new(),
+            )
+        })
+        .collect();
+    let mut model = model;
+    let result = model.apply(snapshots, None, None, false);
+    if let Some(source) = read_error.borrow_mut().take() {
+        return Err(io_err(path)(source));
+    }
+    // The snapshots keep each tensor's stored dtype; a model computes in its backend's.
+    let model = Module::map(model, &mut ToBackendFloat);
     let mut problems = Vec::new();
     if !result.missing.is_empty() {
         let names: Vec<_> = result.missing.iter().map(|(p, _)| p.as_str()).collect();
@@ -378,13 +759,22 @@ pub fn load_weights_bytes<B: Backend>(
         problems.push(errs.join("; "));
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(model)
     } else {
         Err(CheckpointError::Mismatch {
             path: path.to_path_buf(),
             reason: problems.join("; "),
         })
     }
+}
+
+/// [`load_weights_from`] safetensors `bytes` in memory.
+pub fn load_weights_bytes<B: Backend>(
+    model: Gpt<B>,
+    bytes: Vec<u8>,
+    path: &Path,
+) -> Result<Gpt<B>, CheckpointError> {
+    load_weights_from(model, std::io::Cursor::new(bytes), path)
 }
 
 #[cfg(test)]
@@ -409,14 +799,7 @@ mod tests {
     #[test]
     fn save_load_round_trip_is_bit_exact_for_every_architecture() {
         let device = Default::default();
-        for config in [GptConfig::cpu_tiny(), {
-            let mut c = GptConfig::llama_small();
-            c.vocab_size = 512;
-            c.n_layer = 2;
-            c.d_model = 64;
-            c.d_ff = 96;
-            c
-        }] {
+        for config in [GptConfig::cpu_tiny(), llama_tiny()] {
             let tmp = tempfile::tempdir().unwrap();
             let model = Gpt::<B>::init(&config, 42, &device).unwrap();
             save_model(&model, tmp.path()).unwrap();
@@ -447,6 +830,108 @@ mod tests {
         // The canonical file still loads, bit-exact.
         let loaded = load_model::<B>(first.path(), &device).unwrap();
         assert_eq!(logits(&loaded), logits(&model));
+    }
+
+    /// The in-memory writer `save_model` used before it streamed: burn-store's safetensors
+    /// serialisation of the whole model, with the header made canonical.
+    fn burn_store_bytes(model: &Gpt<B>) -> Vec<u8> {
+        let mut store = SafetensorsStore::from_bytes(None);
+        model.save_into(&mut store).unwrap();
+        canonical_safetensors(store.get_bytes().unwrap()).unwrap()
+    }
+
+    /// A small Llama-style config (RoPE, SwiGLU, RMSNorm, untied head).
+    fn llama_tiny() -> GptConfig {
+        let mut c = GptConfig::llama_small();
+        c.vocab_size = 512;
+        c.n_layer = 2;
+        c.d_model = 64;
+        c.d_ff = 96;
+        c
+    }
+
+    /// The streamed file is byte for byte the file burn-store wrote (so checkpoints written
+    /// before keep their checksums and load, and files written now load in older builds),
+    /// for both architectures, f32 and bf16 weights, in whole tensors and in chunks that split
+    /// tensors at odd places; `save_model` records the SHA-256 of exactly these bytes.
+    #[test]
+    fn streamed_weights_are_byte_identical_to_burn_stores_file() {
+        let device = Default::default();
+        let gpt2 = Gpt::<B>::init(&GptConfig::cpu_tiny(), 5, &device).unwrap();
+        let llama = Gpt::<B>::init(&llama_tiny(), 6, &device).unwrap();
+        let bf16 = Module::map(gpt2.clone(), &mut ToBf16);
+        // Mixed dtypes: the safetensors crate puts F32 before BF16 whatever the names.
+        let mixed = Module::map(llama.clone(), &mut MatricesToBf16);
+        for model in [gpt2, llama, bf16, mixed] {
+            let want = burn_store_bytes(&model);
+            let layout = WeightsLayout::new(&model).unwrap();
+            assert_eq!(layout.file_len(), want.len() as u64);
+            for chunk in [WRITE_CHUNK_ELEMENTS, 1000, 7, 1] {
+                let mut got = Vec::new();
+                layout.write_chunked(&mut got, chunk).unwrap();
+                assert!(got == want, "chunks of {chunk}: the bytes differ");
+            }
+            let dir = tempfile::tempdir().unwrap();
+            save_model(&model, dir.path()).unwrap();
+            assert!(fs::read(dir.path().join(WEIGHTS_FILE)).unwrap() == want);
+            let meta = read_meta(dir.path()).unwrap();
+            assert_eq!(meta.weights_sha256, sha256_hex(&want));
+            assert_eq!(
+                sha256_file(&dir.path().join(WEIGHTS_FILE)).unwrap(),
+                sha256_hex(&want)
+            );
+            // A file of the old writer loads bit-exact through the streaming reader.
+            let zeros = Gpt::<B>::zeros(model.config(), &device).unwrap();
+            let loaded = load_weights_bytes(zeros, want, &dir.path().join("x")).unwrap();
+            let f32_model = Module::map(model, &mut ToF32);
+            assert_eq!(logits(&loaded), logits(&f32_model));
+        }
+    }
+
+    /// Headers that lie about the data are refused with the tensor and the reason.
+    #[test]
+    fn weights_with_inconsistent_headers_are_refused() {
+        let device = Default::default();
+        let model = Gpt::<B>::init(&GptConfig::cpu_tiny(), 1, &device).unwrap();
+        let good = weights_to_bytes(&model).unwrap();
+        let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&good[8..8 + n]).unwrap().to_string();
+        let data = &good[8 + n..];
+        let with_header = |text: &str| {
+            let mut json = text.as_bytes().to_vec();
+            json.resize(json.len().next_multiple_of(8), b' ');
+            let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+            bytes.extend_from_slice(&json);
+            bytes.extend_from_slice(data);
+            bytes
+        };
+        let load = |bytes: Vec<u8>| {
+            let zeros = Gpt::<B>::zeros(&GptConfig::cpu_tiny(), &device).unwrap();
+            load_weights_bytes(zeros, bytes, Path::new("w.safetensors"))
+                .map(|_| ())
+                .expect_err("refused")
+                .to_string()
+        };
+        // A tensor whose byte range does not match its shape.
+        let bad_shape = header.replacen("\"shape\":[128]", "\"shape\":[127]", 1);
+        assert_ne!(bad_shape, header);
+        let e = load(with_header(&bad_shape));
+        assert!(
+            e.contains("w.safetensors") && e.contains("shape [127]"),
+            "{e}"
+        );
+        // A file cut short of its last tensor.
+        let e = load(good[..good.len() - 4].to_vec());
+        assert!(e.contains("the tensors end at byte"), "{e}");
+        // A header longer than the file, and a header that is not JSON.
+        let e = load(u64::MAX.to_le_bytes().to_vec());
+        assert!(e.contains("exceeds the file"), "{e}");
+        let e = load(with_header("{{{"));
+        assert!(e.contains("not valid JSON"), "{e}");
+        // An integer tensor.
+        let ints = header.replacen("\"F32\"", "\"I32\"", 1);
+        let e = load(with_header(&ints));
+        assert!(e.contains("is not a float type"), "{e}");
     }
 
     #[test]
@@ -515,8 +1000,8 @@ mod tests {
             ..GptConfig::cpu_tiny()
         };
         for (config, name) in [(untied, "lm_head"), (narrower, "c_fc")] {
-            let mut other = Gpt::<B>::init(&config, 1, &device).unwrap();
-            let e = load_weights_bytes(&mut other, bytes.clone(), &tmp.path().join("x"));
+            let other = Gpt::<B>::init(&config, 1, &device).unwrap();
+            let e = load_weights_bytes(other, bytes.clone(), &tmp.path().join("x"));
             let msg = e.unwrap_err().to_string();
             assert!(msg.contains(name), "{msg}");
         }
@@ -590,6 +1075,20 @@ mod tests {
         assert_eq!(loaded.h[0].attn.c_attn.weight.val().into_data(), want);
         let f32_again = Module::map(rounded, &mut ToF32);
         assert_eq!(logits(&loaded), logits(&f32_again));
+    }
+
+    /// Rounds the matrices to bf16 and keeps the vectors (norms, biases) in f32.
+    struct MatricesToBf16;
+    impl ModuleMapper<B> for MatricesToBf16 {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, t, mapper) = p.consume();
+            let t = if D == 2 {
+                t.cast(burn::tensor::FloatDType::BF16)
+            } else {
+                t
+            };
+            Param::from_mapped_value(id, t, mapper)
+        }
     }
 
     struct ToF32;
