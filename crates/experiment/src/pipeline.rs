@@ -716,8 +716,13 @@ impl SeedPipeline<'_> {
         device: &AB::Device,
     ) -> Result<(), ExperimentError> {
         let name = link.expand_dir.as_str();
+        let depth = if opts.grows_depth() {
+            format!(", ×{} depth ({})", opts.depth_factor, opts.depth_mode)
+        } else {
+            String::new()
+        };
         tracing::info!(
-            "stage {name}: HyperCloning {upstream} ×{} width, ×{} FFN ({})",
+            "stage {name}: HyperCloning {upstream} ×{} width, ×{} FFN ({}){depth}",
             opts.width_factor,
             opts.ffn_factor,
             opts.variant
@@ -781,8 +786,13 @@ impl SeedPipeline<'_> {
             );
         }
         if let Some(v) = result.verification {
+            let what = if opts.is_function_preserving() {
+                "logits check"
+            } else {
+                "function changed (stack: measured, not checked)"
+            };
             tracing::info!(
-                "expanded {} → {} parameters; logits check: max |Δ| {:.2e}, relative {:.2e}, KL {:.2e}",
+                "expanded {} → {} parameters; {what}: max |Δ| {:.2e}, relative {:.2e}, KL {:.2e}",
                 result.record.source_params.unwrap_or_default(),
                 result.record.target_params.unwrap_or_default(),
                 v.max_abs_logit_diff,
