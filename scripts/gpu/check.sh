@@ -216,7 +216,7 @@ sed -e "s#train = \[\"datasets/gutenberg/train\"\]#train = [\"$here/datasets/gut
 timeout 240 "$bin" run "$out/pipeline.toml" --set small.run.backend=$gpu --set large.run.backend=$gpu > "$out/pipeline.log" 2>&1
 rc=$?
 if [ $rc = 0 ]; then
-  note "pipeline on $gpu: $(grep -E 'speedup to 100' "$out/pipeline.log" | head -1)"
+  note "pipeline on $gpu: $(grep -E "speedup total to the baseline's final" "$out/pipeline.log" | head -1)"
 else
   note "pipeline on $gpu: FAILED ($(why "$out/pipeline.log" $rc))"; status=1
 fi
