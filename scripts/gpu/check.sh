@@ -23,7 +23,7 @@ mkdir -p "$out"
 # Start from a clean slate: a run dir left by an earlier check (another commit, another clone
 # path) holds checkpoints of a different configuration, which `train` and `run` rightly refuse.
 # Only what this script itself creates is removed.
-rm -rf "$out"/c-cpu "$out"/c-cpu-fused "$out"/c-cpu-composed "$out"/c-cpu-bf16 "$out"/c-gpu "$out"/c-gpu-composed "$out"/c-bf16 "$out"/c-bf16p "$out"/c-dp1 "$out"/c-dp2 "$out"/pipeline "$out"/data "$out"/data-full
+rm -rf "$out"/c-cpu "$out"/c-cpu-fused "$out"/c-cpu-composed "$out"/c-cpu-bf16 "$out"/c-gpu "$out"/c-gpu-composed "$out"/c-bf16 "$out"/c-bf16p "$out"/c-dp1 "$out"/c-dp2 "$out"/c-dp2-nccl "$out"/pipeline "$out"/data "$out"/data-full
 rm -f "$out"/*.log "$out"/train-check.toml "$out"/pipeline.toml
 results="$out/results.jsonl"
 : > "$results"
@@ -98,18 +98,31 @@ compare "bf16 $gpu vs cpu f32" 1e-2 "$out/c-bf16" "$out/c-cpu" || status=1
 # Data parallel (#17): 2 peers against 1 device at the same global batch, without dropout (its
 # masks would come from a generator the peers share). On CUDA it needs 2 GPUs; the CPU half runs
 # 2 flex peers (threads sharing the CPU).
-train5dp() { # dir backend devices
-  timeout 240 "$bin" train --config "$cfg" --run-dir "$1" --set run.max_steps=5 --set run.eval_every=5 \
-    --set run.backend="$2" --set model.dropout=0.0 --devices "$3" > "$1.log" 2>&1
+# The gradients go through burn-collective in this binary (`--all-reduce collective` makes it
+# explicit); a second binary built with `--features nccl` (NCCL_BIN, default
+# .gpu/hyperclone-nccl), when present, repeats the 2-peer run with NCCL's all-reduce.
+train5dp() { # dir backend devices [binary]
+  timeout 240 "${4:-$bin}" train --config "$cfg" --run-dir "$1" --set run.max_steps=5 --set run.eval_every=5 \
+    --set run.backend="$2" --set model.dropout=0.0 --devices "$3" \
+    $([ -z "${4:-}" ] && echo --all-reduce collective) > "$1.log" 2>&1
   local rc=$?
   [ $rc = 0 ] || { note "train on $2 with $3 peer(s) failed: $(why "$1.log" $rc)"; return 1; }
 }
 gpus=1
 [ $cpu_only = 0 ] && gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+nccl_bin="${NCCL_BIN:-.gpu/hyperclone-nccl}"
 if [ $cpu_only = 1 ] || [ "$gpus" -ge 2 ]; then
   train5dp "$out/c-dp1" $gpu 1 || status=1
   train5dp "$out/c-dp2" $gpu 2 || status=1
-  compare "2 data-parallel peers vs 1 device on $gpu" 1e-5 "$out/c-dp2" "$out/c-dp1" || status=1
+  compare "2 data-parallel peers (burn-collective) vs 1 device on $gpu" 1e-5 "$out/c-dp2" "$out/c-dp1" || status=1
+  if [ $cpu_only = 0 ] && [ -x "$nccl_bin" ]; then
+    train5dp "$out/c-dp2-nccl" cuda 2 "$nccl_bin" || status=1
+    grep -q 'gradients are summed by NCCL' "$out/c-dp2-nccl.log" \
+      || { note "the nccl build did not sum the gradients with NCCL (see c-dp2-nccl.log)"; status=1; }
+    compare "2 data-parallel peers (NCCL) vs 1 device on cuda" 1e-5 "$out/c-dp2-nccl" "$out/c-dp1" || status=1
+  elif [ $cpu_only = 0 ]; then
+    note "NCCL: skipped, no binary at $nccl_bin (build one with: cargo build --release --features nccl)"
+  fi
 else
   note "data parallel: skipped, $gpus GPU on this machine (the 2-peer check needs 2)"
 fi

@@ -1,6 +1,6 @@
 //! Backend selection. Library crates are generic over burn's `Backend`; only this file names
-//! concrete backends. `flex` (CPU) is always compiled in; `cuda` and `wgpu` come with the cargo
-//! features of the same names.
+//! concrete backends. `flex` (CPU) is compiled in except with `nccl`; `cuda` and `wgpu` come
+//! with the cargo features of the same names, and `nccl` adds NCCL's all-reduce to `cuda`.
 
 use anyhow::{bail, Result};
 use hyperclone_model::GptAutodiffBackend;
@@ -25,7 +25,11 @@ pub trait Job {
 
 /// The backends compiled into this binary.
 pub fn compiled_backends() -> Vec<&'static str> {
-    let mut v = vec!["flex"];
+    let mut v = if cfg!(feature = "nccl") {
+        vec![]
+    } else {
+        vec!["flex"]
+    };
     if cfg!(feature = "cuda") {
         v.push("cuda");
     }
@@ -44,7 +48,14 @@ pub fn run_job<J: Job>(kind: BackendKind, precision: Precision, job: J) -> Resul
         k => k,
     };
     match (kind, precision) {
+        // burn's `distributed` feature (our `nccl`) makes its autodiff require NCCL-style
+        // collectives of the inner backend, which flex has not.
+        #[cfg(feature = "nccl")]
+        (BackendKind::Flex, _) => bail!(
+            "this binary was built with the `nccl` feature, which cannot run the CPU backend (flex): burn's `distributed` autodiff needs a backend with device collectives; use --backend cuda, or a build without `nccl` for the CPU"
+        ),
         // bf16 (mixed) runs on an f32 backend: the model casts to bf16 where it computes.
+        #[cfg(not(feature = "nccl"))]
         (BackendKind::Flex, Precision::F32 | Precision::Bf16) => {
             type AB = burn::backend::Autodiff<burn::backend::Flex>;
             let env = Env {
@@ -53,6 +64,7 @@ pub fn run_job<J: Job>(kind: BackendKind, precision: Precision, job: J) -> Resul
             };
             job.run::<AB>(&Default::default(), env)
         }
+        #[cfg(not(feature = "nccl"))]
         (BackendKind::Flex, Precision::Bf16Pure) => bail!(
             "run.precision = \"bf16-pure\" is for the cuda backend; the CPU backend (flex) trains in f32 or bf16 (mixed)"
         ),
@@ -64,6 +76,14 @@ pub fn run_job<J: Job>(kind: BackendKind, precision: Precision, job: J) -> Resul
             };
             let device = burn::backend::cuda::CudaDevice::default();
             preflight::<burn::backend::Cuda>(&device, "cuda", "an NVIDIA GPU with its driver (libcuda)")?;
+            // Data-parallel peers on several GPUs sum their gradients with NCCL.
+            #[cfg(feature = "nccl")]
+            {
+                use hyperclone_training::parallel::nccl_sum;
+                use hyperclone_training::register_device_sum;
+                register_device_sum::<burn::backend::Cuda>("NCCL", nccl_sum::<burn::backend::Cuda>);
+                register_device_sum::<burn::backend::Cuda<burn::tensor::bf16>>("NCCL", nccl_sum::<burn::backend::Cuda<burn::tensor::bf16>>);
+            }
             match precision {
                 Precision::F32 | Precision::Bf16 => job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(&device, env),
                 Precision::Bf16Pure => job.run::<burn::backend::Autodiff<burn::backend::Cuda<burn::tensor::bf16>>>(&device, env),

@@ -173,8 +173,12 @@ impl Job for BenchJob {
                 time_data_parallel_steps::<AB>(&bench, args.devices, device, &env.device_name)?;
             let peers_median = median(&mut peers);
             let peers_tps = tokens / peers_median;
+            let all_reduce =
+                hyperclone_training::parallel::registered_device_sum::<AB::InnerBackend>()
+                    .map_or("burn-collective", |(name, _)| name);
             Some(serde_json::json!({
                 "devices": args.devices,
+                "gradient_all_reduce": all_reduce,
                 "step_ms": peers_median * 1e3,
                 "tokens_per_s": peers_tps,
                 "scaling_efficiency": peers_tps / (args.devices as f64 * tokens / step_median),
@@ -313,8 +317,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let dp = &json["data_parallel"];
     if dp.is_object() {
         println!(
-            "  {} data-parallel peers, same global batch: {:.1} ms/step, {:.0} tokens/s, scaling efficiency {:.2} (tokens/s of {} peers / {} × one device){}",
+            "  {} data-parallel peers ({} all-reduce), same global batch: {:.1} ms/step, {:.0} tokens/s, scaling efficiency {:.2} (tokens/s of {} peers / {} × one device){}",
             args.devices,
+            dp["gradient_all_reduce"].as_str().unwrap_or("?"),
             dp["step_ms"].as_f64().unwrap_or(f64::NAN),
             dp["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
             dp["scaling_efficiency"].as_f64().unwrap_or(f64::NAN),

@@ -9,7 +9,8 @@ use hyperclone_model::{generate, SampleOptions};
 use hyperclone_training::checkpoint::complete_checkpoints;
 use hyperclone_training::trainer::OptimizerInit;
 use hyperclone_training::{
-    train_data_parallel, BackendKind, Launch, Precision, TrainConfig, TrainOptions, TrainSummary,
+    train_data_parallel, AllReduceChoice, BackendKind, Launch, Precision, TrainConfig,
+    TrainOptions, TrainSummary,
 };
 
 use crate::backend::{run_job, Env, Job};
@@ -82,6 +83,21 @@ pub struct ParallelArgs {
     /// an error (a dead or hung peer); must cover rank 0's evaluations and checkpoints.
     #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
     pub peer_timeout: f64,
+    /// What sums the gradients of the peers on this machine: `auto` takes NCCL in a build with
+    /// the `nccl` feature on CUDA with one node, else burn-collective; `collective` always
+    /// burn-collective.
+    #[arg(long, value_enum, default_value_t = AllReduceArg::Auto)]
+    pub all_reduce: AllReduceArg,
+}
+
+/// `--all-reduce` (see [`AllReduceChoice`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AllReduceArg {
+    /// NCCL where this binary has it (CUDA, one node), else burn-collective.
+    #[default]
+    Auto,
+    /// burn-collective always.
+    Collective,
 }
 
 impl ParallelArgs {
@@ -106,6 +122,10 @@ impl ParallelArgs {
             data_port: self.node_port,
             peer_timeout: std::time::Duration::from_secs_f64(self.peer_timeout),
             fail_peer: None,
+            all_reduce: match self.all_reduce {
+                AllReduceArg::Auto => AllReduceChoice::Auto,
+                AllReduceArg::Collective => AllReduceChoice::Collective,
+            },
         })
     }
 }

@@ -1,84 +1,12 @@
 //! End-to-end tests of the `hyperclone` binary: the whole pipeline, re-runs, real
 //! interruptions (SIGKILL), generation, and error messages.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hyperclone"));
-    c.env("RUST_LOG", "info").env_remove("RUST_BACKTRACE");
-    c
-}
+use std::path::Path;
+use std::process::Stdio;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The tiny experiment with every output inside `dir`, trained on two small books (5 % held
-/// out) so that data preparation takes a fraction of a second.
-fn tiny_experiment(dir: &Path) -> PathBuf {
-    let root = repo();
-    let text = std::fs::read_to_string(root.join("configs/tiny.toml"))
-        .unwrap()
-        .replace(
-            "train = [\"datasets/gutenberg/train\"]\nval = [\"datasets/gutenberg/val\"]",
-            &format!(
-                "train = [\"{}/datasets/gutenberg/val\"]\nval_fraction = 0.05",
-                root.display()
-            ),
-        )
-        .replace(
-            "datasets/gutenberg/tokenizer-4096.json",
-            &format!("{}/datasets/gutenberg/tokenizer-4096.json", root.display()),
-        )
-        .replace(
-            "out = \"runs/data/gutenberg-4096\"",
-            &format!("out = \"{}/data\"", dir.display()),
-        )
-        .replace(
-            "out = \"runs/tiny\"",
-            &format!("out = \"{}/exp\"", dir.display()),
-        );
-    let path = dir.join("tiny.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "command failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn wait_for(child: &mut Child, what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("process exited ({status}) before {what}");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn kill9(child: &mut Child) {
-    // SIGKILL: no destructors, no flush — a real crash.
-    let status = Command::new("kill")
-        .args(["-9", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = child.wait();
-}
+use common::{bin, kill9, repo, run_ok, tiny_experiment, tiny_train_config, wait_for};
 
 #[test]
 fn pipeline_runs_every_stage_writes_the_report_and_skips_finished_stages() {
@@ -348,33 +276,6 @@ fn pipeline_killed_during_the_large_stage_resumes_it() {
         .train;
     let steps: Vec<u64> = train.iter().map(|t| t.step).collect();
     assert_eq!(steps, (1..=40).collect::<Vec<_>>());
-}
-
-/// `configs/train-tiny.toml` with its data on two small books and every output inside `dir`.
-fn tiny_train_config(dir: &Path) -> PathBuf {
-    let cfg_text = std::fs::read_to_string(repo().join("configs/train-tiny.toml"))
-        .unwrap()
-        .replace(
-            "train = [\"datasets/gutenberg/train\"]\nval = [\"datasets/gutenberg/val\"]",
-            &format!(
-                "train = [\"{}/datasets/gutenberg/val\"]\nval_fraction = 0.05",
-                repo().display()
-            ),
-        )
-        .replace(
-            "datasets/gutenberg/tokenizer-4096.json",
-            &format!(
-                "{}/datasets/gutenberg/tokenizer-4096.json",
-                repo().display()
-            ),
-        )
-        .replace(
-            "out = \"runs/data/gutenberg-4096\"",
-            &format!("out = \"{}/data\"", dir.display()),
-        );
-    let cfg = dir.join("train.toml");
-    std::fs::write(&cfg, cfg_text).unwrap();
-    cfg
 }
 
 #[test]

@@ -3,19 +3,12 @@
 //! middle of the second growth stage; the rerun skips every finished stage and resumes that one
 //! at its newest checkpoint; the report's chain figures are the sums of the stages' metrics.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hyperclone"));
-    c.env("RUST_LOG", "info").env_remove("RUST_BACKTRACE");
-    c
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{bin, json, kill9, local_config_text, run_ok, wait_for, write_config};
 
 /// The growth chain that replaces `configs/tiny.toml`'s `[expand]`: stage 1 (d32 → d64) and
 /// stage 2 (d64 → d128, FFN kept) each continue the AdamW state of the stage before through
@@ -47,76 +40,14 @@ checkpoint_every = 5
 /// `configs/tiny.toml` grown through [`CHAIN`], trained on one small book (5 % held out), with
 /// every output inside `dir` and a shorter small run.
 fn tiny_chain_experiment(dir: &Path) -> PathBuf {
-    let root = repo();
-    let text = std::fs::read_to_string(root.join("configs/tiny.toml")).unwrap();
+    let text = local_config_text("tiny.toml", dir);
     let start = text.find("[expand]").unwrap();
     let end = start + text[start..].find("\n\n").unwrap();
-    let text = format!("{}{}\n{CHAIN}", &text[..start], &text[end..])
-        .replace(
-            "train = [\"datasets/gutenberg/train\"]\nval = [\"datasets/gutenberg/val\"]",
-            &format!(
-                "train = [\"{}/datasets/gutenberg/val\"]\nval_fraction = 0.05",
-                root.display()
-            ),
-        )
-        .replace(
-            "datasets/gutenberg/tokenizer-4096.json",
-            &format!("{}/datasets/gutenberg/tokenizer-4096.json", root.display()),
-        )
-        .replace(
-            "out = \"runs/data/gutenberg-4096\"",
-            &format!("out = \"{}/data\"", dir.display()),
-        )
-        .replace(
-            "out = \"runs/tiny\"",
-            &format!("out = \"{}/exp\"", dir.display()),
-        )
-        .replace(
-            "max_steps = 40\neval_every = 10",
-            "max_steps = 20\neval_every = 10",
-        );
-    let path = dir.join("chain.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "command failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let text = format!("{}{}\n{CHAIN}", &text[..start], &text[end..]).replace(
+        "max_steps = 40\neval_every = 10",
+        "max_steps = 20\neval_every = 10",
     );
-    out
-}
-
-fn wait_for(child: &mut Child, what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("process exited ({status}) before {what}");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn kill9(child: &mut Child) {
-    // SIGKILL: no destructors, no flush — a real crash.
-    let status = Command::new("kill")
-        .args(["-9", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = child.wait();
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    write_config(dir, "chain.toml", &text)
 }
 
 /// The line of `stdout` for a stage (`large-2 ...`), which must exist.

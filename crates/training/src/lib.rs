@@ -14,7 +14,7 @@ pub mod trainer;
 
 pub use config::{BackendKind, ConfigFileError, Precision, TrainConfig};
 pub use hyperclone_runfiles::CostOffset;
-pub use parallel::{Launch, ParallelError};
+pub use parallel::{register_device_sum, AllReduceChoice, DeviceSumFn, Launch, ParallelError};
 pub use trainer::{
     evaluate, time_data_parallel_steps, train, train_data_parallel, DataParallelBench, InitKind,
     StepTensors, SymmetryFn, TrainError, TrainOptions, TrainSummary, Trainer,

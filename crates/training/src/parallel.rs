@@ -14,9 +14,16 @@
 //! that the peer waits for with a deadline ([`Launch::peer_timeout`]), and a peer that fails in
 //! this process tells its siblings at once, so the others stop with an error instead of
 //! hanging.
+//!
+//! The gradients of the peers of one process can instead be summed by the devices themselves
+//! ([`register_device_sum`]): NCCL on CUDA in a binary built with the `nccl` feature, which
+//! moves them GPU to GPU where burn-collective copies them through the host. The small
+//! exchanges (the loss, the checksums, the budget flag) stay on burn-collective.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use burn::module::{Module, ModuleVisitor, Param};
@@ -154,6 +161,77 @@ pub struct Launch {
     pub peer_timeout: Duration,
     /// Test hook: peer `.0` (global rank) fails before step `.1`, as a lost device would.
     pub fail_peer: Option<(usize, u64)>,
+    /// Which all-reduce sums the gradients.
+    pub all_reduce: AllReduceChoice,
+}
+
+/// Which all-reduce sums the gradients of the peers of one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AllReduceChoice {
+    /// The device all-reduce registered for the backend ([`register_device_sum`]: NCCL on
+    /// CUDA in an `nccl` build) when the run has one node, else burn-collective.
+    #[default]
+    Auto,
+    /// burn-collective always (to compare, or where NCCL misbehaves).
+    Collective,
+}
+
+impl AllReduceChoice {
+    /// The name used on the command line and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Collective => "collective",
+        }
+    }
+}
+
+/// A sum of one tensor over the peers of this process, made by the devices themselves (NCCL
+/// on CUDA) instead of burn-collective. Every peer calls it at the same time with its own
+/// tensor (`[n]`, on its own device) and `devices`, the devices of all the peers of this
+/// process in rank order; each gets the sum on its own device. It may block until all have
+/// called it (the caller bounds the wait).
+pub type DeviceSumFn<B> = fn(Tensor<B, 1>, &[burn::tensor::Device<B>]) -> Tensor<B, 1>;
+
+/// The registered device all-reduces: backend type → (name, `DeviceSumFn<B>`).
+type DeviceSums = HashMap<TypeId, (&'static str, Box<dyn Any + Send + Sync>)>;
+
+fn device_sums() -> &'static Mutex<DeviceSums> {
+    static SUMS: OnceLock<Mutex<DeviceSums>> = OnceLock::new();
+    SUMS.get_or_init(Default::default)
+}
+
+/// Makes data-parallel runs of this process on backend `B` sum their gradients with `sum`
+/// (named `name` in logs) when the run has one node and [`Launch::all_reduce`] is
+/// [`AllReduceChoice::Auto`]. The binary calls it where it knows the concrete backend (the
+/// CLI, for CUDA with NCCL); library code stays generic.
+pub fn register_device_sum<B: Backend>(name: &'static str, sum: DeviceSumFn<B>) {
+    device_sums()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(TypeId::of::<B>(), (name, Box::new(sum)));
+}
+
+/// The device all-reduce registered for `B`, if any.
+pub fn registered_device_sum<B: Backend>() -> Option<(&'static str, DeviceSumFn<B>)> {
+    let sums = device_sums().lock().unwrap_or_else(|e| e.into_inner());
+    let (name, sum) = sums.get(&TypeId::of::<B>())?;
+    Some((name, *sum.downcast_ref::<DeviceSumFn<B>>()?))
+}
+
+/// NCCL's sum over the GPUs of this process (burn's `distributed` feature; a
+/// [`DeviceSumFn`] for [`register_device_sum`]).
+#[cfg(feature = "nccl")]
+pub fn nccl_sum<B>(tensor: Tensor<B, 1>, devices: &[B::Device]) -> Tensor<B, 1>
+where
+    B: burn::tensor::backend::distributed::DistributedBackend,
+{
+    use burn::tensor::backend::distributed::ReduceOperation as Op;
+    use burn::tensor::backend::DeviceOps;
+    let ids = devices.iter().map(|d| d.id()).collect();
+    let reduced = B::all_reduce(tensor.into_primitive().tensor(), Op::Sum, ids);
+    // `resolve` waits for NCCL's stream before the handle is used.
+    Tensor::from_primitive(TensorPrimitive::Float(reduced.resolve()))
 }
 
 impl Default for Launch {
@@ -166,6 +244,7 @@ impl Default for Launch {
             data_port: None,
             peer_timeout: Duration::from_secs(600),
             fail_peer: None,
+            all_reduce: AllReduceChoice::Auto,
         }
     }
 }
@@ -273,7 +352,16 @@ pub(crate) struct Peer<B: Backend> {
     abort: Arc<Abort>,
     /// The step before which this peer fails (test hook).
     fail_before: Option<u64>,
+    /// The device all-reduce of the gradients and the devices of this process's peers, when
+    /// one is used ([`Peer::use_device_sum`]).
+    device_sum: Option<DeviceSum<B>>,
     _backend: std::marker::PhantomData<B>,
+}
+
+/// A device all-reduce in use by a peer, with the devices of the peers of its process.
+struct DeviceSum<B: Backend> {
+    sum: DeviceSumFn<B>,
+    devices: Vec<B::Device>,
 }
 
 /// How often a waiting peer looks whether a sibling failed.
@@ -298,6 +386,7 @@ impl<B: Backend> Peer<B> {
             timeout: launch.peer_timeout,
             abort,
             fail_before: launch.fail_peer.filter(|f| f.0 == rank).map(|f| f.1),
+            device_sum: None,
             _backend: std::marker::PhantomData,
         };
         let id = peer.id;
@@ -386,6 +475,39 @@ impl<B: Backend> Peer<B> {
         tensor: Tensor<B, 1>,
     ) -> Result<Tensor<B, 1>, ParallelError> {
         Ok(self.sum(operation, tensor)? / self.world as f64)
+    }
+
+    /// Sums the gradients with the device all-reduce registered for `B`
+    /// ([`register_device_sum`]), if there is one, the run has one node and `launch` allows it;
+    /// `devices` are the devices of all peers of this process, in rank order. Returns the name
+    /// of the all-reduce the gradients will use.
+    pub(crate) fn use_device_sum(
+        &mut self,
+        launch: &Launch,
+        devices: Vec<B::Device>,
+    ) -> &'static str {
+        if launch.all_reduce == AllReduceChoice::Auto && launch.nodes == 1 {
+            if let Some((name, sum)) = registered_device_sum::<B>() {
+                self.device_sum = Some(DeviceSum { sum, devices });
+                return name;
+            }
+        }
+        "burn-collective"
+    }
+
+    /// The mean of the flat gradient `[n]` over all peers: by the device all-reduce when one
+    /// is in use ([`Peer::use_device_sum`]), else by burn-collective. Bounded in time either way.
+    pub(crate) fn gradient_mean(
+        &self,
+        gradient: Tensor<B, 1>,
+    ) -> Result<Tensor<B, 1>, ParallelError> {
+        const OPERATION: &str = "the gradient all-reduce";
+        let Some(device_sum) = &self.device_sum else {
+            return self.mean(OPERATION, gradient);
+        };
+        let (sum, devices) = (device_sum.sum, device_sum.devices.clone());
+        let summed = self.call(OPERATION, move || Ok(sum(gradient, &devices)))?;
+        Ok(summed / self.world as f64)
     }
 
     /// Whether `flag` holds on any peer.

@@ -1196,8 +1196,7 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             Some(peer) => {
                 self.trainer
                     .step_reduced(grad_accum, lr, batch, |optimizer, loss_sum| {
-                        optimizer
-                            .reduce_accumulated(|g| peer.mean("the gradient all-reduce", g))?;
+                        optimizer.reduce_accumulated(|g| peer.gradient_mean(g))?;
                         Ok(peer.mean("the loss all-reduce", loss_sum)?)
                     })?
             }
@@ -1542,6 +1541,12 @@ pub fn train_data_parallel<AB: GptAutodiffBackend>(
             start_orchestrator(launch)?;
         }
     }
+    if launch.nodes > 1 {
+        tracing::warn!(
+            "data-parallel across {} processes: with burn-collective 0.21 the second all-reduce between processes never returns (its SyncService::sync clears a copy of its synced-node list), so this run is expected to stop at --peer-timeout; see README, \"Several devices and machines\"",
+            launch.nodes
+        );
+    }
     tracing::info!(
         "data-parallel: {devices} peer(s) on node {} of {}, {world} in all; {} rows of each micro-batch per peer",
         launch.node_rank,
@@ -1550,6 +1555,7 @@ pub fn train_data_parallel<AB: GptAutodiffBackend>(
     );
     let mut inputs = Some(inputs);
     let abort = Abort::new();
+    let local_devices = &peer_devices.clone();
     let results: Vec<Result<TrainSummary, TrainError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = peer_devices
             .into_iter()
@@ -1561,7 +1567,7 @@ pub fn train_data_parallel<AB: GptAutodiffBackend>(
                 let (abort, collective) = (abort.clone(), collective.clone());
                 scope.spawn(move || {
                     let run = std::panic::AssertUnwindSafe(|| {
-                        let peer = Peer::<AB::InnerBackend>::register(
+                        let mut peer = Peer::<AB::InnerBackend>::register(
                             rank,
                             world,
                             peer_device.clone(),
@@ -1569,6 +1575,12 @@ pub fn train_data_parallel<AB: GptAutodiffBackend>(
                             launch,
                             abort.clone(),
                         )?;
+                        let all_reduce = peer.use_device_sum(launch, local_devices.clone());
+                        if local == 0 {
+                            tracing::info!(
+                                "data-parallel: the gradients are summed by {all_reduce}"
+                            );
+                        }
                         let inputs = match inputs {
                             Some(inputs) => inputs,
                             None => RunInputs::resolve(config, options)?,
@@ -1770,6 +1782,7 @@ pub fn time_data_parallel_steps<AB: GptAutodiffBackend>(
         .map(|_| (rng.next_u64() % bench.model.vocab_size as u64) as u32)
         .collect();
     let abort = Abort::new();
+    let local_devices = &peer_devices.clone();
     let results: Vec<Result<Vec<f64>, TrainError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = peer_devices
             .into_iter()
@@ -1780,14 +1793,16 @@ pub fn time_data_parallel_steps<AB: GptAutodiffBackend>(
                 scope.spawn(move || {
                     let result = (|| {
                         let peer = if devices > 1 {
-                            Some(Peer::<AB::InnerBackend>::register(
+                            let mut peer = Peer::<AB::InnerBackend>::register(
                                 rank,
                                 devices,
                                 dev.clone(),
                                 collective,
                                 launch,
                                 abort.clone(),
-                            )?)
+                            )?;
+                            peer.use_device_sum(launch, local_devices.clone());
+                            Some(peer)
                         } else {
                             None
                         };
@@ -1816,9 +1831,7 @@ pub fn time_data_parallel_steps<AB: GptAutodiffBackend>(
                                     1e-4,
                                     |_| tokens(),
                                     |optimizer, loss| {
-                                        optimizer.reduce_accumulated(|g| {
-                                            peer.mean("the gradient all-reduce", g)
-                                        })?;
+                                        optimizer.reduce_accumulated(|g| peer.gradient_mean(g))?;
                                         Ok(peer.mean("the loss all-reduce", loss)?)
                                     },
                                 )?,

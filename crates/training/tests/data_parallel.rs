@@ -3,107 +3,18 @@
 //! the refusals. Its own test binary: burn-collective keeps one server per backend and process,
 //! so the runs here are serialised.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use burn::backend::{Autodiff, Flex};
+use common::{data_parallel_config as config, max_relative_difference, options, serial};
 use hyperclone_training::metrics::read_metrics;
 use hyperclone_training::{
-    train, train_data_parallel, Launch, ParallelError, TrainConfig, TrainError, TrainOptions,
+    train, train_data_parallel, Launch, ParallelError, TrainError, TrainOptions,
 };
 
 type AB = Autodiff<Flex>;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn data_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
-}
-
-/// The tiny model of `train.rs` without dropout (its masks come from a process-wide generator
-/// that peers in one process would share), two micro-batches of 8 rows per step.
-fn config(extra: &[&str]) -> TrainConfig {
-    let root = repo_root();
-    let text = format!(
-        r#"
-        [model]
-        preset = "cpu-tiny"
-        vocab_size = 4096
-        d_model = 32
-        n_head = 2
-        d_ff = 64
-        context_length = 32
-        dropout = 0.0
-
-        [data]
-        train = ["{root}/datasets/gutenberg/val"]
-        val_fraction = 0.05
-        tokenizer = {{ file = "{root}/datasets/gutenberg/tokenizer-4096.json" }}
-        out = "{data}/prepared"
-
-        [optimizer]
-        lr = 3e-3
-
-        [schedule]
-        warmup_steps = 10
-
-        [run]
-        seed = 7
-        batch_size = 8
-        grad_accum = 2
-        seq_len = 32
-        max_steps = 30
-        eval_every = 10
-        eval_batches = 2
-        checkpoint_every = 5
-        keep_last = 10
-        "#,
-        root = root.display(),
-        data = data_dir().display()
-    );
-    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    TrainConfig::from_toml_str(&text, Path::new("test.toml"), &overrides).unwrap()
-}
-
-fn options(run_dir: &Path) -> TrainOptions<Flex> {
-    TrainOptions {
-        run_dir: run_dir.to_path_buf(),
-        init_from: None,
-        resume: true,
-        stop_after: None,
-        backend_name: "flex".into(),
-        device_name: hyperclone_training::metrics::cpu_name(),
-        symmetry: None,
-        optimizer_state: Default::default(),
-        cost_offset: Default::default(),
-    }
-}
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    ONCE.get_or_init(|| {
-        hyperclone_data::ensure_prepared(&config(&[]).data).unwrap();
-    });
-    guard
-}
-
-/// Largest |a − b| / |b| over the steps of two loss curves (same steps required).
-fn max_relative_difference(a: &[(u64, f64)], b: &[(u64, f64)]) -> f64 {
-    assert_eq!(
-        a.iter().map(|l| l.0).collect::<Vec<_>>(),
-        b.iter().map(|l| l.0).collect::<Vec<_>>()
-    );
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| ((x.1 - y.1) / y.1).abs())
-        .fold(0.0, f64::max)
-}
 
 #[test]
 fn two_peers_match_one_device_at_the_same_global_batch() {

@@ -1,93 +1,16 @@
 //! End-to-end training tests on the CPU backend with the tiny model and the shipped corpus.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+mod common;
+
+use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
+use common::{config, options, serial as prepare_once};
 use hyperclone_training::checkpoint::{complete_checkpoints, DONE_FILE};
 use hyperclone_training::metrics::read_metrics;
 use hyperclone_training::{train, TrainConfig, TrainError, TrainOptions};
 
 type AB = Autodiff<Flex>;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Prepared data shared by every test of this binary (two shipped books, 5 % held out),
-/// built once in a folder that lives as long as the process.
-fn data_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
-}
-
-fn config(extra: &[&str]) -> TrainConfig {
-    let root = repo_root();
-    let text = format!(
-        r#"
-        [model]
-        preset = "cpu-tiny"
-        vocab_size = 4096
-        d_model = 32
-        n_head = 2
-        d_ff = 64
-        context_length = 32
-
-        [data]
-        train = ["{root}/datasets/gutenberg/val"]
-        val_fraction = 0.05
-        tokenizer = {{ file = "{root}/datasets/gutenberg/tokenizer-4096.json" }}
-        out = "{data}/prepared"
-
-        [optimizer]
-        lr = 3e-3
-
-        [schedule]
-        warmup_steps = 10
-
-        [run]
-        seed = 7
-        batch_size = 8
-        seq_len = 32
-        max_steps = 30
-        eval_every = 10
-        eval_batches = 2
-        checkpoint_every = 10
-        keep_last = 5
-        "#,
-        root = root.display(),
-        data = data_dir().display()
-    );
-    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    TrainConfig::from_toml_str(&text, Path::new("test.toml"), &overrides).unwrap()
-}
-
-fn options(run_dir: &Path) -> TrainOptions<Flex> {
-    TrainOptions {
-        run_dir: run_dir.to_path_buf(),
-        init_from: None,
-        resume: true,
-        stop_after: None,
-        backend_name: "flex".into(),
-        device_name: hyperclone_training::metrics::cpu_name(),
-        symmetry: None,
-        optimizer_state: Default::default(),
-        cost_offset: Default::default(),
-    }
-}
-
-/// Prepares the shared data once and serialises the tests of this binary: dropout masks come
-/// from the backend's process-wide generator, which every training step reseeds, so two
-/// trainings running at once in one process would draw from each other's stream.
-fn prepare_once() -> std::sync::MutexGuard<'static, ()> {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    ONCE.get_or_init(|| {
-        hyperclone_data::ensure_prepared(&config(&[]).data).unwrap();
-    });
-    guard
-}
 
 #[test]
 fn training_lowers_val_loss_well_below_its_start() {
