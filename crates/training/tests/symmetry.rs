@@ -1,6 +1,8 @@
 //! The symmetry trap, measured: training an exactly cloned model keeps its copies identical;
 //! dropout lets them drift apart, and the noisy variant starts and stays apart. All learn.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
@@ -10,47 +12,14 @@ use hyperclone_training::{train, TrainConfig, TrainOptions};
 
 type AB = Autodiff<Flex>;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn config(data: &Path, extra: &[&str]) -> TrainConfig {
-    let root = repo();
-    let text = format!(
-        r#"
-        [model]
-        preset = "cpu-tiny"
-        vocab_size = 4096
-        d_model = 32
-        n_head = 2
-        d_ff = 64
-        context_length = 32
-
-        [data]
-        train = ["{root}/datasets/gutenberg/val"]
-        val_fraction = 0.05
-        tokenizer = {{ file = "{root}/datasets/gutenberg/tokenizer-4096.json" }}
-        out = "{data}"
-
-        [optimizer]
-        lr = 3e-3
-
-        [schedule]
-        warmup_steps = 5
-
-        [run]
-        seed = 3
-        batch_size = 8
-        seq_len = 32
-        max_steps = 40
-        eval_every = 20
-        eval_batches = 2
-        "#,
-        root = root.display(),
-        data = data.display()
-    );
-    let o: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    TrainConfig::from_toml_str(&text, Path::new("symmetry.toml"), &o).unwrap()
+/// The tiny model of [`common::config`] for 40 steps from seed 3, evaluated every 20.
+fn config() -> TrainConfig {
+    common::config(&[
+        "schedule.warmup_steps=5",
+        "run.seed=3",
+        "run.max_steps=40",
+        "run.eval_every=20",
+    ])
 }
 
 fn options(run_dir: PathBuf, init_from: Option<PathBuf>) -> TrainOptions<Flex> {
@@ -104,7 +73,7 @@ fn train_clone(tmp: &Path, small: &Path, variant: Variant, dropout: f64) -> (f64
     large.dropout = dropout;
     let cfg = TrainConfig {
         model: Some(large),
-        ..config(&tmp.join("data"), &[])
+        ..config()
     };
     train::<AB>(&cfg, &options(run.clone(), Some(expanded)), &device).unwrap();
     let evals = read_metrics(run.join("metrics.jsonl")).unwrap().eval;
@@ -123,12 +92,7 @@ fn exact_clones_stay_symmetric_dropout_and_noise_break_symmetry_and_all_learn() 
     let tmp = tempfile::tempdir().unwrap();
     let device = Default::default();
     let small_run = tmp.path().join("small");
-    train::<AB>(
-        &config(&tmp.path().join("data"), &[]),
-        &options(small_run.clone(), None),
-        &device,
-    )
-    .unwrap();
+    train::<AB>(&config(), &options(small_run.clone(), None), &device).unwrap();
     let small = small_run.join("final");
 
     let (s0, s1, l0, l1) = train_clone(tmp.path(), &small, Variant::Symmetric, 0.0);
