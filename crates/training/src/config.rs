@@ -87,7 +87,7 @@ fn d_one() -> usize {
 pub const SCALING_REFERENCE_WARMUP: usize = 3;
 
 fn d_scaling_reference_steps() -> usize {
-    5
+    10
 }
 fn is_default_scaling_reference_steps(n: &usize) -> bool {
     *n == d_scaling_reference_steps()
@@ -297,8 +297,9 @@ pub struct RunConfig {
     /// ones. `run_info.json` records the median as `single_peer_tokens_per_s`, and the report
     /// divides the run's global tokens/s by peers × that figure (the scaling efficiency). The
     /// run's weights, data and losses are untouched, and the time is not charged. 0 skips it
-    /// (the report then says "not measured"). Default 5, left out when serialised at its
-    /// default so that configs and stage hashes stay as they were.
+    /// (the report then says "not measured"). Default 10 (five gave unstable medians on a
+    /// loaded CPU), left out when serialised at its default so that configs and stage hashes
+    /// stay as they were.
     #[serde(
         default = "d_scaling_reference_steps",
         skip_serializing_if = "is_default_scaling_reference_steps"
