@@ -279,6 +279,42 @@ fn pipeline_killed_during_the_large_stage_resumes_it() {
 }
 
 #[test]
+fn a_data_parallel_stage_gets_its_scaling_efficiency_in_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_experiment(tmp.path());
+    let exp = tmp.path().join("exp");
+    run_ok(
+        bin()
+            .arg("run")
+            .arg(&cfg)
+            .args(["--stage", "small", "--devices", "2"]),
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(exp.join("small/run_info.json")).unwrap()).unwrap();
+    let reference = info["single_peer_tokens_per_s"].as_f64().unwrap();
+    assert_eq!(info["single_peer_rows"], 4, "{info}");
+    let out = run_ok(bin().arg("report").arg(&exp));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("scaling efficiency, small"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    // The efficiency printed is the run's median tokens/s over 2 × the reference it recorded.
+    let tps = hyperclone_report::analysis::median(
+        hyperclone_training::metrics::read_metrics(exp.join("small/metrics.jsonl"))
+            .unwrap()
+            .train
+            .iter()
+            .filter_map(|t| t.tokens_per_s),
+    )
+    .unwrap();
+    let expected = format!("{:.2} (2 devices", tps / (2.0 * reference));
+    assert!(line.contains(&expected), "{line} vs {expected}");
+    let md = std::fs::read_to_string(exp.join("report.md")).unwrap();
+    assert!(md.contains("| scaling efficiency |"), "{md}");
+}
+
+#[test]
 fn eval_scores_a_run_on_prepared_data_and_refuses_another_tokenizer() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_train_config(tmp.path());

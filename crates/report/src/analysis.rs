@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::inputs::{SeedRun, Stage};
-use hyperclone_runfiles::Metrics;
+use hyperclone_runfiles::{Metrics, RunInfo};
 
 /// The budget fractions at which the baseline's val loss becomes an intermediate target, in
 /// addition to its final val loss (fraction 1).
@@ -255,6 +255,46 @@ pub fn stage_stats(metrics: &Metrics) -> StageStats {
         warmup_s: metrics.warmup_s,
         median_step_time_s: median(train.iter().filter_map(|r| r.step_time_s)),
     }
+}
+
+/// How a data-parallel run (more than one peer in all) scaled, from its `run_info.json` and
+/// its train lines.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scaling {
+    /// Peers (devices) in all.
+    pub devices: u64,
+    /// The run's global tokens/s: the median of its train lines.
+    pub tokens_per_s: Option<f64>,
+    /// Tokens/s of one device running one peer's share alone (`single_peer_tokens_per_s`);
+    /// `None` when the run did not measure it.
+    pub single_peer_tokens_per_s: Option<f64>,
+    /// Rows per micro-batch of that reference.
+    pub single_peer_rows: Option<u64>,
+    /// `tokens_per_s ÷ (devices × single_peer_tokens_per_s)`: 1 when N peers go N times as
+    /// fast as one device on one peer's share (weak scaling); `None` when either is missing.
+    pub efficiency: Option<f64>,
+    /// The run was on the CPU (`device` "cpu"), where the peers share the cores.
+    pub on_cpu: bool,
+}
+
+/// The [`Scaling`] of a run, `None` for a run on one device (or of unknown devices).
+pub fn scaling(info: Option<&RunInfo>, stats: Option<&StageStats>) -> Option<Scaling> {
+    let info = info?;
+    let devices = info.devices.filter(|&d| d > 1)?;
+    let tokens_per_s = stats.and_then(|s| s.median_tokens_per_s);
+    let reference = info
+        .single_peer_tokens_per_s
+        .filter(|r| r.is_finite() && *r > 0.0);
+    Some(Scaling {
+        devices,
+        tokens_per_s,
+        single_peer_tokens_per_s: reference,
+        single_peer_rows: info.single_peer_rows,
+        efficiency: tokens_per_s
+            .zip(reference)
+            .map(|(global, one)| global / (devices as f64 * one)),
+        on_cpu: info.device.as_deref() == Some("cpu"),
+    })
 }
 
 /// What it cost each route to reach one target, on one cost axis.
@@ -1108,5 +1148,37 @@ mod tests {
             baseline_s: 0.100,
         };
         assert!(faster.disturbed());
+    }
+
+    #[test]
+    fn scaling_efficiency_is_global_throughput_over_peers_times_one_peer_alone() {
+        let info = RunInfo {
+            device: Some("cpu".into()),
+            devices: Some(2),
+            single_peer_tokens_per_s: Some(1000.0),
+            single_peer_rows: Some(4),
+            ..RunInfo::default()
+        };
+        let stats = StageStats {
+            median_tokens_per_s: Some(1500.0),
+            ..StageStats::default()
+        };
+        let s = scaling(Some(&info), Some(&stats)).unwrap();
+        assert_eq!(s.efficiency, Some(1500.0 / (2.0 * 1000.0)));
+        assert!(s.on_cpu);
+        // Without the reference: no number.
+        let old = RunInfo {
+            single_peer_tokens_per_s: None,
+            ..info.clone()
+        };
+        let s = scaling(Some(&old), Some(&stats)).unwrap();
+        assert_eq!((s.efficiency, s.tokens_per_s), (None, Some(1500.0)));
+        // One device, or no run_info.json: nothing to say.
+        let single = RunInfo {
+            devices: Some(1),
+            ..info
+        };
+        assert_eq!(scaling(Some(&single), Some(&stats)), None);
+        assert_eq!(scaling(None, Some(&stats)), None);
     }
 }

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use analysis::{SeedAnalysis, TargetAggregate, TargetResult};
+pub use analysis::{Scaling, SeedAnalysis, TargetAggregate, TargetResult};
 pub use error::ReportError;
 pub use hyperclone_runfiles::{read_metrics, EvalLine, Metrics, SymmetryLine, TrainLine};
 pub use render::SECTIONS;
@@ -82,10 +82,22 @@ pub struct ReportSummary {
     /// The cloned run's and the baseline's median step times differ by more than 10 % in some
     /// seed: the device-hour figures are disturbed (the FLOPs figures stand).
     pub timing_disturbed: bool,
+    /// Every data-parallel run (more than one peer) and its scaling efficiency; empty when
+    /// every run used one device.
+    pub scaling: Vec<RunScaling>,
     /// Per-seed details.
     pub seeds: Vec<SeedAnalysis>,
     /// Every target aggregated over seeds.
     pub targets: Vec<TargetAggregate>,
+}
+
+/// A data-parallel run of the report and how it scaled.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunScaling {
+    /// The run as the report's tables name it (with the seed when there are several).
+    pub run: String,
+    /// Its devices, throughput, one-peer reference and efficiency.
+    pub scaling: Scaling,
 }
 
 impl ReportSummary {
@@ -170,6 +182,21 @@ impl ReportSummary {
                     ),
                 );
             }
+        }
+        for r in &self.scaling {
+            line(
+                &format!("scaling efficiency, {}", r.run),
+                format!(
+                    "{} ({} devices{})",
+                    render::efficiency_cell(&r.scaling),
+                    r.scaling.devices,
+                    if r.scaling.on_cpu {
+                        "; CPU peers share the cores: says little about speed"
+                    } else {
+                        ""
+                    }
+                ),
+            );
         }
         if self.timing_disturbed {
             line(
@@ -262,6 +289,10 @@ pub fn write_report(exp_dir: &Path) -> Result<ReportSummary, ReportError> {
         verdict: verdict.text(),
         degenerate: verdict.degenerate,
         timing_disturbed: verdict.disturbed,
+        scaling: render::scaling_rows(&exp, &analyses, analyses.len() > 1)
+            .into_iter()
+            .map(|(run, scaling)| RunScaling { run, scaling })
+            .collect(),
         seeds: analyses,
         targets: aggs,
     };

@@ -970,3 +970,104 @@ fn an_earlier_growth_stage_that_gets_there_cheaper_claims_no_speedup_for_the_las
     assert!(md.contains("| earlier growth stage, total |"), "{md}");
     assert!(md.contains("| stage 1: "), "{md}");
 }
+
+/// Rewrites `dir/name/run_info.json` as a data-parallel run's: `devices` peers, with or
+/// without the one-peer reference the training measures.
+fn make_data_parallel(dir: &Path, name: &str, devices: u64, reference: Option<(f64, u64)>) {
+    let path = dir.join(name).join("run_info.json");
+    let mut info: serde_json::Value = serde_json::from_str(&read(&path)).unwrap();
+    info["devices"] = json!(devices);
+    if let Some((tokens_per_s, rows)) = reference {
+        info["single_peer_tokens_per_s"] = json!(tokens_per_s);
+        info["single_peer_rows"] = json!(rows);
+    }
+    std::fs::write(&path, info.to_string()).unwrap();
+}
+
+/// The cells of the Markdown table row that starts with `first`.
+fn md_row(md: &str, first: &str) -> Vec<String> {
+    let prefix = format!("| {first} |");
+    let line = md
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no row {prefix}:\n{md}"));
+    line.trim_matches('|')
+        .split(" | ")
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn data_parallel_runs_show_their_scaling_efficiency_or_say_it_was_not_measured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = report_dir(tmp.path(), "data-parallel");
+    write_seed(&exp, 0.1 * n_total(), None, 3);
+    // The baseline ran on 2 peers and measured its reference; the cloned run on 2 peers of an
+    // older version, without one. The small run stays on one device.
+    let (reference, rows) = (1250.0, 4);
+    make_data_parallel(&exp, "baseline", 2, Some((reference, rows)));
+    make_data_parallel(&exp, "large", 2, None);
+    let summary = hyperclone_report::write_report(&exp).unwrap();
+    let md = read(&exp.join("report.md"));
+    // The scaling table follows the throughput table and its paragraph.
+    let scaling_md = &md[md
+        .find("Data-parallel runs:")
+        .expect("no scaling paragraph")..];
+
+    // From the files: the baseline's median global tokens/s over its train lines.
+    let baseline_tps: Vec<f64> = read(&exp.join("baseline/metrics.jsonl"))
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["tokens_per_s"].as_f64().unwrap())
+        .collect();
+    assert!(baseline_tps.iter().all(|&t| t == baseline_tps[0]));
+    let expected = baseline_tps[0] / (2.0 * reference);
+
+    assert_eq!(summary.scaling.len(), 2, "{:?}", summary.scaling);
+    let baseline = summary
+        .scaling
+        .iter()
+        .find(|r| r.run == "baseline")
+        .unwrap();
+    assert_eq!(baseline.scaling.devices, 2);
+    assert!((baseline.scaling.efficiency.unwrap() - expected).abs() < 1e-12);
+    assert!(baseline.scaling.on_cpu);
+    let cloned = summary
+        .scaling
+        .iter()
+        .find(|r| r.run == "cloned (large)")
+        .unwrap();
+    assert_eq!(cloned.scaling.efficiency, None);
+
+    let row = md_row(scaling_md, "baseline");
+    assert_eq!(row[1], "2", "{row:?}");
+    assert_eq!(row[3], format!("{reference} ({rows} rows)"), "{row:?}");
+    assert_eq!(row[4], format!("{expected:.2}"), "{row:?}");
+    // The cloned run without a reference: no number, "not measured".
+    let row = md_row(scaling_md, "cloned (large)");
+    let row: Vec<&String> = row
+        .iter()
+        .filter(|c| c.as_str() == "not measured")
+        .collect();
+    assert_eq!(row.len(), 2, "{md}");
+    assert!(
+        scaling_md.contains("one device running one peer's share alone"),
+        "the reference is not described"
+    );
+    assert!(md.contains("say little about speed"), "no CPU remark");
+    let table = summary.table();
+    assert!(
+        table.contains("scaling efficiency, baseline") && table.contains("not measured"),
+        "{table}"
+    );
+
+    // An experiment on one device throughout says nothing about scaling.
+    let single = tmp.path().join("single");
+    write_seed(&single, 0.1 * n_total(), None, 3);
+    let summary = hyperclone_report::write_report(&single).unwrap();
+    assert!(summary.scaling.is_empty());
+    let md = read(&single.join("report.md"));
+    assert!(!md.contains("scaling efficiency"), "{md}");
+    assert!(!summary.table().contains("scaling efficiency"));
+}

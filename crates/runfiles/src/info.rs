@@ -1,5 +1,6 @@
-//! `run_info.json`: the hardware, backend and model of a training run, written once when the
-//! run starts (not on resume) and read by the report.
+//! `run_info.json`: the hardware, backend and model of a training run, written when the run
+//! starts and read by the report. A resumed run leaves it as it was, except that a
+//! data-parallel run records its newest one-peer reference (and its number of devices).
 
 use serde::{Deserialize, Serialize};
 
@@ -43,4 +44,14 @@ pub struct RunInfo {
     /// True when `peak_flops` is an estimate (CPU, unknown GPU).
     #[serde(default)]
     pub peak_estimated: Option<bool>,
+    /// Data-parallel runs only (more than one peer): tokens/s of one device running one peer's
+    /// share of every micro-batch alone (`single_peer_rows` rows, the run's sequence length,
+    /// gradient accumulation, model and kernels, AdamW; no communication), the median of a few
+    /// timed steps measured before the peers started (again on every resume: the newest). The
+    /// report's scaling efficiency is the run's global tokens/s ÷ (`devices` × this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_peer_tokens_per_s: Option<f64>,
+    /// Rows per micro-batch of the one-peer reference (`run.batch_size` ÷ peers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_peer_rows: Option<u64>,
 }

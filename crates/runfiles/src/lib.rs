@@ -101,9 +101,21 @@ mod tests {
             init: Some("random".into()),
             peak_flops: Some(1e11),
             peak_estimated: Some(true),
+            single_peer_tokens_per_s: None,
+            single_peer_rows: None,
         };
         let text = serde_json::to_string_pretty(&info).unwrap();
         assert_eq!(serde_json::from_str::<RunInfo>(&text).unwrap(), info);
+        // A single-device run writes no reference fields: its file is as before.
+        assert!(!text.contains("single_peer"), "{text}");
+        let parallel = RunInfo {
+            devices: Some(2),
+            single_peer_tokens_per_s: Some(5120.5),
+            single_peer_rows: Some(4),
+            ..info.clone()
+        };
+        let text = serde_json::to_string(&parallel).unwrap();
+        assert_eq!(serde_json::from_str::<RunInfo>(&text).unwrap(), parallel);
         let record = ExpandRecord {
             wall_s: Some(0.5),
             device_hours: Some(0.5 / 3600.0),
@@ -121,5 +133,6 @@ mod tests {
         // Older files lack fields.
         let old: RunInfo = serde_json::from_str(r#"{"backend":"flex"}"#).unwrap();
         assert_eq!(old.attention, None);
+        assert_eq!(old.single_peer_tokens_per_s, None);
     }
 }

@@ -80,6 +80,18 @@ fn is_one(n: &usize) -> bool {
 fn d_one() -> usize {
     1
 }
+
+/// Untimed steps before the timed steps of the one-peer reference
+/// ([`RunConfig::scaling_reference_steps`]): the first compiles (and on GPUs autotunes) the
+/// kernels of its shapes.
+pub const SCALING_REFERENCE_WARMUP: usize = 3;
+
+fn d_scaling_reference_steps() -> usize {
+    10
+}
+fn is_default_scaling_reference_steps(n: &usize) -> bool {
+    *n == d_scaling_reference_steps()
+}
 fn d_eval_every() -> u64 {
     100
 }
@@ -278,6 +290,21 @@ pub struct RunConfig {
     /// and stage hashes of single-device runs are unchanged.
     #[serde(default = "d_one", skip_serializing_if = "is_one")]
     pub devices: usize,
+    /// Timed steps of the one-peer reference a data-parallel run (more than one peer in all)
+    /// measures before its peers start: one device trains one peer's share of the batch alone
+    /// (`batch_size / peers` rows, `seq_len`, `grad_accum`; no communication) on a throwaway
+    /// copy of the model, [`SCALING_REFERENCE_WARMUP`] untimed steps and then this many timed
+    /// ones. `run_info.json` records the median as `single_peer_tokens_per_s`, and the report
+    /// divides the run's global tokens/s by peers × that figure (the scaling efficiency). The
+    /// run's weights, data and losses are untouched, and the time is not charged. 0 skips it
+    /// (the report then says "not measured"). Default 10 (five gave unstable medians on a
+    /// loaded CPU), left out when serialised at its default so that configs and stage hashes
+    /// stay as they were.
+    #[serde(
+        default = "d_scaling_reference_steps",
+        skip_serializing_if = "is_default_scaling_reference_steps"
+    )]
+    pub scaling_reference_steps: usize,
     /// Budget in optimiser steps.
     #[serde(default)]
     pub max_steps: Option<u64>,

@@ -30,6 +30,7 @@ use crate::metrics::{peak_flops, peak_rss_bytes};
 use crate::optim::{read_scalars, AdamW, AdamWState, OptimError};
 use crate::parallel::{digest16, weights_checksum, Abort, Launch, ParallelError, Peer};
 use crate::progress::make_progress;
+use crate::scaling::{record_run_info, reference_for_run, SinglePeerReference};
 use crate::schedule::learning_rate;
 use hyperclone_runfiles::{
     CostOffset, EvalLine, Line, RunInfo, RunLog, SymmetryLine, TrainLine, WarmupLine,
@@ -934,6 +935,7 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
         lock: Option<RunLock>,
         device: &AB::Device,
         peer: Option<Peer<AB::InnerBackend>>,
+        reference: Option<SinglePeerReference>,
     ) -> Result<Self, TrainError> {
         let run_dir = &options.run_dir;
         let leader = peer.as_ref().is_none_or(|p| p.rank == 0);
@@ -984,10 +986,11 @@ impl<'a, AB: GptAutodiffBackend> Session<'a, AB> {
             init: Some(init.as_str().into()),
             peak_flops: peak.map(|p| p.0),
             peak_estimated: Some(peak.is_none_or(|p| p.1)),
+            single_peer_tokens_per_s: reference.map(|r| r.tokens_per_s),
+            single_peer_rows: reference.map(|r| r.rows as u64),
         };
-        if leader && init != InitKind::Resume {
-            let info_json = serde_json::to_vec_pretty(&info).expect("RunInfo serialises");
-            std::fs::write(run_dir.join("run_info.json"), info_json).map_err(io_err(run_dir))?;
+        if leader {
+            record_run_info(run_dir, &info, init == InitKind::Resume)?;
         }
         let mut metrics = if leader {
             Some(RunLog::open(
@@ -1462,7 +1465,7 @@ pub fn train<AB: GptAutodiffBackend>(
             if !options.resume {
                 refuse_checkpoints(run_dir)?;
             }
-            Session::<AB>::start(config, options, inputs, Some(lock), device, None)
+            Session::<AB>::start(config, options, inputs, Some(lock), device, None, None)
         });
     match started {
         Ok(session) => session.run(),
@@ -1547,6 +1550,19 @@ pub fn train_data_parallel<AB: GptAutodiffBackend>(
             launch.nodes
         );
     }
+    // The reference of the report's scaling efficiency, on the first device before the peers
+    // start (node 0 only: it writes run_info.json).
+    let reference = if writer_node {
+        reference_for_run::<AB>(
+            config,
+            &inputs.model_config,
+            &inputs.data,
+            world,
+            &peer_devices[0],
+        )
+    } else {
+        None
+    };
     tracing::info!(
         "data-parallel: {devices} peer(s) on node {} of {}, {world} in all; {} rows of each micro-batch per peer",
         launch.node_rank,
@@ -1564,6 +1580,7 @@ pub fn train_data_parallel<AB: GptAutodiffBackend>(
                 let rank = launch.node_rank as usize * devices + local;
                 let lock = if local == 0 { lock.take() } else { None };
                 let inputs = if local == 0 { inputs.take() } else { None };
+                let reference = if local == 0 { reference } else { None };
                 let (abort, collective) = (abort.clone(), collective.clone());
                 scope.spawn(move || {
                     let run = std::panic::AssertUnwindSafe(|| {
@@ -1592,6 +1609,7 @@ pub fn train_data_parallel<AB: GptAutodiffBackend>(
                             lock,
                             &peer_device,
                             Some(peer),
+                            reference,
                         )?
                         .run()
                     });

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use burn::backend::{Autodiff, Flex};
@@ -57,9 +58,16 @@ fn two_peers_match_one_device_at_the_same_global_batch() {
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(two.path().join("run_info.json")).unwrap()).unwrap();
     assert_eq!(info["devices"], 2);
+    // The one-peer reference of the scaling efficiency: one device, 4 of the 8 rows.
+    let reference = info["single_peer_tokens_per_s"].as_f64().unwrap();
+    assert!(reference.is_finite() && reference > 0.0, "{info}");
+    assert_eq!(info["single_peer_rows"], 4);
+    let one_info = std::fs::read_to_string(one.path().join("run_info.json")).unwrap();
+    assert!(!one_info.contains("single_peer"), "{one_info}");
     assert!(two.path().join("final/model.json").exists());
     let toml = std::fs::read_to_string(two.path().join("config.toml")).unwrap();
     assert!(toml.contains("devices = 2"), "{toml}");
+    assert!(!toml.contains("scaling_reference_steps"), "{toml}");
     // `devices` at its default is not written: single-device configs hash as before.
     let toml = std::fs::read_to_string(one.path().join("config.toml")).unwrap();
     assert!(!toml.contains("devices"), "{toml}");
@@ -101,10 +109,21 @@ fn two_peers_are_deterministic_and_a_run_that_lost_a_peer_resumes_to_the_same_lo
     assert_eq!(resumed.losses, uninterrupted.losses[15..].to_vec());
     assert_eq!(resumed.final_val_loss, uninterrupted.final_val_loss);
 
-    // A second uninterrupted 2-peer run repeats the first exactly.
+    // The resumed run measured its one-peer reference again and kept the rest of the file.
+    let info = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("run_info.json")).unwrap()).unwrap()
+    };
+    let resumed_info = info(split.path());
+    assert!(resumed_info["single_peer_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(resumed_info["init"], "random", "{resumed_info}");
+
+    // A second uninterrupted 2-peer run, without the one-peer reference, repeats the first
+    // exactly: measuring the reference changes nothing the run computes.
     let again = tempfile::tempdir().unwrap();
-    let repeat = train::<AB>(&cfg, &options(again.path()), &device).unwrap();
+    let no_reference = config(&["run.devices=2", "run.scaling_reference_steps=0"]);
+    let repeat = train::<AB>(&no_reference, &options(again.path()), &device).unwrap();
     assert_eq!(repeat.losses, uninterrupted.losses);
+    assert!(info(again.path())["single_peer_tokens_per_s"].is_null());
 }
 
 #[test]

@@ -209,6 +209,28 @@ pub fn document(
             .to_string(),
     ));
     b.push(throughput(exp, analyses, multi));
+    if let Some((table, on_cpu)) = scaling_table(exp, analyses, multi) {
+        b.push(Block::Paragraph(
+            "Data-parallel runs: the scaling efficiency is the run's global tokens/s (the \
+             median of its train lines) ÷ (devices × the tokens/s of one device running one \
+             peer's share alone). That reference is measured by the run before its peers start \
+             (`single_peer_tokens_per_s` in `run_info.json`): the same model, kernels, \
+             sequence length and gradient accumulation on `run.batch_size / devices` rows, no \
+             communication, not charged. 1.00 means N peers go N times as fast as one device \
+             on one peer's share (weak scaling; `hyperclone bench --devices N` compares with \
+             the whole global batch on one device instead). \"not measured\": the run \
+             recorded no reference (`run.scaling_reference_steps = 0`, or an older run)."
+                .to_string(),
+        ));
+        b.push(table);
+        if on_cpu {
+            b.push(Block::Paragraph(
+                "On the CPU the peers are threads sharing the one CPU device and its cores: \
+                 these figures test the mechanics and say little about speed."
+                    .to_string(),
+            ));
+        }
+    }
 
     b.push(Block::Heading(2, SECTIONS[7].to_string()));
     match (

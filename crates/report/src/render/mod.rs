@@ -8,6 +8,7 @@ mod verdict;
 
 pub use charts::build_plots;
 pub use document::{document, SECTIONS};
+pub(crate) use tables::{efficiency_cell, scaling_rows};
 pub use verdict::verdict;
 
 use crate::analysis::{SeedAnalysis, StageStats};

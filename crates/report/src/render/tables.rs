@@ -2,7 +2,8 @@
 
 use super::{opt, run_rows};
 use crate::analysis::{
-    spread, Axis, CostComparison, Race, SeedAnalysis, StageStats, TargetAggregate, TargetResult,
+    scaling, spread, Axis, CostComparison, Race, Scaling, SeedAnalysis, StageStats,
+    TargetAggregate, TargetResult,
 };
 use crate::doc::Block;
 use crate::format as fmt;
@@ -488,6 +489,82 @@ pub(crate) fn throughput(exp: &Experiment, analyses: &[SeedAnalysis], multi: boo
         }
     }
     Block::Table { header, rows }
+}
+
+/// Every data-parallel run (more than one peer) of the experiment with its [`Scaling`], named
+/// as the tables name it (with the seed when there are several).
+pub(crate) fn scaling_rows(
+    exp: &Experiment,
+    analyses: &[SeedAnalysis],
+    multi: bool,
+) -> Vec<(String, Scaling)> {
+    let mut out = Vec::new();
+    for (run, a) in exp.seeds.iter().zip(analyses) {
+        for row in run_rows(run, Some(a)) {
+            let Some(s) = scaling(row.stage.run_info.as_ref(), row.stats) else {
+                continue;
+            };
+            let name = if multi {
+                format!("{} ({})", row.title, a.label)
+            } else {
+                row.title
+            };
+            out.push((name, s));
+        }
+    }
+    out
+}
+
+/// The scaling efficiency of a run, as a cell: "not measured" without a reference.
+pub(crate) fn efficiency_cell(s: &Scaling) -> String {
+    match (s.efficiency, s.single_peer_tokens_per_s) {
+        (Some(e), _) => format!("{e:.2}"),
+        (None, None) => "not measured".to_string(),
+        (None, Some(_)) => "n/a (no train lines)".to_string(),
+    }
+}
+
+/// The data-parallel runs with their scaling efficiency, and whether any of them ran on the
+/// CPU; `None` when every run used one device.
+pub(crate) fn scaling_table(
+    exp: &Experiment,
+    analyses: &[SeedAnalysis],
+    multi: bool,
+) -> Option<(Block, bool)> {
+    let header = [
+        "run",
+        "devices",
+        "tokens/s (median, global)",
+        "one peer alone, tokens/s (rows)",
+        "scaling efficiency",
+    ]
+    .map(String::from)
+    .to_vec();
+    let runs = scaling_rows(exp, analyses, multi);
+    let on_cpu = runs.iter().any(|(_, s)| s.on_cpu);
+    let rows: Vec<Vec<String>> = runs
+        .into_iter()
+        .map(|(name, s)| {
+            let reference = match s.single_peer_tokens_per_s {
+                Some(r) => format!(
+                    "{}{}",
+                    fmt::sig(r, 4),
+                    s.single_peer_rows
+                        .map(|n| format!(" ({n} rows)"))
+                        .unwrap_or_default()
+                ),
+                None => "not measured".to_string(),
+            };
+            vec![
+                name,
+                s.devices.to_string(),
+                opt(s.tokens_per_s, |v| fmt::sig(v, 4)),
+                reference,
+                efficiency_cell(&s),
+            ]
+        })
+        .collect();
+    (!rows.is_empty()).then_some((Block::Table { header, rows }, on_cpu))
 }
 
 pub(crate) fn symmetry_table(analyses: &[SeedAnalysis], multi: bool) -> Option<Block> {
