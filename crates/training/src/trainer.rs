@@ -1645,7 +1645,7 @@ pub fn train_data_parallel<AB: GptAutodiffBackend>(
 
 /// The error to report from failed peers: the first that is not a consequence of another
 /// peer's failure (stopped for a sibling, or waiting for it in vain), else the first.
-fn root_cause(results: Vec<Result<TrainSummary, TrainError>>) -> TrainError {
+fn root_cause<T>(results: Vec<Result<T, TrainError>>) -> TrainError {
     let mut errors: Vec<TrainError> = results.into_iter().filter_map(Result::err).collect();
     let secondary = |e: &TrainError| {
         matches!(
@@ -1879,8 +1879,7 @@ pub fn time_data_parallel_steps<AB: GptAutodiffBackend>(
     });
     if results.iter().any(Result::is_err) {
         crate::parallel::reset::<AB::InnerBackend>();
-        let errors: Vec<TrainError> = results.into_iter().filter_map(Result::err).collect();
-        return Err(root_cause(errors.into_iter().map(Err).collect()));
+        return Err(root_cause(results));
     }
     results.into_iter().next().expect("at least one peer")
 }
